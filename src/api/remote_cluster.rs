@@ -1,0 +1,185 @@
+//! `RemoteCluster`: how to reach another cluster (a source or the DR side) and whether it
+//! runs the PVC agent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A cluster reached through a kubeconfig stored in a Secret.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "dr-syncer.io",
+    version = "v1alpha1",
+    kind = "RemoteCluster",
+    namespaced,
+    status = "RemoteClusterStatus",
+    shortname = "rc",
+    category = "dr-syncer",
+    doc = "A cluster dr-syncer reads from or applies to, reached through a kubeconfig Secret",
+    printcolumn(name = "Health", type_ = "string", json_path = ".status.health"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
+    printcolumn(
+        name = "PVC Agent",
+        type_ = "boolean",
+        json_path = ".spec.pvcSync.enabled",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Last Check",
+        type_ = "date",
+        json_path = ".status.lastCheckTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteClusterSpec {
+    /// Secret holding the kubeconfig. TLS is always verified: the kubeconfig must carry the
+    /// cluster's CA unless the server has a publicly trusted certificate.
+    pub kubeconfig_secret_ref: KubeconfigSecretRef,
+    /// How often the controller re-checks the cluster's health.
+    #[serde(default = "default_health_interval")]
+    #[schemars(length(max = 32), regex(pattern = super::common::DURATION_PATTERN))]
+    pub health_check_interval: String,
+    /// PVC data-sync agent deployed into this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc_sync: Option<PvcSyncSpec>,
+}
+
+fn default_health_interval() -> String {
+    "5m".into()
+}
+
+/// Where the kubeconfig lives.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Secret namespace; defaults to the RemoteCluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// Key of the kubeconfig inside the Secret.
+    #[serde(default = "default_kubeconfig_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".into()
+}
+
+/// The PVC agent: a DaemonSet serving as SSH bastion on the source cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSyncSpec {
+    /// Deploy the agent into this cluster.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Agent image; defaults to the controller's own image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+    /// SSH port of the bastion.
+    #[serde(default = "default_ssh_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Nodes the agent runs on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the agent pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Resources of the agent pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// PriorityClass of the agent pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Run volume readers as root (some storage needs it). Off by default: pods run as a
+    /// non-root user without privileges.
+    #[serde(default)]
+    pub run_as_root: bool,
+    /// Most PVC syncs running at once against this cluster.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 256))]
+    pub concurrency: i32,
+}
+
+fn default_ssh_port() -> i32 {
+    2222
+}
+fn default_concurrency() -> i32 {
+    4
+}
+
+/// A container image.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Repository, e.g. `ghcr.io/dr-syncer/dr-syncer`.
+    #[schemars(length(min = 1, max = 512))]
+    pub repository: String,
+    /// Tag or digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub tag: Option<String>,
+    /// Pull policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+}
+
+/// Image pull policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when not present on the node.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// Observed state of a RemoteCluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteClusterStatus {
+    /// Result of the last health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Kubernetes version the cluster reported (`v1.37.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When the health was last checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Time>,
+    /// Why the cluster is unhealthy, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `Ready` (reachable and authorized), `KubeconfigValid`, `PvcAgentReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// Generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Health of a RemoteCluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Health {
+    /// Version and namespace list answered.
+    Healthy,
+    /// A check failed; see `message`.
+    Unhealthy,
+    /// Not checked yet.
+    Unknown,
+}

@@ -1,0 +1,42 @@
+//! Command-line interface: flag parsing, logging set-up and dispatch to subcommands.
+//! Every flag can also be set from an environment variable (`DR_SYNCER_*`), which is how
+//! the Helm chart configures the controller.
+
+mod crds;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use logging::LogFormat;
+
+/// Kubernetes disaster recovery: replicate namespaces into git or a DR cluster.
+#[derive(Debug, Parser)]
+#[command(name = "dr-syncer", version, about, long_about = None)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, env = "DR_SYNCER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` syntax, e.g. `info` or `dr_syncer=debug,kube=info`.
+    #[arg(long, global = true, env = "DR_SYNCER_LOG", default_value = "info")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions (or write one file per CRD with --dir).
+    Crds(crds::CrdsArgs),
+}
+
+/// Runs a parsed command line; the exit code tells scripts what happened.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    logging::init(cli.log_format, &cli.log)?;
+    match cli.command {
+        Command::Crds(args) => crds::run(&args),
+    }
+}

@@ -1,0 +1,21 @@
+//! Test support for dr-syncer: real components, started on loopback for each test run.
+//!
+//! - [`envtest`]: etcd + kube-apiserver (+ kubectl) built from Go modules, with TLS, RBAC and
+//!   ServiceAccount tokens, one or several side by side.
+
+pub mod envtest;
+
+/// Root of the dr-syncer workspace (where `Cargo.toml` and `tests/envtest` live).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root exists")
+}
+
+/// The cargo target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}

@@ -5,9 +5,13 @@
 //! Cross-field rules are CEL (`x-kubernetes-validations`) so the apiserver rejects bad
 //! objects before the controller ever sees them.
 
+// clippy reads kube's repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 mod cluster_mapping;
 mod common;
+#[allow(clippy::duplicated_attributes)]
 mod namespace_mapping;
+#[allow(clippy::duplicated_attributes)]
 mod remote_cluster;
 mod schema;
 
@@ -64,3 +68,6 @@ pub fn crd_files() -> Result<Vec<(String, String)>, crate::yaml::RenderError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -24,7 +24,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 for c in etcd kube-apiserver kubectl; do
   echo "envtest: building $c ..." >&2
-  go build -trimpath -ldflags="$ldflags" -o "$out.tmp/$c" "./cmd/$c"
+  go build -buildvcs=false -trimpath -ldflags="$ldflags" -o "$out.tmp/$c" "./cmd/$c"
 done
 rm -rf "$out"; mv "$out.tmp" "$out"
 echo "envtest: built in $(( $(date +%s) - start ))s -> $out" >&2

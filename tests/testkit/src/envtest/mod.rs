@@ -146,8 +146,8 @@ impl ControlPlane {
                 Ok(()) => {
                     std::fs::write(plane.dir.join("kubeconfig"), plane.kubeconfig_yaml())
                         .map_err(io("writing kubeconfig"))?;
-                    if detached {
-                        plane.supervisor.take().map(Supervisor::detach);
+                    if detached && let Some(s) = plane.supervisor.take() {
+                        s.detach();
                     }
                     return Ok(plane);
                 }

@@ -1,0 +1,43 @@
+# dr-syncer developer entry points. `make test` is the one test command (CI runs it too).
+SHELL := /bin/bash
+CARGO ?= cargo
+NAME ?= dev
+
+.PHONY: test deps envtest crds lint fmt envtest-up envtest-down release
+
+## test: install missing dependencies, build the test control plane, run every test
+test: deps envtest
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+## deps: Debian packages and toolchain checks
+deps:
+	scripts/install-deps.sh
+
+## envtest: build kube-apiserver, etcd and kubectl from Go modules (cached by go.sum)
+envtest:
+	tests/envtest/build.sh >/dev/null
+
+## crds: regenerate crds/ and the chart's crds/ from the Rust types
+crds:
+	$(CARGO) run --quiet -- crds --dir crds
+	$(CARGO) run --quiet -- crds --dir charts/dr-syncer/crds
+
+## lint: formatting and clippy, as CI runs them
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## envtest-up NAME=src: start a control plane in the background; writes target/envtest/NAME/kubeconfig
+envtest-up: envtest
+	$(CARGO) run --quiet -p dr-syncer-testkit --bin envtest -- up $(NAME)
+
+## envtest-down NAME=src: stop it
+envtest-down:
+	$(CARGO) run --quiet -p dr-syncer-testkit --bin envtest -- down $(NAME)
+
+release:
+	$(CARGO) build --release

@@ -1,8 +1,9 @@
 //! Deterministic YAML output shared by every writer (CRDs, exports, bootstrap files).
 //!
-//! serde-saphyr folds long strings into `>` block scalars by default; folded text is easy to
-//! corrupt when reviewed or edited by hand, so folding is off. Multi-line strings are still
-//! written as `|` literal blocks, which keep every byte.
+//! serde-saphyr folds single-line strings longer than 80 characters into `>` block scalars
+//! by default; folded text is easy to corrupt when reviewed or edited by hand (and would hit
+//! every base64 value and `ENC[...]` string), so the fold width is unbounded. Multi-line
+//! strings are written as `|` literal blocks, which keep every byte and diff line by line.
 
 use serde::Serialize;
 use serde_saphyr::SerializerOptions;
@@ -14,7 +15,8 @@ pub struct RenderError(#[from] serde_saphyr::SerializeError);
 
 fn options() -> SerializerOptions {
     let mut options = SerializerOptions::default();
-    options.prefer_block_scalars = false;
+    options.prefer_block_scalars = true;
+    options.folded_wrap_chars = usize::MAX;
     options
 }
 

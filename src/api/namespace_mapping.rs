@@ -133,6 +133,10 @@ pub struct NamespaceMappingSpec {
     /// `dr-syncer.io/original-replicas`) and suspend CronJobs on the DR side.
     #[serde(default = "default_true")]
     pub scale_to_zero: bool,
+    /// Keep Service `nodePort`s the apiserver allocated (not only those set explicitly), for
+    /// load balancers outside the cluster that point at fixed node ports.
+    #[serde(default)]
+    pub preserve_node_ports: bool,
     /// PersistentVolumeClaim handling and volume data replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc_config: Option<PvcConfig>,

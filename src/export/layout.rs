@@ -1,0 +1,111 @@
+//! Repository layout: one file per object at `<namespace>/<group|core>/<plural>/<name>.yaml`,
+//! cluster-scoped objects (the Namespace itself) under `_cluster/` (`_` can never start a
+//! namespace name), and a generated, sorted `kustomization.yaml` per top-level directory plus
+//! one at the root, so `kubectl apply -k`, Flux and Argo CD all read the tree as it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use super::resource::ResourceType;
+
+/// Directory of cluster-scoped objects.
+pub const CLUSTER_DIR: &str = "_cluster";
+/// Name of generated kustomization files.
+pub const KUSTOMIZATION: &str = "kustomization.yaml";
+
+/// Rendered files by relative path (`/`-separated), the whole output of one export.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// Path → content.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// The file path of an object. Secrets get `.sops.yaml` so tools recognise them.
+pub fn object_path(rt: &ResourceType, namespace: Option<&str>, name: &str) -> String {
+    let dir = namespace.unwrap_or(CLUSTER_DIR);
+    let ext = if rt.group.is_empty() && rt.kind == "Secret" { "sops.yaml" } else { "yaml" };
+    format!("{dir}/{}/{}/{name}.{ext}", rt.group_dir(), rt.plural)
+}
+
+/// `(top-level directory, group dir, plural)` of a path made by [`object_path`].
+pub fn path_kind(path: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = path.split('/');
+    let (top, group, plural) = (parts.next()?, parts.next()?, parts.next()?);
+    parts.next()?;
+    Some((top, group, plural))
+}
+
+impl Tree {
+    /// Adds an object file.
+    pub fn insert(&mut self, path: String, content: Vec<u8>) {
+        self.files.insert(path, content);
+    }
+
+    /// Regenerates every `kustomization.yaml` from the object files present.
+    pub fn write_kustomizations(&mut self) {
+        self.files.retain(|p, _| !p.ends_with(KUSTOMIZATION));
+        let mut per_dir: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for path in self.files.keys() {
+            if let Some((top, rest)) = path.split_once('/') {
+                per_dir.entry(top.to_string()).or_default().push(rest.to_string());
+            }
+        }
+        let mut top_dirs = BTreeSet::new();
+        for (dir, resources) in per_dir {
+            self.files.insert(format!("{dir}/{KUSTOMIZATION}"), kustomization(&resources));
+            top_dirs.insert(dir);
+        }
+        if !top_dirs.is_empty() {
+            let resources: Vec<String> = top_dirs.into_iter().collect();
+            self.files.insert(KUSTOMIZATION.to_string(), kustomization(&resources));
+        }
+    }
+}
+
+fn kustomization(resources: &[String]) -> Vec<u8> {
+    let mut sorted = resources.to_vec();
+    sorted.sort();
+    let doc = json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": sorted,
+    });
+    crate::yaml::to_string(&doc).expect("kustomization renders").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::resource::Registry;
+
+    #[test]
+    fn object_path_table() {
+        let reg = Registry::builtin();
+        let cases = [
+            (reg.lookup("apps/v1", "Deployment").unwrap(), Some("shop"), "web", "shop/apps/deployments/web.yaml"),
+            (reg.lookup("v1", "Service").unwrap(), Some("shop"), "web", "shop/core/services/web.yaml"),
+            (reg.lookup("v1", "Secret").unwrap(), Some("shop"), "db", "shop/core/secrets/db.sops.yaml"),
+            (reg.lookup("v1", "Namespace").unwrap(), None, "shop", "_cluster/core/namespaces/shop.yaml"),
+        ];
+        for (rt, ns, name, expected) in cases {
+            assert_eq!(object_path(rt, ns, name), expected);
+            let (top, group, plural) = path_kind(expected).unwrap();
+            assert_eq!((group, plural), (rt.group_dir(), rt.plural.as_str()));
+            assert_eq!(top, ns.unwrap_or(CLUSTER_DIR));
+        }
+    }
+
+    #[test]
+    fn kustomizations_are_sorted_and_per_directory() {
+        let mut tree = Tree::default();
+        for p in ["shop/core/services/web.yaml", "shop/apps/deployments/web.yaml", "_cluster/core/namespaces/shop.yaml"] {
+            tree.insert(p.into(), b"x".to_vec());
+        }
+        tree.write_kustomizations();
+        let shop = String::from_utf8(tree.files["shop/kustomization.yaml"].clone()).unwrap();
+        assert!(shop.contains("resources:\n- apps/deployments/web.yaml\n- core/services/web.yaml\n"), "{shop}");
+        let root = String::from_utf8(tree.files["kustomization.yaml"].clone()).unwrap();
+        assert!(root.contains("- _cluster\n- shop\n"), "{root}");
+    }
+}

@@ -1,0 +1,168 @@
+//! Live source: discovery of every namespaced type that supports `list` and `watch`
+//! (preferred versions, custom resources included) and paged lists. A failing API group or
+//! type is reported and isolated, never fatal, so its files are kept rather than deleted.
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::export::object::{Origin, SourceObject};
+use crate::export::resource::{Registry, ResourceType};
+use crate::export::summary::Failure;
+
+/// Page size of list calls (as Velero): bounded memory per request, few round trips.
+const PAGE_SIZE: u32 = 500;
+
+/// What discovery found.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// Every discovered type (namespaced or not).
+    pub registry: Registry,
+    /// Namespaced types that support list and watch.
+    pub listable: Vec<ResourceType>,
+    /// Groups whose discovery failed.
+    pub failures: Vec<Failure>,
+}
+
+/// Discovers the API. Only a failure to list the groups themselves is an error.
+pub async fn discover(client: &Client) -> Result<Discovery, kube::Error> {
+    let mut versions: Vec<(String, String)> = client
+        .list_core_api_versions()
+        .await?
+        .versions
+        .into_iter()
+        .map(|v| (String::new(), v))
+        .collect();
+    for g in client.list_api_groups().await?.groups {
+        let preferred = g.preferred_version.or_else(|| g.versions.first().cloned());
+        if let Some(v) = preferred {
+            versions.push((g.name, v.version));
+        }
+    }
+    let results: Vec<_> = stream::iter(versions)
+        .map(|(group, version)| async move {
+            let res = if group.is_empty() {
+                client.list_core_api_resources(&version).await
+            } else {
+                client.list_api_group_resources(&format!("{group}/{version}")).await
+            };
+            (group, version, res)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut d = Discovery { registry: Registry::default(), ..Default::default() };
+    for (group, version, res) in results {
+        match res {
+            Ok(list) => add_resources(&mut d, &group, &version, list),
+            Err(e) => d.failures.push(Failure { what: if group.is_empty() { "core".into() } else { group }, namespace: None, error: e.to_string() }),
+        }
+    }
+    d.listable.sort();
+    Ok(d)
+}
+
+fn add_resources(d: &mut Discovery, group: &str, version: &str, list: APIResourceList) {
+    for r in list.resources {
+        if r.name.contains('/') {
+            continue; // subresources
+        }
+        let rt = ResourceType {
+            group: group.to_string(),
+            version: version.to_string(),
+            kind: r.kind.clone(),
+            plural: r.name.clone(),
+            singular: if r.singular_name.is_empty() { r.kind.to_ascii_lowercase() } else { r.singular_name.clone() },
+            short_names: r.short_names.clone().unwrap_or_default(),
+            namespaced: r.namespaced,
+        };
+        let verbs = &r.verbs;
+        if rt.namespaced && verbs.iter().any(|v| v == "list") && verbs.iter().any(|v| v == "watch") {
+            d.listable.push(rt.clone());
+        }
+        d.registry.add(rt);
+    }
+}
+
+fn api_resource(rt: &ResourceType) -> ApiResource {
+    ApiResource {
+        group: rt.group.clone(),
+        version: rt.version.clone(),
+        api_version: rt.api_version(),
+        kind: rt.kind.clone(),
+        plural: rt.plural.clone(),
+    }
+}
+
+/// Lists every object of `rt` in `namespace`, page by page.
+pub async fn list_type(client: &Client, namespace: &str, rt: &ResourceType) -> Result<Vec<SourceObject>, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource(rt));
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    loop {
+        let page = api.list(&params).await?;
+        for item in page.items {
+            let mut value = serde_json::to_value(&item).expect("object serializes");
+            if let Some(o) = value.as_object_mut() {
+                o.insert("apiVersion".into(), Value::String(rt.api_version()));
+                o.insert("kind".into(), Value::String(rt.kind.clone()));
+            }
+            out.push(SourceObject { rt: rt.clone(), value, origin: Origin::Live });
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Lists all `types` in `namespace` concurrently; failing types are returned separately.
+pub async fn list_namespace(
+    client: &Client,
+    namespace: &str,
+    types: &[ResourceType],
+    concurrency: usize,
+    on_type_done: &(dyn Fn() + Sync),
+) -> (Vec<SourceObject>, Vec<Failure>) {
+    let results: Vec<_> = stream::iter(types)
+        .map(|rt| async move {
+            let r = list_type(client, namespace, rt).await;
+            on_type_done();
+            (rt, r)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut objects = Vec::new();
+    let mut failures = Vec::new();
+    for (rt, r) in results {
+        match r {
+            Ok(mut objs) => objects.append(&mut objs),
+            Err(e) => failures.push(Failure { what: rt.qualified(), namespace: Some(namespace.to_string()), error: e.to_string() }),
+        }
+    }
+    (objects, failures)
+}
+
+/// The Namespace object, if it exists.
+pub async fn get_namespace(client: &Client, name: &str) -> Result<Option<Value>, kube::Error> {
+    Ok(Api::<Namespace>::all(client.clone()).get_opt(name).await?.map(namespace_value))
+}
+
+/// Namespaces matching a label selector (`kubectl -l` syntax).
+pub async fn select_namespaces(client: &Client, selector: &str) -> Result<Vec<Value>, kube::Error> {
+    let api = Api::<Namespace>::all(client.clone());
+    let list = api.list(&ListParams::default().labels(selector)).await?;
+    Ok(list.items.into_iter().map(namespace_value).collect())
+}
+
+fn namespace_value(ns: Namespace) -> Value {
+    let mut v = serde_json::to_value(ns).expect("namespace serializes");
+    v["apiVersion"] = "v1".into();
+    v["kind"] = "Namespace".into();
+    v
+}

@@ -1,0 +1,216 @@
+//! Offline source: a directory of YAML/JSON files as `kubectl get -o yaml` writes them —
+//! multi-document streams, `List` objects, single objects. Errors name the file and line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::export::object::{Origin, SourceObject};
+use crate::export::resource::Registry;
+use crate::export::value::str_at;
+
+/// Errors reading the input; each names where.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The directory or a file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// A document is not valid YAML/JSON.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Line (1-based).
+        line: usize,
+        /// Parser message.
+        message: String,
+    },
+    /// A document is not a Kubernetes object.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// Where.
+        origin: Origin,
+        /// What is wrong.
+        message: String,
+    },
+    /// A kind that is neither built in nor defined by a CRD in the input.
+    #[error("{origin}: unknown kind {kind} ({api_version}); add its CustomResourceDefinition to the input directory")]
+    UnknownKind {
+        /// Where.
+        origin: Origin,
+        /// apiVersion.
+        api_version: String,
+        /// kind.
+        kind: String,
+    },
+}
+
+/// What a directory holds.
+#[derive(Debug, Default)]
+pub struct OfflineInput {
+    /// Built-in types plus the CRDs found.
+    pub registry: Registry,
+    /// Namespace objects by name.
+    pub namespaces: BTreeMap<String, Value>,
+    /// Namespaced objects.
+    pub objects: Vec<SourceObject>,
+    /// Cluster-scoped objects other than Namespaces and CRDs (not exported; counted).
+    pub cluster_scoped: usize,
+}
+
+/// Reads every `.yaml`, `.yml` and `.json` file below `dir` (sorted, recursively).
+pub fn read_dir(dir: &Path) -> Result<OfflineInput, OfflineError> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files)?;
+    files.sort();
+    let mut docs = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|source| OfflineError::Io { path: file.clone(), source })?;
+        parse_file(file, &text, &mut docs)?;
+    }
+    let mut input = OfflineInput { registry: Registry::builtin(), ..Default::default() };
+    // CRDs first, so custom resources anywhere in the input resolve.
+    for (value, _) in &docs {
+        if str_at(value, &["kind"]) == Some("CustomResourceDefinition") {
+            input.registry.add_crd(value);
+        }
+    }
+    for (value, origin) in docs {
+        let (Some(api_version), Some(kind)) = (str_at(&value, &["apiVersion"]), str_at(&value, &["kind"])) else {
+            return Err(OfflineError::Invalid { origin, message: "not a Kubernetes object: apiVersion and kind are required".into() });
+        };
+        let Some(rt) = input.registry.lookup(api_version, kind).cloned() else {
+            return Err(OfflineError::UnknownKind { origin, api_version: api_version.into(), kind: kind.into() });
+        };
+        let Some(name) = str_at(&value, &["metadata", "name"]).map(str::to_string) else {
+            return Err(OfflineError::Invalid { origin, message: format!("{kind} without metadata.name") });
+        };
+        if !rt.namespaced {
+            match kind {
+                "Namespace" => {
+                    input.namespaces.insert(name, value);
+                }
+                "CustomResourceDefinition" => {}
+                _ => input.cluster_scoped += 1,
+            }
+            continue;
+        }
+        if str_at(&value, &["metadata", "namespace"]).is_none() {
+            return Err(OfflineError::Invalid { origin, message: format!("{kind} {name} without metadata.namespace") });
+        }
+        input.objects.push(SourceObject { rt, value, origin });
+    }
+    Ok(input)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), OfflineError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| OfflineError::Io { path: dir.to_path_buf(), source })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| OfflineError::Io { path: dir.to_path_buf(), source })?;
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Splits a file into documents, flattens `List`s and records each object's origin.
+fn parse_file(path: &Path, text: &str, out: &mut Vec<(Value, Origin)>) -> Result<(), OfflineError> {
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    let docs: Vec<(usize, Value)> = if is_json {
+        let v = serde_json::from_str(text).map_err(|e| OfflineError::Parse { path: path.into(), line: e.line(), message: e.to_string() })?;
+        vec![(1, v)]
+    } else {
+        split_documents(text)
+            .into_iter()
+            .filter(|(_, doc)| doc.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+            .map(|(line, doc)| {
+                serde_saphyr::from_str::<Value>(doc).map(|v| (line, v)).map_err(|e| {
+                    let (rel, message) = yaml_error_line(&e.to_string());
+                    OfflineError::Parse { path: path.into(), line: line + rel.saturating_sub(1), message }
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    for (line, value) in docs {
+        let origin = Origin::File { path: path.to_path_buf(), line };
+        if value.is_null() {
+            continue;
+        }
+        let kind = str_at(&value, &["kind"]).unwrap_or("");
+        match value.get("items").and_then(Value::as_array) {
+            Some(items) if kind.ends_with("List") => {
+                // Items of typed lists may omit apiVersion/kind; take them from the list.
+                let item_kind = kind.strip_suffix("List").unwrap_or("");
+                for item in items {
+                    let mut item = item.clone();
+                    if let Some(o) = item.as_object_mut() {
+                        if !o.contains_key("kind") && !item_kind.is_empty() {
+                            o.insert("kind".into(), Value::String(item_kind.into()));
+                        }
+                        if !o.contains_key("apiVersion")
+                            && let Some(av) = value.get("apiVersion")
+                        {
+                            o.insert("apiVersion".into(), av.clone());
+                        }
+                    }
+                    out.push((item, origin.clone()));
+                }
+            }
+            _ => out.push((value, origin)),
+        }
+    }
+    Ok(())
+}
+
+/// `(first line, text)` of each `---`-separated document.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start_byte = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            docs.push((start_line, &text[start_byte..offset]));
+            start_byte = offset + line.len();
+            start_line = i + 2;
+        }
+        offset += line.len();
+    }
+    docs.push((start_line, &text[start_byte..]));
+    docs
+}
+
+/// Pulls a `line N` out of a parser message, if present.
+fn yaml_error_line(message: &str) -> (usize, String) {
+    let line = message
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0] == "line")
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(1);
+    (line, message.lines().next().unwrap_or(message).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_documents_tracks_lines() {
+        let text = "a: 1\n---\nb: 2\nc: 3\n--- # comment\nd: 4\n";
+        let docs = split_documents(text);
+        assert_eq!(docs, vec![(1, "a: 1\n"), (3, "b: 2\nc: 3\n"), (6, "d: 4\n")]);
+    }
+}

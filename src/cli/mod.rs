@@ -2,7 +2,9 @@
 //! Every flag can also be set from an environment variable (`DR_SYNCER_*`), which is how
 //! the Helm chart configures the controller.
 
+pub mod client;
 mod crds;
+pub mod export;
 mod logging;
 
 use std::process::ExitCode;
@@ -31,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions (or write one file per CRD with --dir).
     Crds(crds::CrdsArgs),
+    /// Export namespaces as clean, DR-ready manifests (from a cluster or from files).
+    Export(export::ExportArgs),
 }
 
 /// Runs a parsed command line; the exit code tells scripts what happened.
@@ -38,5 +42,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     logging::init(cli.log_format, &cli.log)?;
     match cli.command {
         Command::Crds(args) => crds::run(&args),
+        Command::Export(args) => export::run(&args).await,
     }
 }

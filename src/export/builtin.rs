@@ -25,15 +25,29 @@ pub fn hpa_targets<'a>(objects: impl Iterator<Item = (&'a ResourceType, &'a Valu
         .filter(|(rt, _)| rt.group == "autoscaling" && rt.kind == "HorizontalPodAutoscaler")
         .filter_map(|(_, hpa)| {
             let target = get(hpa, &["spec", "scaleTargetRef"])?;
-            let api_version = target.get("apiVersion").and_then(Value::as_str).unwrap_or("apps/v1");
+            let api_version = target
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("apps/v1");
             let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-            Some((group.to_string(), target.get("kind")?.as_str()?.to_string(), target.get("name")?.as_str()?.to_string()))
+            Some((
+                group.to_string(),
+                target.get("kind")?.as_str()?.to_string(),
+                target.get("name")?.as_str()?.to_string(),
+            ))
         })
         .collect()
 }
 
 /// Runs every built-in transform.
-pub fn apply(obj: &mut Value, rt: &ResourceType, source_ns: &str, dest_ns: &str, policy: &Policy, hpa: &HpaTargets) -> bool {
+pub fn apply(
+    obj: &mut Value,
+    rt: &ResourceType,
+    source_ns: &str,
+    dest_ns: &str,
+    policy: &Policy,
+    hpa: &HpaTargets,
+) -> bool {
     let mut changed = remap_namespace(obj, rt, source_ns, dest_ns);
     changed |= scale(obj, rt, policy.scale_to_zero, hpa);
     changed |= pvc_mappings(obj, rt, policy);
@@ -64,15 +78,35 @@ fn remap_namespace(obj: &mut Value, rt: &ResourceType, source: &str, dest: &str)
     };
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("rbac.authorization.k8s.io", "RoleBinding") => {
-            for s in get_mut(obj, &["subjects"]).and_then(Value::as_array_mut).into_iter().flatten() {
+            for s in get_mut(obj, &["subjects"])
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 swap(s.get_mut("namespace"));
             }
         }
         ("networking.k8s.io", "NetworkPolicy") => {
             for (rules, peers) in [("ingress", "from"), ("egress", "to")] {
-                for rule in get_mut(obj, &["spec", rules]).and_then(Value::as_array_mut).into_iter().flatten() {
-                    for peer in rule.get_mut(peers).and_then(Value::as_array_mut).into_iter().flatten() {
-                        swap(get_mut(peer, &["namespaceSelector", "matchLabels", "kubernetes.io/metadata.name"]));
+                for rule in get_mut(obj, &["spec", rules])
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    for peer in rule
+                        .get_mut(peers)
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                    {
+                        swap(get_mut(
+                            peer,
+                            &[
+                                "namespaceSelector",
+                                "matchLabels",
+                                "kubernetes.io/metadata.name",
+                            ],
+                        ));
                     }
                 }
             }
@@ -98,7 +132,9 @@ fn scale(obj: &mut Value, rt: &ResourceType, scale_to_zero: bool, hpa: &HpaTarge
     if !scale_to_zero {
         return targeted && value::remove(obj, &["spec", "replicas"]).is_some();
     }
-    let original = get(obj, &["spec", "replicas"]).and_then(Value::as_i64).unwrap_or(1);
+    let original = get(obj, &["spec", "replicas"])
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let over = str_at(obj, &["metadata", "labels", keys::SCALE_OVERRIDE])
         .or_else(|| str_at(obj, &["metadata", "annotations", keys::SCALE_OVERRIDE]))
         .map(|s| s.trim().parse::<i64>().ok());
@@ -113,7 +149,9 @@ fn scale(obj: &mut Value, rt: &ResourceType, scale_to_zero: bool, hpa: &HpaTarge
 }
 
 fn suspend(obj: &mut Value) -> bool {
-    let original = get(obj, &["spec", "suspend"]).and_then(Value::as_bool).unwrap_or(false);
+    let original = get(obj, &["spec", "suspend"])
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     value::set_annotation(obj, ORIGINAL_SUSPEND, original.to_string());
     value::ensure_map(obj, &["spec"]).insert("suspend".into(), json!(true));
     true
@@ -123,14 +161,28 @@ fn pvc_mappings(obj: &mut Value, rt: &ResourceType, policy: &Policy) -> bool {
     let mut changed = false;
     let mut map_claim_spec = |spec: &mut Value| {
         if let Some(sc) = spec.get_mut("storageClassName")
-            && let Some(m) = policy.pvc.storage_class_mappings.iter().find(|m| sc.as_str() == Some(m.from.as_str()))
+            && let Some(m) = policy
+                .pvc
+                .storage_class_mappings
+                .iter()
+                .find(|m| sc.as_str() == Some(m.from.as_str()))
         {
             *sc = json!(m.to);
             changed = true;
         }
-        for mode in spec.get_mut("accessModes").and_then(Value::as_array_mut).into_iter().flatten() {
+        for mode in spec
+            .get_mut("accessModes")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             let from = serde_json::from_value(mode.clone()).ok();
-            if let Some(m) = policy.pvc.access_mode_mappings.iter().find(|m| Some(m.from) == from) {
+            if let Some(m) = policy
+                .pvc
+                .access_mode_mappings
+                .iter()
+                .find(|m| Some(m.from) == from)
+            {
                 *mode = serde_json::to_value(m.to).expect("enum serializes");
                 changed = true;
             }
@@ -143,7 +195,11 @@ fn pvc_mappings(obj: &mut Value, rt: &ResourceType, policy: &Policy) -> bool {
             }
         }
         ("apps", "StatefulSet") => {
-            for t in get_mut(obj, &["spec", "volumeClaimTemplates"]).and_then(Value::as_array_mut).into_iter().flatten() {
+            for t in get_mut(obj, &["spec", "volumeClaimTemplates"])
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(spec) = t.get_mut("spec") {
                     map_claim_spec(spec);
                 }
@@ -161,8 +217,15 @@ fn map_images(obj: &mut Value, mappings: &[StringMapping]) -> bool {
     let mut changed = false;
     value::for_each_pod_spec(obj, |spec| {
         for list in ["containers", "initContainers", "ephemeralContainers"] {
-            for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
-                let Some(image) = c.get("image").and_then(Value::as_str) else { continue };
+            for c in spec
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let Some(image) = c.get("image").and_then(Value::as_str) else {
+                    continue;
+                };
                 if let Some(m) = mappings.iter().find(|m| image.starts_with(&m.from)) {
                     let mapped = format!("{}{}", m.to, &image[m.from.len()..]);
                     c["image"] = json!(mapped);
@@ -198,13 +261,26 @@ fn map_ingress_hosts(obj: &mut Value, mappings: &[StringMapping]) -> bool {
             changed = true;
         }
     };
-    for rule in get_mut(obj, &["spec", "rules"]).and_then(Value::as_array_mut).into_iter().flatten() {
+    for rule in get_mut(obj, &["spec", "rules"])
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(h) = rule.get_mut("host") {
             swap(h);
         }
     }
-    for tls in get_mut(obj, &["spec", "tls"]).and_then(Value::as_array_mut).into_iter().flatten() {
-        for h in tls.get_mut("hosts").and_then(Value::as_array_mut).into_iter().flatten() {
+    for tls in get_mut(obj, &["spec", "tls"])
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        for h in tls
+            .get_mut("hosts")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             swap(h);
         }
     }
@@ -218,8 +294,14 @@ mod tests {
     #[test]
     fn map_host_table() {
         let m = vec![
-            StringMapping { from: "shop.example.com".into(), to: "shop.dr.example.com".into() },
-            StringMapping { from: "*.apps.example.com".into(), to: "*.apps.dr.example.com".into() },
+            StringMapping {
+                from: "shop.example.com".into(),
+                to: "shop.dr.example.com".into(),
+            },
+            StringMapping {
+                from: "*.apps.example.com".into(),
+                to: "*.apps.dr.example.com".into(),
+            },
         ];
         let cases = [
             ("shop.example.com", Some("shop.dr.example.com")),

@@ -40,10 +40,19 @@ const ANNOTATIONS: &[&str] = &[
 ];
 
 /// Prefixes of annotations and labels that belong to the source's tooling.
-const PREFIXES: &[&str] = &["autoscaling.alpha.kubernetes.io/", "kustomize.toolkit.fluxcd.io/", "applyset.kubernetes.io/"];
+const PREFIXES: &[&str] = &[
+    "autoscaling.alpha.kubernetes.io/",
+    "kustomize.toolkit.fluxcd.io/",
+    "applyset.kubernetes.io/",
+];
 
 /// Labels the Job controller adds; they embed the source Job's UID.
-const JOB_LABELS: &[&str] = &["controller-uid", "batch.kubernetes.io/controller-uid", "job-name", "batch.kubernetes.io/job-name"];
+const JOB_LABELS: &[&str] = &[
+    "controller-uid",
+    "batch.kubernetes.io/controller-uid",
+    "job-name",
+    "batch.kubernetes.io/job-name",
+];
 
 /// Cleans `obj` in place.
 pub fn clean(obj: &mut Value, rt: &ResourceType, policy: &Policy) {
@@ -93,12 +102,16 @@ pub fn clean(obj: &mut Value, rt: &ResourceType, policy: &Policy) {
 }
 
 fn clean_metadata(meta: &mut Value) {
-    let Some(m) = meta.as_object_mut() else { return };
+    let Some(m) = meta.as_object_mut() else {
+        return;
+    };
     for f in METADATA_FIELDS {
         m.remove(*f);
     }
     if let Some(Value::Object(a)) = m.get_mut("annotations") {
-        a.retain(|k, _| !ANNOTATIONS.contains(&k.as_str()) && !PREFIXES.iter().any(|p| k.starts_with(p)));
+        a.retain(|k, _| {
+            !ANNOTATIONS.contains(&k.as_str()) && !PREFIXES.iter().any(|p| k.starts_with(p))
+        });
     }
     if let Some(Value::Object(l)) = m.get_mut("labels") {
         l.retain(|k, _| !PREFIXES.iter().any(|p| k.starts_with(p)));
@@ -114,6 +127,13 @@ fn drop_null_creation_timestamps(v: &mut Value) {
                 m.remove("creationTimestamp");
             }
             m.values_mut().for_each(drop_null_creation_timestamps);
+            // Template metadata that held only the null timestamp.
+            if m.get("metadata")
+                .and_then(Value::as_object)
+                .is_some_and(|o| o.is_empty())
+            {
+                m.remove("metadata");
+            }
         }
         Value::Array(a) => a.iter_mut().for_each(drop_null_creation_timestamps),
         _ => {}
@@ -122,7 +142,9 @@ fn drop_null_creation_timestamps(v: &mut Value) {
 
 fn drop_empty(obj: &mut Value, key: &str) {
     if let Some(o) = obj.as_object_mut()
-        && o.get(key).and_then(Value::as_object).is_some_and(|m| m.is_empty())
+        && o.get(key)
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.is_empty())
     {
         o.remove(key);
     }
@@ -133,21 +155,45 @@ fn drop_empty(obj: &mut Value, key: &str) {
 fn explicit_node_ports(svc: &Value) -> (BTreeSet<(i64, String)>, bool) {
     let mut ports = BTreeSet::new();
     let mut health = false;
-    let last_applied = value::str_at(svc, &["metadata", "annotations", "kubectl.kubernetes.io/last-applied-configuration"])
-        .and_then(|s| serde_json::from_str::<Value>(s).ok());
+    let last_applied = value::str_at(
+        svc,
+        &[
+            "metadata",
+            "annotations",
+            "kubectl.kubernetes.io/last-applied-configuration",
+        ],
+    )
+    .and_then(|s| serde_json::from_str::<Value>(s).ok());
     if let Some(la) = last_applied {
-        for p in get(&la, &["spec", "ports"]).and_then(Value::as_array).into_iter().flatten() {
+        for p in get(&la, &["spec", "ports"])
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if p.get("nodePort").is_some() {
                 ports.insert(port_key(p));
             }
         }
         health |= get(&la, &["spec", "healthCheckNodePort"]).is_some();
     }
-    for entry in get(svc, &["metadata", "managedFields"]).and_then(Value::as_array).into_iter().flatten() {
-        let Some(spec) = get(entry, &["fieldsV1", "f:spec"]) else { continue };
+    for entry in get(svc, &["metadata", "managedFields"])
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(spec) = get(entry, &["fieldsV1", "f:spec"]) else {
+            continue;
+        };
         health |= spec.get("f:healthCheckNodePort").is_some();
-        for (key, fields) in spec.get("f:ports").and_then(Value::as_object).into_iter().flatten() {
-            let Some(k) = key.strip_prefix("k:") else { continue };
+        for (key, fields) in spec
+            .get("f:ports")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let Some(k) = key.strip_prefix("k:") else {
+                continue;
+            };
             if fields.get("f:nodePort").is_some()
                 && let Ok(p) = serde_json::from_str::<Value>(k)
             {
@@ -160,20 +206,31 @@ fn explicit_node_ports(svc: &Value) -> (BTreeSet<(i64, String)>, bool) {
 
 fn port_key(p: &Value) -> (i64, String) {
     let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
-    let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string();
+    let proto = p
+        .get("protocol")
+        .and_then(Value::as_str)
+        .unwrap_or("TCP")
+        .to_string();
     (port, proto)
 }
 
 fn clean_service(svc: &mut Value, preserve_node_ports: bool) {
     let (explicit, explicit_health) = explicit_node_ports(svc);
-    let Some(spec) = get_mut(svc, &["spec"]).and_then(Value::as_object_mut) else { return };
+    let Some(spec) = get_mut(svc, &["spec"]).and_then(Value::as_object_mut) else {
+        return;
+    };
     // Headless Services keep `clusterIP: None`; allocated IPs are per cluster.
     if spec.get("clusterIP").and_then(Value::as_str) != Some("None") {
         spec.remove("clusterIP");
         spec.remove("clusterIPs");
     }
     if !preserve_node_ports {
-        for p in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        for p in spec
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             if !explicit.contains(&port_key(p))
                 && let Some(o) = p.as_object_mut()
             {
@@ -202,9 +259,16 @@ fn clean_service(svc: &mut Value, preserve_node_ports: bool) {
 
 fn clean_pvc(pvc: &mut Value, policy: &Policy) {
     let keep_binding = policy.pvc.sync_persistent_volumes;
-    let mut drop_annotations = vec!["volume.kubernetes.io/selected-node", "volume.kubernetes.io/storage-provisioner", "volume.beta.kubernetes.io/storage-provisioner"];
+    let mut drop_annotations = vec![
+        "volume.kubernetes.io/selected-node",
+        "volume.kubernetes.io/storage-provisioner",
+        "volume.beta.kubernetes.io/storage-provisioner",
+    ];
     if !keep_binding {
-        drop_annotations.extend(["pv.kubernetes.io/bind-completed", "pv.kubernetes.io/bound-by-controller"]);
+        drop_annotations.extend([
+            "pv.kubernetes.io/bind-completed",
+            "pv.kubernetes.io/bound-by-controller",
+        ]);
         remove(pvc, &["spec", "volumeName"]);
     }
     for a in drop_annotations {
@@ -221,10 +285,16 @@ fn clean_pvc(pvc: &mut Value, policy: &Policy) {
 }
 
 fn clean_service_account(sa: &mut Value) {
-    let name = value::str_at(sa, &["metadata", "name"]).unwrap_or("").to_string();
+    let name = value::str_at(sa, &["metadata", "name"])
+        .unwrap_or("")
+        .to_string();
     let prefix = format!("{name}-token-");
     if let Some(Value::Array(secrets)) = get_mut(sa, &["secrets"]) {
-        secrets.retain(|s| !s.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with(&prefix)));
+        secrets.retain(|s| {
+            !s.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.starts_with(&prefix))
+        });
         if secrets.is_empty() {
             remove(sa, &["secrets"]);
         }
@@ -232,7 +302,9 @@ fn clean_service_account(sa: &mut Value) {
 }
 
 fn clean_pod_spec(spec: &mut Value) {
-    let Some(s) = spec.as_object_mut() else { return };
+    let Some(s) = spec.as_object_mut() else {
+        return;
+    };
     s.remove("nodeName");
     // Set by admission from priorityClassName, which is kept.
     s.remove("priority");
@@ -242,7 +314,12 @@ fn clean_pod_spec(spec: &mut Value) {
         vols.retain(|v| !v.get("name").and_then(Value::as_str).is_some_and(injected));
     }
     for c in ["containers", "initContainers"] {
-        for container in s.get_mut(c).and_then(Value::as_array_mut).into_iter().flatten() {
+        for container in s
+            .get_mut(c)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
             if let Some(Value::Array(mounts)) = container.get_mut("volumeMounts") {
                 mounts.retain(|m| !m.get("name").and_then(Value::as_str).is_some_and(injected));
             }
@@ -253,7 +330,10 @@ fn clean_pod_spec(spec: &mut Value) {
 fn clean_job(job: &mut Value) {
     // The selector and these labels embed the source Job's UID; the DR apiserver makes new ones.
     remove(job, &["spec", "selector"]);
-    for path in [&["spec", "template", "metadata", "labels"][..], &["metadata", "labels"][..]] {
+    for path in [
+        &["spec", "template", "metadata", "labels"][..],
+        &["metadata", "labels"][..],
+    ] {
         if let Some(Value::Object(labels)) = get_mut(job, path) {
             labels.retain(|k, _| !JOB_LABELS.contains(&k.as_str()));
         }

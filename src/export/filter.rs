@@ -63,20 +63,34 @@ pub fn exclusion(obj: &SourceObject, policy: &Policy) -> Option<Exclusion> {
     }
     let controller_owned = get(v, &["metadata", "ownerReferences"])
         .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("controller").and_then(Value::as_bool) == Some(true)));
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        });
     if controller_owned {
         return Some(Exclusion::ControllerOwned);
     }
     match (group, kind) {
-        ("", "ConfigMap") if name == "kube-root-ca.crt" => return Some(Exclusion::ClusterGenerated),
+        ("", "ConfigMap") if name == "kube-root-ca.crt" => {
+            return Some(Exclusion::ClusterGenerated);
+        }
         ("", "ServiceAccount") if name == "default" => return Some(Exclusion::ClusterGenerated),
         ("", "Secret") => match str_at(v, &["type"]) {
-            Some("kubernetes.io/service-account-token") => return Some(Exclusion::ServiceAccountToken),
-            Some("helm.sh/release.v1") if !policy.include_helm_releases => return Some(Exclusion::HelmRelease),
+            Some("kubernetes.io/service-account-token") => {
+                return Some(Exclusion::ServiceAccountToken);
+            }
+            Some("helm.sh/release.v1") if !policy.include_helm_releases => {
+                return Some(Exclusion::HelmRelease);
+            }
             _ => {}
         },
         ("batch", "Job") if job_finished(v) => return Some(Exclusion::Finished),
-        ("", "Pod") if matches!(str_at(v, &["status", "phase"]), Some("Succeeded" | "Failed")) => {
+        ("", "Pod")
+            if matches!(
+                str_at(v, &["status", "phase"]),
+                Some("Succeeded" | "Failed")
+            ) =>
+        {
             return Some(Exclusion::Finished);
         }
         _ => {}
@@ -96,10 +110,14 @@ pub fn exclusion(obj: &SourceObject, policy: &Policy) -> Option<Exclusion> {
 }
 
 fn job_finished(job: &Value) -> bool {
-    get(job, &["status", "conditions"]).and_then(Value::as_array).is_some_and(|cs| {
-        cs.iter().any(|c| {
-            matches!(c.get("type").and_then(Value::as_str), Some("Complete" | "Failed"))
-                && c.get("status").and_then(Value::as_str) == Some("True")
+    get(job, &["status", "conditions"])
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                matches!(
+                    c.get("type").and_then(Value::as_str),
+                    Some("Complete" | "Failed")
+                ) && c.get("status").and_then(Value::as_str) == Some("True")
+            })
         })
-    })
 }

@@ -24,7 +24,11 @@ pub struct Tree {
 /// The file path of an object. Secrets get `.sops.yaml` so tools recognise them.
 pub fn object_path(rt: &ResourceType, namespace: Option<&str>, name: &str) -> String {
     let dir = namespace.unwrap_or(CLUSTER_DIR);
-    let ext = if rt.group.is_empty() && rt.kind == "Secret" { "sops.yaml" } else { "yaml" };
+    let ext = if rt.group.is_empty() && rt.kind == "Secret" {
+        "sops.yaml"
+    } else {
+        "yaml"
+    };
     format!("{dir}/{}/{}/{name}.{ext}", rt.group_dir(), rt.plural)
 }
 
@@ -48,17 +52,22 @@ impl Tree {
         let mut per_dir: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for path in self.files.keys() {
             if let Some((top, rest)) = path.split_once('/') {
-                per_dir.entry(top.to_string()).or_default().push(rest.to_string());
+                per_dir
+                    .entry(top.to_string())
+                    .or_default()
+                    .push(rest.to_string());
             }
         }
         let mut top_dirs = BTreeSet::new();
         for (dir, resources) in per_dir {
-            self.files.insert(format!("{dir}/{KUSTOMIZATION}"), kustomization(&resources));
+            self.files
+                .insert(format!("{dir}/{KUSTOMIZATION}"), kustomization(&resources));
             top_dirs.insert(dir);
         }
         if !top_dirs.is_empty() {
             let resources: Vec<String> = top_dirs.into_iter().collect();
-            self.files.insert(KUSTOMIZATION.to_string(), kustomization(&resources));
+            self.files
+                .insert(KUSTOMIZATION.to_string(), kustomization(&resources));
         }
     }
 }
@@ -71,7 +80,9 @@ fn kustomization(resources: &[String]) -> Vec<u8> {
         "kind": "Kustomization",
         "resources": sorted,
     });
-    crate::yaml::to_string(&doc).expect("kustomization renders").into_bytes()
+    crate::yaml::to_string(&doc)
+        .expect("kustomization renders")
+        .into_bytes()
 }
 
 #[cfg(test)]
@@ -83,10 +94,30 @@ mod tests {
     fn object_path_table() {
         let reg = Registry::builtin();
         let cases = [
-            (reg.lookup("apps/v1", "Deployment").unwrap(), Some("shop"), "web", "shop/apps/deployments/web.yaml"),
-            (reg.lookup("v1", "Service").unwrap(), Some("shop"), "web", "shop/core/services/web.yaml"),
-            (reg.lookup("v1", "Secret").unwrap(), Some("shop"), "db", "shop/core/secrets/db.sops.yaml"),
-            (reg.lookup("v1", "Namespace").unwrap(), None, "shop", "_cluster/core/namespaces/shop.yaml"),
+            (
+                reg.lookup("apps/v1", "Deployment").unwrap(),
+                Some("shop"),
+                "web",
+                "shop/apps/deployments/web.yaml",
+            ),
+            (
+                reg.lookup("v1", "Service").unwrap(),
+                Some("shop"),
+                "web",
+                "shop/core/services/web.yaml",
+            ),
+            (
+                reg.lookup("v1", "Secret").unwrap(),
+                Some("shop"),
+                "db",
+                "shop/core/secrets/db.sops.yaml",
+            ),
+            (
+                reg.lookup("v1", "Namespace").unwrap(),
+                None,
+                "shop",
+                "_cluster/core/namespaces/shop.yaml",
+            ),
         ];
         for (rt, ns, name, expected) in cases {
             assert_eq!(object_path(rt, ns, name), expected);
@@ -99,12 +130,19 @@ mod tests {
     #[test]
     fn kustomizations_are_sorted_and_per_directory() {
         let mut tree = Tree::default();
-        for p in ["shop/core/services/web.yaml", "shop/apps/deployments/web.yaml", "_cluster/core/namespaces/shop.yaml"] {
+        for p in [
+            "shop/core/services/web.yaml",
+            "shop/apps/deployments/web.yaml",
+            "_cluster/core/namespaces/shop.yaml",
+        ] {
             tree.insert(p.into(), b"x".to_vec());
         }
         tree.write_kustomizations();
         let shop = String::from_utf8(tree.files["shop/kustomization.yaml"].clone()).unwrap();
-        assert!(shop.contains("resources:\n- apps/deployments/web.yaml\n- core/services/web.yaml\n"), "{shop}");
+        assert!(
+            shop.contains("resources:\n- apps/deployments/web.yaml\n- core/services/web.yaml\n"),
+            "{shop}"
+        );
         let root = String::from_utf8(tree.files["kustomization.yaml"].clone()).unwrap();
         assert!(root.contains("- _cluster\n- shop\n"), "{root}");
     }

@@ -13,6 +13,7 @@ pub mod output;
 pub mod policy;
 pub mod render;
 pub mod resource;
+pub mod selector;
 pub mod source;
 pub mod summary;
 pub mod transform;
@@ -38,7 +39,12 @@ pub struct NamespaceInput {
 }
 
 /// Cleans and transforms the objects of each namespace.
-pub fn process(inputs: Vec<NamespaceInput>, policy: &Policy, registry: &Registry, summary: &mut Summary) -> Vec<ExportedObject> {
+pub fn process(
+    inputs: Vec<NamespaceInput>,
+    policy: &Policy,
+    registry: &Registry,
+    summary: &mut Summary,
+) -> Vec<ExportedObject> {
     let mut out = Vec::new();
     for input in inputs {
         if input.object.as_ref().is_some_and(filter::has_ignore_label) {
@@ -98,24 +104,42 @@ fn process_object(
     let counts = summary.kind(&kind);
     counts.exported += 1;
     counts.transformed += u64::from(transformed);
-    Some(ExportedObject { rt, namespace: Some(dest_ns.to_string()), name, value })
+    Some(ExportedObject {
+        rt,
+        namespace: Some(dest_ns.to_string()),
+        name,
+        value,
+    })
 }
 
 /// The destination Namespace: the source's (labels and annotations kept, cleaned) or a
 /// bare one when the source did not provide it.
 fn namespace_object(source: Option<&Value>, dest: &str, registry: &Registry) -> ExportedObject {
-    let rt = registry.lookup("v1", "Namespace").expect("built-in Namespace type").clone();
-    let mut value = source.cloned().unwrap_or_else(|| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {}}));
+    let rt = registry
+        .lookup("v1", "Namespace")
+        .expect("built-in Namespace type")
+        .clone();
+    let mut value = source
+        .cloned()
+        .unwrap_or_else(|| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {}}));
     clean::clean(&mut value, &rt, &Policy::default());
     value::ensure_map(&mut value, &["metadata"]).insert("name".into(), json!(dest));
     value::ensure_map(&mut value, &[]).insert("apiVersion".into(), json!("v1"));
     value::ensure_map(&mut value, &[]).insert("kind".into(), json!("Namespace"));
-    ExportedObject { rt, namespace: None, name: dest.to_string(), value }
+    ExportedObject {
+        rt,
+        namespace: None,
+        name: dest.to_string(),
+        value,
+    }
 }
 
 /// Renders objects into the layout. Secrets are never written in plaintext: without an
 /// encryptor they are skipped and counted.
-pub fn build_tree(objects: &[ExportedObject], summary: &mut Summary) -> Result<Tree, crate::yaml::RenderError> {
+pub fn build_tree(
+    objects: &[ExportedObject],
+    summary: &mut Summary,
+) -> Result<Tree, crate::yaml::RenderError> {
     let mut tree = Tree::default();
     for obj in objects {
         if obj.is_secret() {

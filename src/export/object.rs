@@ -55,7 +55,13 @@ impl SourceObject {
 
     /// `resource namespace/name (origin)` for messages.
     pub fn describe(&self) -> String {
-        format!("{} {}/{} ({})", self.rt.qualified(), self.namespace().unwrap_or("-"), self.name(), self.origin)
+        format!(
+            "{} {}/{} ({})",
+            self.rt.qualified(),
+            self.namespace().unwrap_or("-"),
+            self.name(),
+            self.origin
+        )
     }
 }
 

@@ -17,7 +17,9 @@ pub const MARKER: &str = ".dr-syncer-export";
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     /// The target exists, is not empty and was not written by dr-syncer.
-    #[error("{0} exists and was not written by dr-syncer export (no {MARKER}); refusing to replace it")]
+    #[error(
+        "{0} exists and was not written by dr-syncer export (no {MARKER}); refusing to replace it"
+    )]
     Foreign(PathBuf),
     /// Filesystem error.
     #[error("{path}: {source}")]
@@ -30,7 +32,10 @@ pub enum OutputError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
-    move |source| OutputError::Io { path: path.to_path_buf(), source }
+    move |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Paths added, changed and deleted between two trees.
@@ -61,7 +66,12 @@ pub fn diff(old: &Tree, new: &Tree) -> Diff {
             _ => {}
         }
     }
-    d.deleted = old.files.keys().filter(|p| !new.files.contains_key(*p)).cloned().collect();
+    d.deleted = old
+        .files
+        .keys()
+        .filter(|p| !new.files.contains_key(*p))
+        .cloned()
+        .collect();
     d
 }
 
@@ -82,8 +92,13 @@ pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
             if entry.file_type().map_err(io_err(&path))?.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path.strip_prefix(dir).expect("below dir").to_string_lossy().replace('\\', "/");
-                tree.files.insert(rel, std::fs::read(&path).map_err(io_err(&path))?);
+                let rel = path
+                    .strip_prefix(dir)
+                    .expect("below dir")
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                tree.files
+                    .insert(rel, std::fs::read(&path).map_err(io_err(&path))?);
             }
         }
     }
@@ -107,7 +122,10 @@ pub fn carry_over(new: &mut Tree, old: &Tree, keep: impl Fn(&str, &str, &str) ->
 /// Replaces `dir` with `tree`: written to a sibling temp directory, then swapped in.
 pub fn write_tree(tree: &Tree, dir: &Path) -> Result<(), OutputError> {
     if dir.exists() && !dir.join(MARKER).exists() {
-        let empty = std::fs::read_dir(dir).map_err(io_err(dir))?.next().is_none();
+        let empty = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .next()
+            .is_none();
         if !empty {
             return Err(OutputError::Foreign(dir.to_path_buf()));
         }
@@ -117,8 +135,14 @@ pub fn write_tree(tree: &Tree, dir: &Path) -> Result<(), OutputError> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
-    let staging = tempfile::Builder::new().prefix(&format!(".{name}.new-")).tempdir_in(&parent).map_err(io_err(&parent))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}.new-"))
+        .tempdir_in(&parent)
+        .map_err(io_err(&parent))?;
     for (rel, content) in &tree.files {
         let path = staging.path().join(rel);
         if let Some(p) = path.parent() {
@@ -127,16 +151,27 @@ pub fn write_tree(tree: &Tree, dir: &Path) -> Result<(), OutputError> {
         std::fs::write(&path, content).map_err(io_err(&path))?;
     }
     let marker = staging.path().join(MARKER);
-    std::fs::write(&marker, "written by dr-syncer export; the whole directory is replaced on each export\n").map_err(io_err(&marker))?;
+    std::fs::write(
+        &marker,
+        "written by dr-syncer export; the whole directory is replaced on each export\n",
+    )
+    .map_err(io_err(&marker))?;
     let staged = staging.keep();
     if dir.exists() {
-        let old = tempfile::Builder::new().prefix(&format!(".{name}.old-")).tempdir_in(&parent).map_err(io_err(&parent))?.keep();
+        let old = tempfile::Builder::new()
+            .prefix(&format!(".{name}.old-"))
+            .tempdir_in(&parent)
+            .map_err(io_err(&parent))?
+            .keep();
         std::fs::remove_dir(&old).map_err(io_err(&old))?;
         std::fs::rename(dir, &old).map_err(io_err(dir))?;
         if let Err(e) = std::fs::rename(&staged, dir) {
             // Put the previous output back; the new one stays in `staged` for inspection.
             let _ = std::fs::rename(&old, dir);
-            return Err(OutputError::Io { path: dir.to_path_buf(), source: e });
+            return Err(OutputError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            });
         }
         std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
     } else {

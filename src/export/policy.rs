@@ -22,7 +22,10 @@ pub struct PolicyError {
 impl PolicyError {
     /// Builds an error for `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        PolicyError { field: field.into(), message: message.into() }
+        PolicyError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -156,8 +159,14 @@ impl Policy {
             .exclude_names
             .iter()
             .map(|e| match e.split_once('/') {
-                Some((r, n)) => NameRule { resource: Some(r.to_string()), name: n.to_string() },
-                None => NameRule { resource: None, name: e.clone() },
+                Some((r, n)) => NameRule {
+                    resource: Some(r.to_string()),
+                    name: n.to_string(),
+                },
+                None => NameRule {
+                    resource: None,
+                    name: e.clone(),
+                },
             })
             .collect();
         Ok(Policy {
@@ -171,7 +180,10 @@ impl Policy {
             image_mappings: spec.image_mappings.clone(),
             ingress_host_mappings: spec.ingress_host_mappings.clone(),
             transforms,
-            include_helm_releases: spec.secrets.as_ref().is_some_and(|s| s.include_helm_releases),
+            include_helm_releases: spec
+                .secrets
+                .as_ref()
+                .is_some_and(|s| s.include_helm_releases),
             destination_namespace: spec.destination_namespace.clone(),
             destination_namespace_suffix: spec.destination_namespace_suffix.clone(),
         })
@@ -179,7 +191,10 @@ impl Policy {
 
     /// The DR namespace for a source namespace.
     pub fn destination_for(&self, source: &str) -> String {
-        match (&self.destination_namespace, &self.destination_namespace_suffix) {
+        match (
+            &self.destination_namespace,
+            &self.destination_namespace_suffix,
+        ) {
             (Some(d), _) => d.clone(),
             (None, Some(suffix)) => format!("{source}{suffix}"),
             (None, None) => source.to_string(),
@@ -195,7 +210,10 @@ impl Policy {
             return Err(TypeExclusion::Excluded);
         }
         // Named explicitly (not via `*`): the user asked for it, defaults do not apply.
-        let explicit = self.resource_types.iter().any(|e| e != "*" && rt.matches(e));
+        let explicit = self
+            .resource_types
+            .iter()
+            .any(|e| e != "*" && rt.matches(e));
         if explicit {
             return Ok(());
         }
@@ -206,7 +224,11 @@ impl Policy {
         let default_excluded = DEFAULT_EXCLUDED
             .iter()
             .any(|(g, r)| *g == rt.group && (*r == "*" || *r == rt.plural));
-        if default_excluded { Err(TypeExclusion::Default) } else { Ok(()) }
+        if default_excluded {
+            Err(TypeExclusion::Default)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -225,14 +247,54 @@ mod tests {
             ..Policy::default()
         };
         let cases = [
-            ("all-by-default", with(&[], &[]), t("apps/v1", "Deployment"), Ok(())),
-            ("events-excluded-by-default", with(&[], &[]), t("v1", "Event"), Err(TypeExclusion::Default)),
-            ("star-keeps-defaults", with(&["*"], &[]), t("coordination.k8s.io/v1", "Lease"), Err(TypeExclusion::Default)),
-            ("explicit-overrides-default", with(&["leases"], &[]), t("coordination.k8s.io/v1", "Lease"), Ok(())),
-            ("not-selected", with(&["configmaps"], &[]), t("apps/v1", "Deployment"), Err(TypeExclusion::NotSelected)),
-            ("short-name", with(&["pvc"], &[]), t("v1", "PersistentVolumeClaim"), Ok(())),
-            ("exclude-wins", with(&["*"], &["deployments.apps"]), t("apps/v1", "Deployment"), Err(TypeExclusion::Excluded)),
-            ("cluster-scoped", with(&["*"], &[]), t("rbac.authorization.k8s.io/v1", "ClusterRole"), Err(TypeExclusion::ClusterScoped)),
+            (
+                "all-by-default",
+                with(&[], &[]),
+                t("apps/v1", "Deployment"),
+                Ok(()),
+            ),
+            (
+                "events-excluded-by-default",
+                with(&[], &[]),
+                t("v1", "Event"),
+                Err(TypeExclusion::Default),
+            ),
+            (
+                "star-keeps-defaults",
+                with(&["*"], &[]),
+                t("coordination.k8s.io/v1", "Lease"),
+                Err(TypeExclusion::Default),
+            ),
+            (
+                "explicit-overrides-default",
+                with(&["leases"], &[]),
+                t("coordination.k8s.io/v1", "Lease"),
+                Ok(()),
+            ),
+            (
+                "not-selected",
+                with(&["configmaps"], &[]),
+                t("apps/v1", "Deployment"),
+                Err(TypeExclusion::NotSelected),
+            ),
+            (
+                "short-name",
+                with(&["pvc"], &[]),
+                t("v1", "PersistentVolumeClaim"),
+                Ok(()),
+            ),
+            (
+                "exclude-wins",
+                with(&["*"], &["deployments.apps"]),
+                t("apps/v1", "Deployment"),
+                Err(TypeExclusion::Excluded),
+            ),
+            (
+                "cluster-scoped",
+                with(&["*"], &[]),
+                t("rbac.authorization.k8s.io/v1", "ClusterRole"),
+                Err(TypeExclusion::ClusterScoped),
+            ),
         ];
         for (name, policy, rt, expected) in cases {
             assert_eq!(policy.wants_type(&rt), expected, "{name}");

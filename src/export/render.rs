@@ -9,14 +9,29 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
 const TOP: &[&str] = &[
-    "apiVersion", "kind", "metadata", "spec", "data", "binaryData", "stringData", "type", "immutable", "rules",
-    "subjects", "roleRef", "webhooks",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "spec",
+    "data",
+    "binaryData",
+    "stringData",
+    "type",
+    "immutable",
+    "rules",
+    "subjects",
+    "roleRef",
+    "webhooks",
 ];
 const METADATA: &[&str] = &["name", "namespace", "labels", "annotations"];
 
 /// Renders `obj` as a YAML document.
 pub fn render(obj: &Value) -> Result<String, crate::yaml::RenderError> {
-    crate::yaml::to_string(&Canonical { value: obj, first: TOP, child_first: Some(("metadata", METADATA)) })
+    crate::yaml::to_string(&Canonical {
+        value: obj,
+        first: TOP,
+        child_first: Some(("metadata", METADATA)),
+    })
 }
 
 struct Canonical<'a> {
@@ -28,7 +43,10 @@ struct Canonical<'a> {
 }
 
 fn ordered_keys<'a>(m: &'a Map<String, Value>, first: &[&str]) -> Vec<&'a String> {
-    let mut head: Vec<&String> = first.iter().filter_map(|k| m.get_key_value(*k).map(|(k, _)| k)).collect();
+    let mut head: Vec<&String> = first
+        .iter()
+        .filter_map(|k| m.get_key_value(*k).map(|(k, _)| k))
+        .collect();
     let mut rest: Vec<&String> = m.keys().filter(|k| !first.contains(&k.as_str())).collect();
     rest.sort();
     head.extend(rest);
@@ -45,14 +63,25 @@ impl Serialize for Canonical<'_> {
                         Some((key, f)) if key == k => f,
                         _ => &[],
                     };
-                    map.serialize_entry(k, &Canonical { value: &m[k], first, child_first: None })?;
+                    map.serialize_entry(
+                        k,
+                        &Canonical {
+                            value: &m[k],
+                            first,
+                            child_first: None,
+                        },
+                    )?;
                 }
                 map.end()
             }
             Value::Array(a) => {
                 let mut seq = s.serialize_seq(Some(a.len()))?;
                 for v in a {
-                    seq.serialize_element(&Canonical { value: v, first: &[], child_first: None })?;
+                    seq.serialize_element(&Canonical {
+                        value: v,
+                        first: &[],
+                        child_first: None,
+                    })?;
                 }
                 seq.end()
             }

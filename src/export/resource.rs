@@ -30,17 +30,29 @@ pub struct ResourceType {
 impl ResourceType {
     /// `group/version`, or `version` for the core group.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// Directory segment for the group: `core` for the core group (a group name never is).
     pub fn group_dir(&self) -> &str {
-        if self.group.is_empty() { "core" } else { &self.group }
+        if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        }
     }
 
     /// `plural.group` (or `plural` for core), the unambiguous spelling used in summaries.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 
     /// Whether a `resourceTypes`-style entry names this type. Case-insensitive; `*`
@@ -55,7 +67,11 @@ impl ResourceType {
             None => (entry.clone(), None),
         };
         if let Some(g) = group {
-            let own = if self.group.is_empty() { "core" } else { self.group.as_str() };
+            let own = if self.group.is_empty() {
+                "core"
+            } else {
+                self.group.as_str()
+            };
             if g != own {
                 return false;
             }
@@ -80,38 +96,171 @@ const BUILTIN: &[(&str, &str, &str, &str, &[&str], bool)] = &[
     ("", "v1", "ConfigMap", "configmaps", &["cm"], true),
     ("", "v1", "Secret", "secrets", &[], true),
     ("", "v1", "ServiceAccount", "serviceaccounts", &["sa"], true),
-    ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", &["pvc"], true),
+    (
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        &["pvc"],
+        true,
+    ),
     ("", "v1", "Endpoints", "endpoints", &["ep"], true),
     ("", "v1", "Event", "events", &["ev"], true),
     ("", "v1", "LimitRange", "limitranges", &["limits"], true),
-    ("", "v1", "ResourceQuota", "resourcequotas", &["quota"], true),
-    ("", "v1", "ReplicationController", "replicationcontrollers", &["rc"], true),
+    (
+        "",
+        "v1",
+        "ResourceQuota",
+        "resourcequotas",
+        &["quota"],
+        true,
+    ),
+    (
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        &["rc"],
+        true,
+    ),
     ("", "v1", "PodTemplate", "podtemplates", &[], true),
     ("", "v1", "Namespace", "namespaces", &["ns"], false),
-    ("", "v1", "PersistentVolume", "persistentvolumes", &["pv"], false),
+    (
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        &["pv"],
+        false,
+    ),
     ("apps", "v1", "Deployment", "deployments", &["deploy"], true),
     ("apps", "v1", "StatefulSet", "statefulsets", &["sts"], true),
     ("apps", "v1", "DaemonSet", "daemonsets", &["ds"], true),
     ("apps", "v1", "ReplicaSet", "replicasets", &["rs"], true),
-    ("apps", "v1", "ControllerRevision", "controllerrevisions", &[], true),
+    (
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        &[],
+        true,
+    ),
     ("batch", "v1", "Job", "jobs", &[], true),
     ("batch", "v1", "CronJob", "cronjobs", &["cj"], true),
-    ("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", &["hpa"], true),
-    ("networking.k8s.io", "v1", "Ingress", "ingresses", &["ing"], true),
-    ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", &["netpol"], true),
-    ("networking.k8s.io", "v1", "IngressClass", "ingressclasses", &[], false),
-    ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", &["pdb"], true),
-    ("rbac.authorization.k8s.io", "v1", "Role", "roles", &[], true),
-    ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", &[], true),
-    ("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", &[], false),
-    ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", &[], false),
-    ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", &[], true),
+    (
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        &["hpa"],
+        true,
+    ),
+    (
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        &["ing"],
+        true,
+    ),
+    (
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        &["netpol"],
+        true,
+    ),
+    (
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        &[],
+        false,
+    ),
+    (
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        &["pdb"],
+        true,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        &[],
+        true,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        &[],
+        true,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        &[],
+        false,
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        &[],
+        false,
+    ),
+    (
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        &[],
+        true,
+    ),
     ("events.k8s.io", "v1", "Event", "events", &["ev"], true),
     ("coordination.k8s.io", "v1", "Lease", "leases", &[], true),
-    ("storage.k8s.io", "v1", "StorageClass", "storageclasses", &["sc"], false),
-    ("storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities", &[], true),
-    ("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", &["crd", "crds"], false),
-    ("snapshot.storage.k8s.io", "v1", "VolumeSnapshot", "volumesnapshots", &["vs"], true),
+    (
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        &["sc"],
+        false,
+    ),
+    (
+        "storage.k8s.io",
+        "v1",
+        "CSIStorageCapacity",
+        "csistoragecapacities",
+        &[],
+        true,
+    ),
+    (
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        &["crd", "crds"],
+        false,
+    ),
+    (
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+        &["vs"],
+        true,
+    ),
 ];
 
 impl Registry {
@@ -135,7 +284,8 @@ impl Registry {
 
     /// Adds (or replaces) a type.
     pub fn add(&mut self, rt: ResourceType) {
-        self.by_group_kind.insert((rt.group.clone(), rt.kind.clone()), rt);
+        self.by_group_kind
+            .insert((rt.group.clone(), rt.kind.clone()), rt);
     }
 
     /// Adds the type a CustomResourceDefinition object defines; `None` when the object is
@@ -148,7 +298,9 @@ impl Registry {
             .get("versions")
             .and_then(Value::as_array)
             .and_then(|vs| {
-                let storage = vs.iter().find(|v| v.get("storage").and_then(Value::as_bool) == Some(true));
+                let storage = vs
+                    .iter()
+                    .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true));
                 storage.or(vs.first()).and_then(|v| str_of(v, "name"))
             })
             .unwrap_or_else(|| "v1".into());
@@ -161,7 +313,11 @@ impl Registry {
             short_names: names
                 .get("shortNames")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
             namespaced: str_of(spec, "scope").as_deref() != Some("Cluster"),
             kind,
@@ -173,7 +329,8 @@ impl Registry {
     /// The type of an object with this `apiVersion` and `kind`.
     pub fn lookup(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
         let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-        self.by_group_kind.get(&(group.to_string(), kind.to_string()))
+        self.by_group_kind
+            .get(&(group.to_string(), kind.to_string()))
     }
 
     /// Every known type.

@@ -69,7 +69,10 @@ impl Summary {
     /// Records an exclusion.
     pub fn exclude(&mut self, qualified: &str, reason: &str) {
         self.kind(qualified).excluded += 1;
-        *self.excluded_by_reason.entry(reason.to_string()).or_default() += 1;
+        *self
+            .excluded_by_reason
+            .entry(reason.to_string())
+            .or_default() += 1;
     }
 
     /// Totals over all types.
@@ -105,15 +108,25 @@ impl Summary {
             out.push_str(&format!("excluded: {n} × {reason}\n"));
         }
         for (name, t) in &self.transforms {
-            out.push_str(&format!("transform {name}: applied {}, skipped {}", t.applied, t.skipped));
+            out.push_str(&format!(
+                "transform {name}: applied {}, skipped {}",
+                t.applied, t.skipped
+            ));
             if let Some(r) = &t.last_skip_reason {
                 out.push_str(&format!(" (last: {r})"));
             }
             out.push('\n');
         }
         for f in &self.failures {
-            let ns = f.namespace.as_deref().map(|n| format!(" in {n}")).unwrap_or_default();
-            out.push_str(&format!("FAILED {}{ns}: {} (its files were kept)\n", f.what, f.error));
+            let ns = f
+                .namespace
+                .as_deref()
+                .map(|n| format!(" in {n}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "FAILED {}{ns}: {} (its files were kept)\n",
+                f.what, f.error
+            ));
         }
         out
     }

@@ -59,20 +59,35 @@ impl CompiledTransform {
         let action = match (&t.json_patch, &t.merge_patch) {
             (Some(ops), None) => {
                 for (i, op) in ops.iter().enumerate() {
-                    let needs_value = matches!(op.op, JsonPatchVerb::Add | JsonPatchVerb::Replace | JsonPatchVerb::Test);
+                    let needs_value = matches!(
+                        op.op,
+                        JsonPatchVerb::Add | JsonPatchVerb::Replace | JsonPatchVerb::Test
+                    );
                     if needs_value && op.value.is_none() {
-                        return Err(PolicyError::new(format!("{field}.jsonPatch[{i}].value"), "required for add, replace and test"));
+                        return Err(PolicyError::new(
+                            format!("{field}.jsonPatch[{i}].value"),
+                            "required for add, replace and test",
+                        ));
                     }
                 }
                 let json = serde_json::to_value(ops).expect("patch ops serialize");
-                let patch = serde_json::from_value(json).map_err(|e| PolicyError::new(format!("{field}.jsonPatch"), e.to_string()))?;
+                let patch = serde_json::from_value(json)
+                    .map_err(|e| PolicyError::new(format!("{field}.jsonPatch"), e.to_string()))?;
                 Action::Json(patch)
             }
             (None, Some(merge)) => Action::Merge(merge.clone()),
-            _ => return Err(PolicyError::new(field, "needs exactly one of jsonPatch or mergePatch")),
+            _ => {
+                return Err(PolicyError::new(
+                    field,
+                    "needs exactly one of jsonPatch or mergePatch",
+                ));
+            }
         };
         Ok(CompiledTransform {
-            name: t.name.clone().unwrap_or_else(|| field.trim_start_matches("spec.").to_string()),
+            name: t
+                .name
+                .clone()
+                .unwrap_or_else(|| field.trim_start_matches("spec.").to_string()),
             resource_types: m.resource_types,
             namespaces: m.namespaces,
             name_regex,
@@ -86,7 +101,10 @@ impl CompiledTransform {
         (self.resource_types.is_empty() || self.resource_types.iter().any(|e| rt.matches(e)))
             && (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == source_namespace))
             && self.name_regex.as_ref().is_none_or(|r| r.is_match(name))
-            && self.selector.as_ref().is_none_or(|s| s.matches(&value::labels(obj)))
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&value::labels(obj)))
     }
 
     /// Applies the transform to `obj` when its conditions hold. A JSON patch is atomic: on
@@ -124,15 +142,60 @@ mod tests {
         let cm = reg.lookup("v1", "ConfigMap").unwrap();
         let base = json!({"metadata": {"name": "billing-config", "labels": {"tier": "api"}}, "data": {"LOG": "info"}});
         let cases = [
-            ("merge", json!({"mergePatch": {"data": {"LOG": "debug"}}}), Outcome::Applied, json!("debug")),
-            ("json-replace", json!({"jsonPatch": [{"op": "replace", "path": "/data/LOG", "value": "warn"}]}), Outcome::Applied, json!("warn")),
-            ("test-passes", json!({"jsonPatch": [{"op": "test", "path": "/data/LOG", "value": "info"}, {"op": "replace", "path": "/data/LOG", "value": "x"}]}), Outcome::Applied, json!("x")),
-            ("test-fails-leaves-object", json!({"jsonPatch": [{"op": "replace", "path": "/data/LOG", "value": "x"}, {"op": "test", "path": "/data/LOG", "value": "nope"}]}), Outcome::Skipped(String::new()), json!("info")),
-            ("name-regex-miss", json!({"match": {"nameRegex": "web-.*"}, "mergePatch": {"data": {"LOG": "x"}}}), Outcome::NotMatched, json!("info")),
-            ("name-regex-anchored", json!({"match": {"nameRegex": "billing"}, "mergePatch": {"data": {"LOG": "x"}}}), Outcome::NotMatched, json!("info")),
-            ("type-miss", json!({"match": {"resourceTypes": ["secrets"]}, "mergePatch": {"data": {"LOG": "x"}}}), Outcome::NotMatched, json!("info")),
-            ("selector-hit", json!({"match": {"labelSelector": {"matchLabels": {"tier": "api"}}}, "mergePatch": {"data": {"LOG": "x"}}}), Outcome::Applied, json!("x")),
-            ("namespace-miss", json!({"match": {"namespaces": ["other"]}, "mergePatch": {"data": {"LOG": "x"}}}), Outcome::NotMatched, json!("info")),
+            (
+                "merge",
+                json!({"mergePatch": {"data": {"LOG": "debug"}}}),
+                Outcome::Applied,
+                json!("debug"),
+            ),
+            (
+                "json-replace",
+                json!({"jsonPatch": [{"op": "replace", "path": "/data/LOG", "value": "warn"}]}),
+                Outcome::Applied,
+                json!("warn"),
+            ),
+            (
+                "test-passes",
+                json!({"jsonPatch": [{"op": "test", "path": "/data/LOG", "value": "info"}, {"op": "replace", "path": "/data/LOG", "value": "x"}]}),
+                Outcome::Applied,
+                json!("x"),
+            ),
+            (
+                "test-fails-leaves-object",
+                json!({"jsonPatch": [{"op": "replace", "path": "/data/LOG", "value": "x"}, {"op": "test", "path": "/data/LOG", "value": "nope"}]}),
+                Outcome::Skipped(String::new()),
+                json!("info"),
+            ),
+            (
+                "name-regex-miss",
+                json!({"match": {"nameRegex": "web-.*"}, "mergePatch": {"data": {"LOG": "x"}}}),
+                Outcome::NotMatched,
+                json!("info"),
+            ),
+            (
+                "name-regex-anchored",
+                json!({"match": {"nameRegex": "billing"}, "mergePatch": {"data": {"LOG": "x"}}}),
+                Outcome::NotMatched,
+                json!("info"),
+            ),
+            (
+                "type-miss",
+                json!({"match": {"resourceTypes": ["secrets"]}, "mergePatch": {"data": {"LOG": "x"}}}),
+                Outcome::NotMatched,
+                json!("info"),
+            ),
+            (
+                "selector-hit",
+                json!({"match": {"labelSelector": {"matchLabels": {"tier": "api"}}}, "mergePatch": {"data": {"LOG": "x"}}}),
+                Outcome::Applied,
+                json!("x"),
+            ),
+            (
+                "namespace-miss",
+                json!({"match": {"namespaces": ["other"]}, "mergePatch": {"data": {"LOG": "x"}}}),
+                Outcome::NotMatched,
+                json!("info"),
+            ),
         ];
         for (name, t, expected, log) in cases {
             let t = compile(t).unwrap();
@@ -149,8 +212,14 @@ mod tests {
     #[test]
     fn transform_compile_errors_name_the_field() {
         let cases = [
-            (json!({"match": {"nameRegex": "("}, "mergePatch": {}}), "spec.transforms[0].match.nameRegex"),
-            (json!({"jsonPatch": [{"op": "add", "path": "/a"}]}), "spec.transforms[0].jsonPatch[0].value"),
+            (
+                json!({"match": {"nameRegex": "("}, "mergePatch": {}}),
+                "spec.transforms[0].match.nameRegex",
+            ),
+            (
+                json!({"jsonPatch": [{"op": "add", "path": "/a"}]}),
+                "spec.transforms[0].jsonPatch[0].value",
+            ),
             (json!({}), "spec.transforms[0]"),
         ];
         for (t, field) in cases {

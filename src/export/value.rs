@@ -35,7 +35,11 @@ pub fn ensure_map<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Map<String, Va
         if !cur.is_object() {
             *cur = Value::Object(Map::new());
         }
-        cur = cur.as_object_mut().expect("object").entry(k.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        cur = cur
+            .as_object_mut()
+            .expect("object")
+            .entry(k.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
     if !cur.is_object() {
         *cur = Value::Object(Map::new());
@@ -55,20 +59,28 @@ pub fn annotations(v: &Value) -> BTreeMap<String, String> {
 
 fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Sets `metadata.annotations[key]`.
 pub fn set_annotation(v: &mut Value, key: &str, value: impl Into<String>) {
-    ensure_map(v, &["metadata", "annotations"]).insert(key.to_string(), Value::String(value.into()));
+    ensure_map(v, &["metadata", "annotations"])
+        .insert(key.to_string(), Value::String(value.into()));
 }
 
 /// Removes empty `labels` / `annotations` maps under `metadata` so output carries no `{}`.
 pub fn drop_empty_metadata_maps(metadata: &mut Value) {
     if let Some(m) = metadata.as_object_mut() {
         for key in ["labels", "annotations"] {
-            if m.get(key).and_then(Value::as_object).is_some_and(Map::is_empty) {
+            if m.get(key)
+                .and_then(Value::as_object)
+                .is_some_and(Map::is_empty)
+            {
                 m.remove(key);
             }
         }
@@ -93,7 +105,10 @@ pub fn for_each_pod_spec(obj: &mut Value, mut f: impl FnMut(&mut Value)) {
 
 /// Calls `f` on every pod template's `metadata` (Deployments, StatefulSets, Jobs, ...).
 pub fn for_each_template_metadata(obj: &mut Value, mut f: impl FnMut(&mut Value)) {
-    for path in [&["spec", "template", "metadata"][..], &["spec", "jobTemplate", "spec", "template", "metadata"][..]] {
+    for path in [
+        &["spec", "template", "metadata"][..],
+        &["spec", "jobTemplate", "spec", "template", "metadata"][..],
+    ] {
         if let Some(m) = get_mut(obj, path) {
             f(m);
         }

@@ -47,18 +47,31 @@ pub async fn discover(client: &Client) -> Result<Discovery, kube::Error> {
             let res = if group.is_empty() {
                 client.list_core_api_resources(&version).await
             } else {
-                client.list_api_group_resources(&format!("{group}/{version}")).await
+                client
+                    .list_api_group_resources(&format!("{group}/{version}"))
+                    .await
             };
             (group, version, res)
         })
         .buffer_unordered(8)
         .collect()
         .await;
-    let mut d = Discovery { registry: Registry::default(), ..Default::default() };
+    let mut d = Discovery {
+        registry: Registry::default(),
+        ..Default::default()
+    };
     for (group, version, res) in results {
         match res {
             Ok(list) => add_resources(&mut d, &group, &version, list),
-            Err(e) => d.failures.push(Failure { what: if group.is_empty() { "core".into() } else { group }, namespace: None, error: e.to_string() }),
+            Err(e) => d.failures.push(Failure {
+                what: if group.is_empty() {
+                    "core".into()
+                } else {
+                    group
+                },
+                namespace: None,
+                error: e.to_string(),
+            }),
         }
     }
     d.listable.sort();
@@ -75,12 +88,17 @@ fn add_resources(d: &mut Discovery, group: &str, version: &str, list: APIResourc
             version: version.to_string(),
             kind: r.kind.clone(),
             plural: r.name.clone(),
-            singular: if r.singular_name.is_empty() { r.kind.to_ascii_lowercase() } else { r.singular_name.clone() },
+            singular: if r.singular_name.is_empty() {
+                r.kind.to_ascii_lowercase()
+            } else {
+                r.singular_name.clone()
+            },
             short_names: r.short_names.clone().unwrap_or_default(),
             namespaced: r.namespaced,
         };
         let verbs = &r.verbs;
-        if rt.namespaced && verbs.iter().any(|v| v == "list") && verbs.iter().any(|v| v == "watch") {
+        if rt.namespaced && verbs.iter().any(|v| v == "list") && verbs.iter().any(|v| v == "watch")
+        {
             d.listable.push(rt.clone());
         }
         d.registry.add(rt);
@@ -98,8 +116,13 @@ fn api_resource(rt: &ResourceType) -> ApiResource {
 }
 
 /// Lists every object of `rt` in `namespace`, page by page.
-pub async fn list_type(client: &Client, namespace: &str, rt: &ResourceType) -> Result<Vec<SourceObject>, kube::Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource(rt));
+pub async fn list_type(
+    client: &Client,
+    namespace: &str,
+    rt: &ResourceType,
+) -> Result<Vec<SourceObject>, kube::Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &api_resource(rt));
     let mut out = Vec::new();
     let mut params = ListParams::default().limit(PAGE_SIZE);
     loop {
@@ -110,7 +133,11 @@ pub async fn list_type(client: &Client, namespace: &str, rt: &ResourceType) -> R
                 o.insert("apiVersion".into(), Value::String(rt.api_version()));
                 o.insert("kind".into(), Value::String(rt.kind.clone()));
             }
-            out.push(SourceObject { rt: rt.clone(), value, origin: Origin::Live });
+            out.push(SourceObject {
+                rt: rt.clone(),
+                value,
+                origin: Origin::Live,
+            });
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
@@ -142,7 +169,11 @@ pub async fn list_namespace(
     for (rt, r) in results {
         match r {
             Ok(mut objs) => objects.append(&mut objs),
-            Err(e) => failures.push(Failure { what: rt.qualified(), namespace: Some(namespace.to_string()), error: e.to_string() }),
+            Err(e) => failures.push(Failure {
+                what: rt.qualified(),
+                namespace: Some(namespace.to_string()),
+                error: e.to_string(),
+            }),
         }
     }
     (objects, failures)
@@ -150,7 +181,10 @@ pub async fn list_namespace(
 
 /// The Namespace object, if it exists.
 pub async fn get_namespace(client: &Client, name: &str) -> Result<Option<Value>, kube::Error> {
-    Ok(Api::<Namespace>::all(client.clone()).get_opt(name).await?.map(namespace_value))
+    Ok(Api::<Namespace>::all(client.clone())
+        .get_opt(name)
+        .await?
+        .map(namespace_value))
 }
 
 /// Namespaces matching a label selector (`kubectl -l` syntax).

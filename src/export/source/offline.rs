@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use kube::core::{Selector, SelectorExt};
+
+use crate::export::NamespaceInput;
 use crate::export::object::{Origin, SourceObject};
 use crate::export::resource::Registry;
-use crate::export::value::str_at;
+use crate::export::value::{self, str_at};
 
 /// Errors reading the input; each names where.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +42,13 @@ pub enum OfflineError {
         /// What is wrong.
         message: String,
     },
+    /// A selector matched no Namespace object in the input.
+    #[error("no Namespace object in the input matches the selector {0}")]
+    NoNamespaceMatches(String),
     /// A kind that is neither built in nor defined by a CRD in the input.
-    #[error("{origin}: unknown kind {kind} ({api_version}); add its CustomResourceDefinition to the input directory")]
+    #[error(
+        "{origin}: unknown kind {kind} ({api_version}); add its CustomResourceDefinition to the input directory"
+    )]
     UnknownKind {
         /// Where.
         origin: Origin,
@@ -71,10 +79,16 @@ pub fn read_dir(dir: &Path) -> Result<OfflineInput, OfflineError> {
     files.sort();
     let mut docs = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| OfflineError::Io { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| OfflineError::Io {
+            path: file.clone(),
+            source,
+        })?;
         parse_file(file, &text, &mut docs)?;
     }
-    let mut input = OfflineInput { registry: Registry::builtin(), ..Default::default() };
+    let mut input = OfflineInput {
+        registry: Registry::builtin(),
+        ..Default::default()
+    };
     // CRDs first, so custom resources anywhere in the input resolve.
     for (value, _) in &docs {
         if str_at(value, &["kind"]) == Some("CustomResourceDefinition") {
@@ -82,14 +96,26 @@ pub fn read_dir(dir: &Path) -> Result<OfflineInput, OfflineError> {
         }
     }
     for (value, origin) in docs {
-        let (Some(api_version), Some(kind)) = (str_at(&value, &["apiVersion"]), str_at(&value, &["kind"])) else {
-            return Err(OfflineError::Invalid { origin, message: "not a Kubernetes object: apiVersion and kind are required".into() });
+        let (Some(api_version), Some(kind)) =
+            (str_at(&value, &["apiVersion"]), str_at(&value, &["kind"]))
+        else {
+            return Err(OfflineError::Invalid {
+                origin,
+                message: "not a Kubernetes object: apiVersion and kind are required".into(),
+            });
         };
         let Some(rt) = input.registry.lookup(api_version, kind).cloned() else {
-            return Err(OfflineError::UnknownKind { origin, api_version: api_version.into(), kind: kind.into() });
+            return Err(OfflineError::UnknownKind {
+                origin,
+                api_version: api_version.into(),
+                kind: kind.into(),
+            });
         };
         let Some(name) = str_at(&value, &["metadata", "name"]).map(str::to_string) else {
-            return Err(OfflineError::Invalid { origin, message: format!("{kind} without metadata.name") });
+            return Err(OfflineError::Invalid {
+                origin,
+                message: format!("{kind} without metadata.name"),
+            });
         };
         if !rt.namespaced {
             match kind {
@@ -102,21 +128,81 @@ pub fn read_dir(dir: &Path) -> Result<OfflineInput, OfflineError> {
             continue;
         }
         if str_at(&value, &["metadata", "namespace"]).is_none() {
-            return Err(OfflineError::Invalid { origin, message: format!("{kind} {name} without metadata.namespace") });
+            return Err(OfflineError::Invalid {
+                origin,
+                message: format!("{kind} {name} without metadata.namespace"),
+            });
         }
         input.objects.push(SourceObject { rt, value, origin });
     }
     Ok(input)
 }
 
+impl OfflineInput {
+    /// Groups the objects by source namespace: the `names` given, plus those whose Namespace
+    /// object matches `selector`; with neither, every namespace in the input.
+    pub fn into_namespaces(
+        self,
+        names: &[String],
+        selector: Option<&Selector>,
+    ) -> Result<(Vec<NamespaceInput>, Registry), OfflineError> {
+        let mut wanted: std::collections::BTreeSet<String> = names.iter().cloned().collect();
+        if let Some(sel) = selector {
+            let before = wanted.len();
+            wanted.extend(
+                self.namespaces
+                    .iter()
+                    .filter(|(_, ns)| sel.matches(&value::labels(ns)))
+                    .map(|(n, _)| n.clone()),
+            );
+            if wanted.len() == before && names.is_empty() {
+                return Err(OfflineError::NoNamespaceMatches(sel.to_string()));
+            }
+        } else if wanted.is_empty() {
+            wanted.extend(self.namespaces.keys().cloned());
+            wanted.extend(
+                self.objects
+                    .iter()
+                    .filter_map(|o| o.namespace().map(str::to_string)),
+            );
+        }
+        let mut inputs: Vec<NamespaceInput> = wanted
+            .into_iter()
+            .map(|name| NamespaceInput {
+                object: self.namespaces.get(&name).cloned(),
+                name,
+                objects: Vec::new(),
+            })
+            .collect();
+        for obj in self.objects {
+            if let Some(i) = inputs
+                .iter_mut()
+                .find(|i| Some(i.name.as_str()) == obj.namespace())
+            {
+                i.objects.push(obj);
+            }
+        }
+        Ok((inputs, self.registry))
+    }
+}
+
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), OfflineError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| OfflineError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| OfflineError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for entry in entries {
-        let entry = entry.map_err(|source| OfflineError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| OfflineError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = entry.path();
         if path.is_dir() {
             collect_files(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        {
             out.push(path);
         }
     }
@@ -127,22 +213,38 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), OfflineError>
 fn parse_file(path: &Path, text: &str, out: &mut Vec<(Value, Origin)>) -> Result<(), OfflineError> {
     let is_json = path.extension().is_some_and(|e| e == "json");
     let docs: Vec<(usize, Value)> = if is_json {
-        let v = serde_json::from_str(text).map_err(|e| OfflineError::Parse { path: path.into(), line: e.line(), message: e.to_string() })?;
+        let v = serde_json::from_str(text).map_err(|e| OfflineError::Parse {
+            path: path.into(),
+            line: e.line(),
+            message: e.to_string(),
+        })?;
         vec![(1, v)]
     } else {
         split_documents(text)
             .into_iter()
-            .filter(|(_, doc)| doc.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+            .filter(|(_, doc)| {
+                doc.lines()
+                    .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            })
             .map(|(line, doc)| {
-                serde_saphyr::from_str::<Value>(doc).map(|v| (line, v)).map_err(|e| {
-                    let (rel, message) = yaml_error_line(&e.to_string());
-                    OfflineError::Parse { path: path.into(), line: line + rel.saturating_sub(1), message }
-                })
+                serde_saphyr::from_str::<Value>(doc)
+                    .map(|v| (line, v))
+                    .map_err(|e| {
+                        let (rel, message) = yaml_error_line(&e.to_string());
+                        OfflineError::Parse {
+                            path: path.into(),
+                            line: line + rel.saturating_sub(1),
+                            message,
+                        }
+                    })
             })
             .collect::<Result<_, _>>()?
     };
     for (line, value) in docs {
-        let origin = Origin::File { path: path.to_path_buf(), line };
+        let origin = Origin::File {
+            path: path.to_path_buf(),
+            line,
+        };
         if value.is_null() {
             continue;
         }
@@ -211,6 +313,9 @@ mod tests {
     fn split_documents_tracks_lines() {
         let text = "a: 1\n---\nb: 2\nc: 3\n--- # comment\nd: 4\n";
         let docs = split_documents(text);
-        assert_eq!(docs, vec![(1, "a: 1\n"), (3, "b: 2\nc: 3\n"), (6, "d: 4\n")]);
+        assert_eq!(
+            docs,
+            vec![(1, "a: 1\n"), (3, "b: 2\nc: 3\n"), (6, "d: 4\n")]
+        );
     }
 }

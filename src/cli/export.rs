@@ -1,0 +1,285 @@
+//! `dr-syncer export`: one export of one or more namespaces, from a live cluster or from
+//! files, into a directory (or just the diff with `--dry-run`).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use kube::core::Selector;
+use serde_json::json;
+
+use crate::api::NamespaceMapping;
+use crate::export::source::{live, offline};
+use crate::export::{self, NamespaceInput, Policy, Summary, output, value};
+
+/// Exit code when some types could not be listed (their files were kept).
+pub const EXIT_PARTIAL: u8 = 3;
+
+/// Arguments of `dr-syncer export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Read objects from YAML/JSON files below this directory instead of a cluster.
+    #[arg(long, env = "DR_SYNCER_FROM", conflicts_with_all = ["kubeconfig", "context"])]
+    pub from: Option<PathBuf>,
+    /// Kubeconfig of the source cluster (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, env = "DR_SYNCER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context.
+    #[arg(long, env = "DR_SYNCER_CONTEXT")]
+    pub context: Option<String>,
+    /// Source namespace (repeatable). Default: the mapping's, or every namespace in --from.
+    #[arg(
+        long = "namespace",
+        short = 'n',
+        env = "DR_SYNCER_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+    /// Export every namespace whose labels match (`kubectl -l` syntax).
+    #[arg(
+        long,
+        short = 'l',
+        env = "DR_SYNCER_SELECTOR",
+        conflicts_with = "namespaces"
+    )]
+    pub selector: Option<String>,
+    /// A NamespaceMapping whose spec drives filtering, transforms and destination namespaces.
+    #[arg(long, env = "DR_SYNCER_MAPPING")]
+    pub mapping: Option<PathBuf>,
+    /// Output directory (replaced as a whole; previous output kept if the export fails).
+    #[arg(long, env = "DR_SYNCER_TO")]
+    pub to: PathBuf,
+    /// Show what would change in --to without writing.
+    #[arg(long, env = "DR_SYNCER_DRY_RUN")]
+    pub dry_run: bool,
+    /// Summary format.
+    #[arg(long, short = 'o', env = "DR_SYNCER_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Types listed at once (live).
+    #[arg(long, env = "DR_SYNCER_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+/// Summary format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table per kind.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// Runs the export.
+pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let mapping = args.mapping.as_deref().map(load_mapping).transpose()?;
+    let policy = match &mapping {
+        Some(m) => Policy::from_spec(&m.spec).with_context(|| {
+            format!(
+                "{}: invalid mapping",
+                args.mapping.as_ref().unwrap().display()
+            )
+        })?,
+        None => Policy::default(),
+    };
+    let mut summary = Summary::default();
+    let (inputs, registry) = match &args.from {
+        Some(dir) => read_offline(dir, args, mapping.as_ref())?,
+        None => read_live(args, mapping.as_ref(), &policy, &mut summary).await?,
+    };
+    let objects = export::process(inputs, &policy, &registry, &mut summary);
+    let mut tree = export::build_tree(&objects, &mut summary)?;
+    let previous = output::read_tree(&args.to)?;
+    if !summary.failures.is_empty() {
+        let failures = summary.failures.clone();
+        let dests: Vec<String> = summary.namespaces.values().cloned().collect();
+        output::carry_over(&mut tree, &previous, |top, group, plural| {
+            failures
+                .iter()
+                .any(|f| failure_covers(f, &dests, &summary.namespaces, top, group, plural))
+        });
+    }
+    let diff = output::diff(&previous, &tree);
+    if !args.dry_run && (!diff.is_empty() || !args.to.join(output::MARKER).exists()) {
+        output::write_tree(&tree, &args.to)?;
+    }
+    match args.output {
+        OutputFormat::Table => {
+            print!("{}", summary.table());
+            let verb = if args.dry_run {
+                "would change"
+            } else {
+                "changed"
+            };
+            println!(
+                "{}: {} added, {} changed, {} deleted ({verb})",
+                args.to.display(),
+                diff.added.len(),
+                diff.changed.len(),
+                diff.deleted.len()
+            );
+            if args.dry_run {
+                for (mark, paths) in [
+                    ("+", &diff.added),
+                    ("~", &diff.changed),
+                    ("-", &diff.deleted),
+                ] {
+                    for p in paths {
+                        println!("{mark} {p}");
+                    }
+                }
+            }
+        }
+        OutputFormat::Json => {
+            let doc = json!({"output": args.to, "dryRun": args.dry_run, "summary": summary, "diff": diff});
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+    }
+    if summary.failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(EXIT_PARTIAL))
+    }
+}
+
+/// Whether a listing failure covers files under `top/group/plural`.
+fn failure_covers(
+    f: &export::summary::Failure,
+    dests: &[String],
+    source_to_dest: &std::collections::BTreeMap<String, String>,
+    top: &str,
+    group: &str,
+    plural: &str,
+) -> bool {
+    let ns_ok = match &f.namespace {
+        Some(src) => source_to_dest.get(src).is_some_and(|d| d == top),
+        None => dests.iter().any(|d| d == top),
+    };
+    let qualified = if group == "core" {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    };
+    ns_ok && (f.what == qualified || f.what == group)
+}
+
+fn load_mapping(path: &Path) -> anyhow::Result<NamespaceMapping> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_saphyr::from_str(&text)
+        .with_context(|| format!("{}: not a NamespaceMapping", path.display()))
+}
+
+fn mapping_selector(mapping: Option<&NamespaceMapping>) -> anyhow::Result<Option<Selector>> {
+    mapping
+        .and_then(|m| m.spec.namespace_selector.clone())
+        .map(|s| Selector::try_from(s).context("spec.namespaceSelector"))
+        .transpose()
+}
+
+fn wanted_namespaces(args: &ExportArgs, mapping: Option<&NamespaceMapping>) -> Vec<String> {
+    if !args.namespaces.is_empty() {
+        return args.namespaces.clone();
+    }
+    mapping
+        .and_then(|m| m.spec.source_namespace.clone())
+        .into_iter()
+        .collect()
+}
+
+fn read_offline(
+    dir: &Path,
+    args: &ExportArgs,
+    mapping: Option<&NamespaceMapping>,
+) -> anyhow::Result<(Vec<NamespaceInput>, export::Registry)> {
+    let selector = match &args.selector {
+        Some(s) => {
+            Some(export::selector::parse(s).map_err(|e| anyhow::anyhow!("--selector {s:?}: {e}"))?)
+        }
+        None => mapping_selector(mapping)?,
+    };
+    let input = offline::read_dir(dir)?;
+    Ok(input.into_namespaces(&wanted_namespaces(args, mapping), selector.as_ref())?)
+}
+
+async fn read_live(
+    args: &ExportArgs,
+    mapping: Option<&NamespaceMapping>,
+    policy: &Policy,
+    summary: &mut Summary,
+) -> anyhow::Result<(Vec<NamespaceInput>, export::Registry)> {
+    let client =
+        crate::cli::client::build(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let mut names = wanted_namespaces(args, mapping);
+    let selector = match (&args.selector, mapping_selector(mapping)?) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(sel)) => Some(sel.to_string()),
+        (None, None) => None,
+    };
+    let mut ns_objects = std::collections::BTreeMap::new();
+    if let Some(sel) = &selector {
+        for ns in live::select_namespaces(&client, sel)
+            .await
+            .context("listing namespaces")?
+        {
+            let name = value::str_at(&ns, &["metadata", "name"])
+                .unwrap_or_default()
+                .to_string();
+            names.push(name.clone());
+            ns_objects.insert(name, ns);
+        }
+    }
+    if names.is_empty() {
+        bail!(
+            "nothing to export: give --namespace, --selector or a --mapping with sourceNamespace/namespaceSelector"
+        );
+    }
+    let discovery = live::discover(&client).await.context("API discovery")?;
+    summary.failures.extend(discovery.failures.iter().cloned());
+    let types: Vec<_> = discovery
+        .listable
+        .iter()
+        .filter(|rt| policy.wants_type(rt).is_ok())
+        .cloned()
+        .collect();
+    let progress = progress_bar((types.len() * names.len()) as u64);
+    let mut inputs = Vec::new();
+    for name in names {
+        let object = match ns_objects.remove(&name) {
+            Some(o) => Some(o),
+            None => live::get_namespace(&client, &name)
+                .await
+                .with_context(|| format!("reading namespace {name}"))?,
+        };
+        if object.is_none() {
+            bail!("namespace {name} does not exist in the source cluster");
+        }
+        let (objects, failures) =
+            live::list_namespace(&client, &name, &types, args.concurrency, &|| {
+                progress.inc(1)
+            })
+            .await;
+        summary.failures.extend(failures);
+        inputs.push(NamespaceInput {
+            name,
+            object,
+            objects,
+        });
+    }
+    progress.finish_and_clear();
+    Ok((inputs, discovery.registry))
+}
+
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() || total < 50 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} listing {pos}/{len} types {wide_bar} {elapsed}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}

@@ -79,7 +79,7 @@ impl ResourceType {
         name == self.plural
             || name == self.singular
             || name == self.kind.to_ascii_lowercase()
-            || self.short_names.iter().any(|s| *s == name)
+            || self.short_names.contains(&name)
     }
 }
 
@@ -89,8 +89,18 @@ pub struct Registry {
     by_group_kind: HashMap<(String, String), ResourceType>,
 }
 
-/// `(group, version, kind, plural, short names, namespaced)` of the built-in types.
-const BUILTIN: &[(&str, &str, &str, &str, &[&str], bool)] = &[
+/// `(group, version, kind, plural, short names, namespaced)` of a built-in type.
+type Builtin = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    bool,
+);
+
+/// The built-in types.
+const BUILTIN: &[Builtin] = &[
     ("", "v1", "Pod", "pods", &["po"], true),
     ("", "v1", "Service", "services", &["svc"], true),
     ("", "v1", "ConfigMap", "configmaps", &["cm"], true),

@@ -293,16 +293,23 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     docs
 }
 
-/// Pulls a `line N` out of a parser message, if present.
+/// Splits serde-saphyr's `line N column M: message` into the document-relative line and
+/// a message without the (document-relative, hence misleading) position.
 fn yaml_error_line(message: &str) -> (usize, String) {
-    let line = message
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .collect::<Vec<_>>()
-        .windows(2)
-        .find(|w| w[0] == "line")
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(1);
-    (line, message.lines().next().unwrap_or(message).to_string())
+    let first = message
+        .lines()
+        .next()
+        .unwrap_or(message)
+        .trim_start_matches("error: ");
+    let re = regex::Regex::new(r"line (\d+) column (\d+):?\s*").expect("valid regex");
+    match re.captures(first) {
+        Some(c) => {
+            let line = c[1].parse().unwrap_or(1);
+            let rest = re.replace(first, "").trim().to_string();
+            (line, format!("{rest} (column {})", &c[2]))
+        }
+        None => (1, first.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,263 @@
+//! `dr-syncer export` offline, as a user runs it: the README command on the shop example,
+//! idempotence, dry-run, JSON summary, and bad input that must leave the previous output
+//! untouched.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/source/shop");
+
+fn export(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .arg("export")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Every file below `dir` (relative path → bytes), dot-files included.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn export_readme_command_on_shop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let to = tmp.path().join("dr-export");
+    let stdout = ok(&export(&["--from", SHOP, "--to", to.to_str().unwrap()]));
+    assert!(stdout.contains("TOTAL"), "{stdout}");
+    let files = snapshot(&to);
+    for expected in [
+        "_cluster/core/namespaces/shop.yaml",
+        "shop/apps/deployments/web.yaml",
+        "shop/apps/statefulsets/db.yaml",
+        "shop/batch/cronjobs/nightly-report.yaml",
+        "shop/core/services/db-headless.yaml",
+        "shop/shop.example.com/coupons/black-friday.yaml",
+        "shop/kustomization.yaml",
+        "kustomization.yaml",
+    ] {
+        assert!(
+            files.contains_key(Path::new(expected)),
+            "missing {expected}: {:?}",
+            files.keys()
+        );
+    }
+    let all: String = files
+        .values()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    for forbidden in [
+        "replicasets",
+        "/pods/",
+        "controllerrevisions",
+        "kube-root-ca.crt",
+        "local-cache-warmup",
+    ] {
+        assert!(
+            !files
+                .keys()
+                .any(|k| k.to_string_lossy().contains(forbidden)),
+            "{forbidden} exported"
+        );
+    }
+    // Secrets are never written in plaintext, not even base64.
+    for secret in [
+        "czNjcjN0LWRiLXBhc3N3b3Jk",
+        "s3cr3t-db-password",
+        "ZXlKaGJHY2lPaUpTVXpJMU5pSXNJbXRwWkNJNklpSjku",
+    ] {
+        assert!(!all.contains(secret), "secret value {secret} leaked");
+    }
+    for stripped in [
+        "uid:",
+        "resourceVersion",
+        "managedFields",
+        "ownerReferences",
+        "last-applied-configuration",
+        "kustomize.toolkit.fluxcd.io",
+        "status:",
+    ] {
+        assert!(!all.contains(stripped), "{stripped} left in output");
+    }
+}
+
+#[test]
+fn export_second_run_is_byte_identical_and_removes_stale_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let to = tmp.path().join("out");
+    let to_s = to.to_str().unwrap();
+    ok(&export(&["--from", SHOP, "--to", to_s]));
+    let first = snapshot(&to);
+    let stdout = ok(&export(&["--from", SHOP, "--to", to_s]));
+    assert!(stdout.contains("0 added, 0 changed, 0 deleted"), "{stdout}");
+    assert_eq!(snapshot(&to), first, "second export changed bytes");
+    // Dropping a type from the mapping removes its files and its kustomization entries.
+    let mapping = tmp.path().join("mapping.yaml");
+    std::fs::write(&mapping, "apiVersion: dr-syncer.io/v1alpha1\nkind: NamespaceMapping\nmetadata: {name: shop}\nspec:\n  sourceNamespace: shop\n  excludeResourceTypes: [configmaps]\n").unwrap();
+    let stdout = ok(&export(&[
+        "--from",
+        SHOP,
+        "--to",
+        to_s,
+        "--mapping",
+        mapping.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("1 deleted"), "{stdout}");
+    let after = snapshot(&to);
+    assert!(
+        !after
+            .keys()
+            .any(|k| k.to_string_lossy().contains("configmaps"))
+    );
+    let kustomization =
+        String::from_utf8(after[Path::new("shop/kustomization.yaml")].clone()).unwrap();
+    assert!(!kustomization.contains("configmaps"), "{kustomization}");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temp dirs left: {leftovers:?}");
+}
+
+#[test]
+fn export_dry_run_reports_without_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let to = tmp.path().join("out");
+    let stdout = ok(&export(&[
+        "--from",
+        SHOP,
+        "--to",
+        to.to_str().unwrap(),
+        "--dry-run",
+    ]));
+    assert!(!to.exists(), "dry run wrote {}", to.display());
+    assert!(
+        stdout.contains("+ shop/apps/deployments/web.yaml"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("would change"), "{stdout}");
+}
+
+#[test]
+fn export_json_summary_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let to = tmp.path().join("out");
+    let stdout = ok(&export(&[
+        "--from",
+        SHOP,
+        "--to",
+        to.to_str().unwrap(),
+        "-o",
+        "json",
+    ]));
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kinds = &doc["summary"]["kinds"];
+    assert_eq!(kinds["deployments.apps"]["exported"], 2);
+    assert_eq!(kinds["deployments.apps"]["transformed"], 2);
+    assert_eq!(kinds["secrets"]["secretsSkipped"], 1);
+    assert_eq!(kinds["pods"]["excluded"], 2);
+    assert_eq!(kinds["services"]["exported"], 4);
+    assert_eq!(doc["summary"]["namespaces"]["shop"], "shop");
+    assert!(doc["diff"]["added"].as_array().unwrap().len() > 15);
+}
+
+#[test]
+fn export_bad_input_names_file_and_line_and_keeps_previous_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let to = tmp.path().join("out");
+    ok(&export(&["--from", SHOP, "--to", to.to_str().unwrap()]));
+    let before = snapshot(&to);
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "malformed-yaml",
+            "a.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: shop\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [b\n  namespace: shop\n",
+        ),
+        (
+            "unknown-kind",
+            "b.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: shop}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: shop}\n",
+        ),
+        (
+            "bad-json",
+            "c.json",
+            "{\"apiVersion\": \"v1\",\n \"kind\": \"ConfigMap\",\n \"metadata\": {\"name\": \"a\" \"namespace\": \"shop\"}}\n",
+        ),
+        ("no-kind", "d.yaml", "# a comment\nmetadata: {name: a}\n"),
+        (
+            "no-namespace",
+            "e.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+        ),
+    ];
+    let expected_lines = [
+        "a.yaml:11:",
+        "b.yaml:5:",
+        "c.json:3:",
+        "d.yaml:1:",
+        "e.yaml:1:",
+    ];
+    for ((case, file, content), line) in cases.iter().zip(expected_lines) {
+        let input = tmp.path().join(case);
+        std::fs::create_dir_all(&input).unwrap();
+        std::fs::write(input.join(file), content).unwrap();
+        let out = export(&[
+            "--from",
+            input.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: accepted");
+        assert!(
+            stderr.contains(line),
+            "{case}: {stderr:?} does not name {line}"
+        );
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+        assert_eq!(snapshot(&to), before, "{case}: previous output changed");
+    }
+}
+
+#[test]
+fn export_refuses_to_replace_a_foreign_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let to = tmp.path().join("precious");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::write(to.join("notes.txt"), "mine").unwrap();
+    let out = export(&["--from", SHOP, "--to", to.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not written by dr-syncer"));
+    assert_eq!(
+        std::fs::read_to_string(to.join("notes.txt")).unwrap(),
+        "mine"
+    );
+}

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt envtest-up envtest-down release
+.PHONY: test deps envtest crds lint fmt envtest-up envtest-down release bench-export
 
 ## test: install missing dependencies, build the test control plane, run every test
 test: deps envtest
@@ -41,3 +41,7 @@ envtest-down:
 
 release:
 	$(CARGO) build --release
+
+## bench-export: dr-syncer export vs kubectl get -o yaml on 10 000 objects (BENCH_OBJECTS=n)
+bench-export: deps envtest
+	$(CARGO) bench --bench export

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use dr_syncer::export::source::offline;
 use dr_syncer_testkit::envtest::{ControlPlane, kubectl_path};
+use dr_syncer_testkit::objects::{Applier, mixed_namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::discovery::pinned_kind;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -21,37 +20,17 @@ use serde_json::{Value, json};
 const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/source/shop");
 const LOADER: &str = "fixture-loader";
 
-async fn api_for(client: &Client, obj: &Value) -> Api<DynamicObject> {
-    let (group, version) = match obj["apiVersion"].as_str().unwrap().rsplit_once('/') {
-        Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (String::new(), obj["apiVersion"].as_str().unwrap().to_string()),
-    };
-    let gvk = GroupVersionKind::gvk(&group, &version, obj["kind"].as_str().unwrap());
-    let (ar, caps) = pinned_kind(client, &gvk).await.unwrap_or_else(|e| panic!("discovery of {gvk:?}: {e}"));
-    match obj["metadata"]["namespace"].as_str() {
-        Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), ns, &ar),
-        _ => Api::all_with(client.clone(), &ar),
-    }
-}
-
-async fn apply(client: &Client, obj: &Value) -> Value {
-    let api = api_for(client, obj).await;
-    let name = obj["metadata"]["name"].as_str().unwrap();
-    let applied = api
-        .patch(name, &PatchParams::apply(LOADER).force(), &Patch::Apply(obj))
-        .await
-        .unwrap_or_else(|e| panic!("loading {} {name}: {e}", obj["kind"]));
-    serde_json::to_value(applied).unwrap()
-}
-
 async fn install_crd(client: &Client, crd: &Value) {
-    apply(client, crd).await;
+    Applier::new(client.clone(), LOADER).apply(crd).await;
     let name = crd["metadata"]["name"].as_str().unwrap();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    tokio::time::timeout(Duration::from_secs(30), await_condition(api, name, conditions::is_crd_established()))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(api, name, conditions::is_crd_established()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
 }
 
 /// Makes a `kubectl get -o yaml` object loadable: server-set fields go, allocated Service
@@ -59,23 +38,44 @@ async fn install_crd(client: &Client, crd: &Value) {
 /// original manifest (last-applied) had them, and the Job controller's UID labels go.
 fn loadable(mut v: Value) -> Value {
     let m = v["metadata"].as_object_mut().unwrap();
-    for f in ["uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink"] {
+    for f in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "generation",
+        "managedFields",
+        "selfLink",
+    ] {
         m.remove(f);
     }
     v.as_object_mut().unwrap().remove("status");
     match v["kind"].as_str().unwrap() {
         "Service" => {
-            let explicit: BTreeSet<i64> = v["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
-                .as_str()
-                .and_then(|s| serde_json::from_str::<Value>(s).ok())
-                .map(|la| la["spec"]["ports"].as_array().into_iter().flatten().filter(|p| p.get("nodePort").is_some()).filter_map(|p| p["port"].as_i64()).collect())
-                .unwrap_or_default();
+            let explicit: BTreeSet<i64> =
+                v["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+                    .as_str()
+                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                    .map(|la| {
+                        la["spec"]["ports"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|p| p.get("nodePort").is_some())
+                            .filter_map(|p| p["port"].as_i64())
+                            .collect()
+                    })
+                    .unwrap_or_default();
             let spec = v["spec"].as_object_mut().unwrap();
             if spec.get("clusterIP").and_then(Value::as_str) != Some("None") {
                 spec.remove("clusterIP");
                 spec.remove("clusterIPs");
             }
-            for p in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            for p in spec
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if !explicit.contains(&p["port"].as_i64().unwrap()) {
                     p.as_object_mut().unwrap().remove("nodePort");
                 }
@@ -95,12 +95,16 @@ fn loadable(mut v: Value) -> Value {
 }
 
 /// Loads the shop example: owners first, then objects they own with the new owner UIDs.
-async fn load_shop(client: &Client) -> BTreeSet<(String, String)> {
+async fn load_shop(applier: &Applier) -> BTreeSet<(String, String)> {
     let input = offline::read_dir(Path::new(SHOP)).unwrap();
     for ns in input.namespaces.values() {
-        apply(client, &loadable(ns.clone())).await;
+        applier.apply(&loadable(ns.clone())).await;
     }
-    let mut objects: Vec<Value> = input.objects.into_iter().map(|o| loadable(o.value)).collect();
+    let mut objects: Vec<Value> = input
+        .objects
+        .into_iter()
+        .map(|o| loadable(o.value))
+        .collect();
     objects.sort_by_key(|o| o["metadata"].get("ownerReferences").is_some());
     let mut uids: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut loaded = BTreeSet::new();
@@ -109,11 +113,17 @@ async fn load_shop(client: &Client) -> BTreeSet<(String, String)> {
         let before = pending.len();
         let mut next = Vec::new();
         for mut obj in pending {
-            let refs = obj["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+            let refs = obj["metadata"]["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let resolved: Option<Vec<Value>> = refs
                 .iter()
                 .map(|r| {
-                    let key = (r["kind"].as_str().unwrap().to_string(), r["name"].as_str().unwrap().to_string());
+                    let key = (
+                        r["kind"].as_str().unwrap().to_string(),
+                        r["name"].as_str().unwrap().to_string(),
+                    );
                     uids.get(&key).map(|uid| {
                         let mut r = r.clone();
                         r["uid"] = json!(uid);
@@ -128,46 +138,21 @@ async fn load_shop(client: &Client) -> BTreeSet<(String, String)> {
             if !refs.is_empty() {
                 obj["metadata"]["ownerReferences"] = json!(resolved);
             }
-            let applied = apply(client, &obj).await;
-            let key = (obj["kind"].as_str().unwrap().to_string(), obj["metadata"]["name"].as_str().unwrap().to_string());
-            uids.insert(key.clone(), applied["metadata"]["uid"].as_str().unwrap().to_string());
+            let applied = applier.apply(&obj).await;
+            let key = (
+                obj["kind"].as_str().unwrap().to_string(),
+                obj["metadata"]["name"].as_str().unwrap().to_string(),
+            );
+            uids.insert(
+                key.clone(),
+                applied["metadata"]["uid"].as_str().unwrap().to_string(),
+            );
             loaded.insert(key);
         }
         assert!(next.len() < before, "unresolvable owners: {next:?}");
         pending = next;
     }
     loaded
-}
-
-/// A generated namespace of `n` mixed objects.
-async fn load_bulk(client: &Client, ns: &str, n: usize) {
-    apply(client, &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"bulk": "yes"}}})).await;
-    for i in 0..n {
-        let name = format!("obj-{i:04}");
-        let labels = json!({"app": format!("app-{}", i % 7), "index": i.to_string()});
-        let obj = match i % 9 {
-            0 => json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns, "labels": labels},
-                        "data": {"config.yaml": format!("replicas: {i}\nname: {name}\n"), "flag": "yes", "number": "0755"}}),
-            1 => json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns, "labels": labels},
-                        "spec": {"replicas": i % 5, "selector": {"matchLabels": {"app": name}},
-                                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": format!("registry.example.com/app:{i}"), "env": [{"name": "I", "value": i.to_string()}]}]}}}}),
-            2 => json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns, "labels": labels},
-                        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
-            3 => json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns, "labels": labels}}),
-            4 => json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name, "namespace": ns},
-                        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": [name]}]}),
-            5 => json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
-                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-                        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]}),
-            6 => json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name, "namespace": ns},
-                        "spec": {"schedule": format!("{} * * * *", i % 60), "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}}}),
-            7 => json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": ns},
-                        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": format!("{}Gi", 1 + i % 10)}}}}),
-            _ => json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name, "namespace": ns},
-                        "spec": {"rules": [{"host": format!("{name}.example.com"), "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": name, "port": {"number": 80}}}}]}}]}}),
-        };
-        apply(client, &obj).await;
-    }
 }
 
 /// Removes from `v` what the export documents as changed, so source and DR can be compared:
@@ -177,7 +162,13 @@ async fn load_bulk(client: &Client, ns: &str, n: usize) {
 /// GitOps labels, rollout annotations).
 fn normalize(v: &mut Value, kind: &str) {
     let m = v["metadata"].as_object_mut().unwrap();
-    for f in ["uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"] {
+    for f in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "generation",
+        "managedFields",
+    ] {
         m.remove(f);
     }
     if let Some(Value::Object(a)) = m.get_mut("annotations") {
@@ -186,7 +177,8 @@ fn normalize(v: &mut Value, kind: &str) {
                 && k != "kubectl.kubernetes.io/last-applied-configuration"
                 && k != "deployment.kubernetes.io/revision"
                 && !k.starts_with("autoscaling.alpha.kubernetes.io/")
-                && !(kind == "PersistentVolumeClaim" && (k.starts_with("pv.kubernetes.io/") || k.starts_with("volume.")))
+                && !(kind == "PersistentVolumeClaim"
+                    && (k.starts_with("pv.kubernetes.io/") || k.starts_with("volume.")))
         });
         if a.is_empty() {
             m.remove("annotations");
@@ -229,24 +221,47 @@ fn check_transforms(kind: &str, name: &str, src: &Value, dr: &Value) {
     match kind {
         "Deployment" | "StatefulSet" => {
             let original = src["spec"]["replicas"].as_i64().unwrap_or(1);
-            assert_eq!(ann(dr, "dr-syncer.io/original-replicas"), Some(original.to_string()), "{kind} {name}");
+            assert_eq!(
+                ann(dr, "dr-syncer.io/original-replicas"),
+                Some(original.to_string()),
+                "{kind} {name}"
+            );
             let over = ann(src, "dr-syncer.io/scale-override").and_then(|s| s.parse::<i64>().ok());
-            assert_eq!(dr["spec"]["replicas"].as_i64(), Some(over.unwrap_or(0)), "{kind} {name} DR replicas");
+            assert_eq!(
+                dr["spec"]["replicas"].as_i64(),
+                Some(over.unwrap_or(0)),
+                "{kind} {name} DR replicas"
+            );
         }
         "CronJob" => {
             assert_eq!(dr["spec"]["suspend"], json!(true), "{name}");
-            assert_eq!(ann(dr, "dr-syncer.io/original-suspend"), Some(src["spec"]["suspend"].as_bool().unwrap_or(false).to_string()));
+            assert_eq!(
+                ann(dr, "dr-syncer.io/original-suspend"),
+                Some(
+                    src["spec"]["suspend"]
+                        .as_bool()
+                        .unwrap_or(false)
+                        .to_string()
+                )
+            );
         }
         "Service" => {
             let ports = |v: &Value| v["spec"]["ports"].as_array().cloned().unwrap_or_default();
             for (s, d) in ports(src).iter().zip(ports(dr)) {
                 let explicit = name == "web-nodeport";
                 if explicit {
-                    assert_eq!(s["nodePort"], d["nodePort"], "explicit nodePort of {name} kept");
+                    assert_eq!(
+                        s["nodePort"], d["nodePort"],
+                        "explicit nodePort of {name} kept"
+                    );
                 }
             }
             if src["spec"]["clusterIP"] == json!("None") {
-                assert_eq!(dr["spec"]["clusterIP"], json!("None"), "headless {name} stays headless");
+                assert_eq!(
+                    dr["spec"]["clusterIP"],
+                    json!("None"),
+                    "headless {name} stays headless"
+                );
             }
         }
         _ => {}
@@ -254,21 +269,34 @@ fn check_transforms(kind: &str, name: &str, src: &Value, dr: &Value) {
 }
 
 fn strip_node_ports(v: &mut Value) {
-    for p in v.pointer_mut("/spec/ports").and_then(Value::as_array_mut).into_iter().flatten() {
+    for p in v
+        .pointer_mut("/spec/ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         p.as_object_mut().unwrap().remove("nodePort");
     }
 }
 
 #[tokio::test]
 async fn export_round_trip_two_apiservers() {
-    let (source, dr) = (ControlPlane::start().await.unwrap(), ControlPlane::start().await.unwrap());
+    let (source, dr) = (
+        ControlPlane::start().await.unwrap(),
+        ControlPlane::start().await.unwrap(),
+    );
     let (src_client, dr_client) = (source.client().await.unwrap(), dr.client().await.unwrap());
-    let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(Path::new(SHOP).join("01-crd-coupons.yaml")).unwrap()).unwrap();
+    let crd: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(Path::new(SHOP).join("01-crd-coupons.yaml")).unwrap(),
+    )
+    .unwrap();
     install_crd(&src_client, &crd).await;
     install_crd(&dr_client, &crd).await; // the DR platform provides CRDs
-    let loaded = load_shop(&src_client).await;
+    let applier = Applier::new(src_client.clone(), LOADER);
+    let loaded = load_shop(&applier).await;
     assert!(loaded.len() >= 30, "shop fixture loaded: {}", loaded.len());
-    load_bulk(&src_client, "bulk", 300).await;
+    applier.apply_all(&mixed_namespace("bulk", 300), 8).await;
+    let dr_reader = Applier::new(dr_client.clone(), LOADER);
 
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("dr-export");
@@ -279,7 +307,12 @@ async fn export_round_trip_two_apiservers() {
         .arg(&out_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "export failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "export failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let applied = Command::new(kubectl_path().unwrap())
         .arg("--kubeconfig")
@@ -288,7 +321,11 @@ async fn export_round_trip_two_apiservers() {
         .arg(&out_dir)
         .output()
         .unwrap();
-    assert!(applied.status.success(), "kubectl apply -k on DR failed:\n{}", String::from_utf8_lossy(&applied.stderr));
+    assert!(
+        applied.status.success(),
+        "kubectl apply -k on DR failed:\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
 
     let files = dr_syncer::export::output::read_tree(&out_dir).unwrap();
     let mut compared = 0;
@@ -297,12 +334,21 @@ async fn export_round_trip_two_apiservers() {
         if path.ends_with("kustomization.yaml") {
             continue;
         }
-        let exported: Value = serde_saphyr::from_str(std::str::from_utf8(content).unwrap()).unwrap();
+        let exported: Value =
+            serde_saphyr::from_str(std::str::from_utf8(content).unwrap()).unwrap();
         let kind = exported["kind"].as_str().unwrap().to_string();
         let name = exported["metadata"]["name"].as_str().unwrap().to_string();
-        let dr_obj = api_for(&dr_client, &exported).await.get(&name).await.unwrap_or_else(|e| panic!("{path} missing on DR: {e}"));
-        let src_obj = api_for(&src_client, &exported).await.get(&name).await.unwrap();
-        let (mut src_v, mut dr_v) = (serde_json::to_value(src_obj).unwrap(), serde_json::to_value(dr_obj).unwrap());
+        let dr_obj = dr_reader
+            .api_for(&exported)
+            .await
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{path} missing on DR: {e}"));
+        let src_obj = applier.api_for(&exported).await.get(&name).await.unwrap();
+        let (mut src_v, mut dr_v) = (
+            serde_json::to_value(src_obj).unwrap(),
+            serde_json::to_value(dr_obj).unwrap(),
+        );
         check_transforms(&kind, &name, &src_v, &dr_v);
         normalize(&mut src_v, &kind);
         normalize(&mut dr_v, &kind);
@@ -317,10 +363,31 @@ async fn export_round_trip_two_apiservers() {
         compared += 1;
     }
     assert!(compared >= 300, "compared {compared} objects");
-    assert!(differences.is_empty(), "{} undocumented differences:\n{}", differences.len(), differences.join("\n"));
+    assert!(
+        differences.is_empty(),
+        "{} undocumented differences:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
     // Nothing the export must skip reached the DR cluster.
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(dr_client.clone(), "shop");
-    assert!(secrets.list(&Default::default()).await.unwrap().items.is_empty(), "no Secret is written without encryption");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(dr_client.clone(), "shop");
+    assert!(
+        secrets
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no Secret is written without encryption"
+    );
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(dr_client, "shop");
-    assert!(pods.list(&Default::default()).await.unwrap().items.is_empty(), "controller-owned Pods are not exported");
+    assert!(
+        pods.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "controller-owned Pods are not exported"
+    );
 }

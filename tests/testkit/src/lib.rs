@@ -2,8 +2,10 @@
 //!
 //! - [`envtest`]: etcd + kube-apiserver (+ kubectl) built from Go modules, with TLS, RBAC and
 //!   ServiceAccount tokens, one or several side by side.
+//! - [`objects`]: applying objects and generating namespaces of mixed objects.
 
 pub mod envtest;
+pub mod objects;
 
 /// Root of the dr-syncer workspace (where `Cargo.toml` and `tests/envtest` live).
 pub fn workspace_root() -> std::path::PathBuf {

@@ -75,7 +75,8 @@ impl Supervisor {
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={d}/sa.pub"),
             format!("--service-account-signing-key-file={d}/sa.key"),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            // Room for the benchmarks' thousands of Services.
+            "--service-cluster-ip-range=10.0.0.0/16".into(),
             "--allow-privileged=true".into(),
             // No controller-manager creates `default` ServiceAccounts, so this plugin would
             // reject every Pod; tests create the accounts they use.

@@ -13,7 +13,7 @@ pub async fn build(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::
         context: context.map(str::to_string),
         ..Default::default()
     };
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -28,5 +28,9 @@ pub async fn build(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::
             .await
             .context("no kubeconfig found (set --kubeconfig or KUBECONFIG)")?,
     };
+    // kube's default retry waits up to ~15 minutes on a 503 (an aggregated API whose
+    // backend is down answers discovery with 503 for ever). A one-shot command reports the
+    // failing group and keeps its files instead; the controller retries on its own schedule.
+    config.default_retry = false;
     Client::try_from(config).context("building the Kubernetes client")
 }

@@ -14,9 +14,10 @@ test: deps envtest
 deps:
 	scripts/install-deps.sh
 
-## envtest: build kube-apiserver, etcd and kubectl from Go modules (cached by go.sum)
+## envtest: build kube-apiserver, etcd, kubectl and sops from Go modules (cached by go.sum)
 envtest:
 	tests/envtest/build.sh >/dev/null
+	tests/tools/build.sh >/dev/null
 
 ## crds: regenerate crds/ and the chart's crds/ from the Rust types
 crds:

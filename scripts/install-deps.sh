@@ -7,12 +7,24 @@ set -euo pipefail
 declare -A NEEDED=(
   [git]=git
   [curl]=curl
+  [age]=age                     # SOPS interop: Debian's age opens our key stanzas
+  [age-keygen]=age
+  [sshd]=openssh-server         # git over SSH in tests (a real OpenSSH server on loopback)
+  [ssh]=openssh-client
+  [pkg-config]=pkg-config       # building libgit2/libssh2 bindings
+  [/usr/include/openssl/ssl.h]=libssl-dev
+  [/usr/bin/time]=time          # benchmarks measure peak RSS with GNU time
 )
 
 missing=()
 for cmd in "${!NEEDED[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
+  if [[ "$cmd" == /* ]]; then
+    [ -e "$cmd" ] || missing+=("${NEEDED[$cmd]}")
+  else
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${NEEDED[$cmd]}")
+  fi
 done
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

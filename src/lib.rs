@@ -9,4 +9,5 @@
 pub mod api;
 pub mod cli;
 pub mod export;
+pub mod sops;
 pub mod yaml;

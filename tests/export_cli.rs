@@ -261,3 +261,71 @@ fn export_refuses_to_replace_a_foreign_directory() {
         "mine"
     );
 }
+
+#[test]
+fn export_secrets_are_encrypted_without_churn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let id = dr_syncer_age_identity();
+        let path = tmp.path().join(name);
+        std::fs::write(&path, &id.0).unwrap();
+        (path, id.1)
+    };
+    let ((_id_a, rec_a), (_id_b, rec_b)) = (key("a.key"), key("b.key"));
+    let fp = tmp.path().join("fp.key");
+    let to = tmp.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--from",
+            SHOP,
+            "--to",
+            to.to_str().unwrap(),
+            "--fingerprint-key",
+            fp.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(&export(&args))
+    };
+    run(&["--age-recipient", &rec_a]);
+    let secret = Path::new("shop/core/secrets/db-credentials.sops.yaml");
+    let first = snapshot(&to);
+    let text = String::from_utf8(first[secret].clone()).unwrap();
+    assert!(
+        text.contains("ENC[AES256_GCM,") && text.contains(&rec_a),
+        "{text}"
+    );
+    for plain in ["czNjcjN0LWRiLXBhc3N3b3Jk", "c2hvcA==", "s3cr3t"] {
+        assert!(
+            !first
+                .values()
+                .any(|b| String::from_utf8_lossy(b).contains(plain)),
+            "{plain} leaked"
+        );
+    }
+    let stdout = run(&["--age-recipient", &rec_a]);
+    assert!(
+        stdout.contains("0 added, 0 changed, 0 deleted"),
+        "unchanged Secret rewritten:\n{stdout}"
+    );
+    assert_eq!(snapshot(&to), first);
+    // A new recipient set re-encrypts every Secret in the same export.
+    let stdout = run(&["--age-recipient", &rec_a, "--age-recipient", &rec_b]);
+    let after = snapshot(&to);
+    assert_ne!(after[secret], first[secret], "{stdout}");
+    assert!(String::from_utf8_lossy(&after[secret]).contains(&rec_b));
+    let sops_yaml = String::from_utf8(after[Path::new(".sops.yaml")].clone()).unwrap();
+    assert!(
+        sops_yaml.contains(&rec_a) && sops_yaml.contains(&rec_b),
+        "{sops_yaml}"
+    );
+}
+
+/// A fresh age identity: (file contents, recipient).
+fn dr_syncer_age_identity() -> (String, String) {
+    let id = age::x25519::Identity::generate();
+    use age::secrecy::ExposeSecret;
+    (
+        format!("{}\n", id.to_string().expose_secret()),
+        id.to_public().to_string(),
+    )
+}

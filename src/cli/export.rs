@@ -10,8 +10,10 @@ use kube::core::Selector;
 use serde_json::json;
 
 use crate::api::NamespaceMapping;
+use crate::export::secrets::SecretWriter;
 use crate::export::source::{live, offline};
 use crate::export::{self, NamespaceInput, Policy, Summary, output, value};
+use crate::sops::Recipients;
 
 /// Exit code when some types could not be listed (their files were kept).
 pub const EXIT_PARTIAL: u8 = 3;
@@ -56,6 +58,20 @@ pub struct ExportArgs {
     /// Summary format.
     #[arg(long, short = 'o', env = "DR_SYNCER_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// age recipient (`age1…`) to encrypt Secrets for (repeatable; adds to the mapping's).
+    #[arg(
+        long = "age-recipient",
+        env = "DR_SYNCER_AGE_RECIPIENTS",
+        value_delimiter = ','
+    )]
+    pub age_recipients: Vec<String>,
+    /// File with age recipients, one per line (`#` comments allowed).
+    #[arg(long, env = "DR_SYNCER_AGE_RECIPIENTS_FILE")]
+    pub age_recipients_file: Option<PathBuf>,
+    /// Key of the Secret fingerprints (32 random bytes; created if missing). Keep it out of
+    /// git: with it, fingerprints could be checked against guessed passwords.
+    #[arg(long, env = "DR_SYNCER_FINGERPRINT_KEY")]
+    pub fingerprint_key: Option<PathBuf>,
     /// Types listed at once (live).
     #[arg(long, env = "DR_SYNCER_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
@@ -88,8 +104,19 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         None => read_live(args, mapping.as_ref(), &policy, &mut summary).await?,
     };
     let objects = export::process(inputs, &policy, &registry, &mut summary);
-    let mut tree = export::build_tree(&objects, &mut summary)?;
     let previous = output::read_tree(&args.to)?;
+    let recipients = recipients(args, mapping.as_ref())?;
+    let key = if recipients.is_empty() {
+        Vec::new()
+    } else {
+        fingerprint_key(args.fingerprint_key.as_deref())?
+    };
+    let writer = SecretWriter {
+        recipients,
+        fingerprint_key: &key,
+        previous: &previous,
+    };
+    let mut tree = export::build_tree(&objects, Some(&writer), &mut summary)?;
     if !summary.failures.is_empty() {
         let failures = summary.failures.clone();
         let dests: Vec<String> = summary.namespaces.values().cloned().collect();
@@ -161,6 +188,59 @@ fn failure_covers(
         format!("{plural}.{group}")
     };
     ns_ok && (f.what == qualified || f.what == group)
+}
+
+/// Recipients from the flags, the recipients file and the mapping's `secrets.ageRecipients`.
+fn recipients(args: &ExportArgs, mapping: Option<&NamespaceMapping>) -> anyhow::Result<Recipients> {
+    let mut all = args.age_recipients.clone();
+    if let Some(path) = &args.age_recipients_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        all.extend(Recipients::parse_file(&text)?);
+    }
+    if let Some(s) = mapping.and_then(|m| m.spec.secrets.as_ref()) {
+        all.extend(s.age_recipients.iter().cloned());
+    }
+    Ok(Recipients::from_list(&all)?)
+}
+
+/// The fingerprint key: the given file, or `~/.config/dr-syncer/fingerprint.key`; created
+/// with 32 random bytes (mode 0600) when missing.
+fn fingerprint_key(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let base = std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                .context("no --fingerprint-key and neither XDG_CONFIG_HOME nor HOME is set")?;
+            base.join("dr-syncer/fingerprint.key")
+        }
+    };
+    if let Ok(key) = std::fs::read(&path) {
+        anyhow::ensure!(
+            key.len() >= 32,
+            "{}: a fingerprint key needs at least 32 bytes",
+            path.display()
+        );
+        return Ok(key);
+    }
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("random generator: {e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(&key)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
 }
 
 fn load_mapping(path: &Path) -> anyhow::Result<NamespaceMapping> {

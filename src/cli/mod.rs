@@ -4,6 +4,7 @@
 
 pub mod client;
 mod crds;
+mod decrypt;
 pub mod export;
 mod logging;
 
@@ -34,7 +35,9 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (or write one file per CRD with --dir).
     Crds(crds::CrdsArgs),
     /// Export namespaces as clean, DR-ready manifests (from a cluster or from files).
-    Export(export::ExportArgs),
+    Export(Box<export::ExportArgs>),
+    /// Decrypt a SOPS file (MAC verified) and print it.
+    Decrypt(decrypt::DecryptArgs),
 }
 
 /// Runs a parsed command line; the exit code tells scripts what happened.
@@ -43,5 +46,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Crds(args) => crds::run(&args),
         Command::Export(args) => export::run(&args).await,
+        Command::Decrypt(args) => decrypt::run(&args),
     }
 }

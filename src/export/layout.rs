@@ -51,6 +51,10 @@ impl Tree {
         self.files.retain(|p, _| !p.ends_with(KUSTOMIZATION));
         let mut per_dir: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for path in self.files.keys() {
+            // Dot-directories (exporter state) are never applied.
+            if path.starts_with('.') {
+                continue;
+            }
             if let Some((top, rest)) = path.split_once('/') {
                 per_dir
                     .entry(top.to_string())

@@ -13,6 +13,7 @@ pub mod output;
 pub mod policy;
 pub mod render;
 pub mod resource;
+pub mod secrets;
 pub mod selector;
 pub mod source;
 pub mod summary;
@@ -134,22 +135,27 @@ fn namespace_object(source: Option<&Value>, dest: &str, registry: &Registry) -> 
     }
 }
 
-/// Renders objects into the layout. Secrets are never written in plaintext: without an
-/// encryptor they are skipped and counted.
+/// Renders objects into the layout. Secrets are never written in plaintext: they are
+/// encrypted by `secrets`, or skipped and counted when it is `None` or has no recipient.
 pub fn build_tree(
     objects: &[ExportedObject],
+    secrets: Option<&secrets::SecretWriter<'_>>,
     summary: &mut Summary,
-) -> Result<Tree, crate::yaml::RenderError> {
+) -> Result<Tree, crate::sops::SopsError> {
     let mut tree = Tree::default();
-    for obj in objects {
-        if obj.is_secret() {
-            let counts = summary.kind(&obj.rt.qualified());
-            counts.secrets_skipped += 1;
-            counts.exported -= 1;
-            continue;
-        }
+    for obj in objects.iter().filter(|o| !o.is_secret()) {
         let path = layout::object_path(&obj.rt, obj.namespace.as_deref(), &obj.name);
         tree.insert(path, render::render(&obj.value)?.into_bytes());
+    }
+    match secrets {
+        Some(w) => w.write(objects, &mut tree, summary)?,
+        None => {
+            for obj in objects.iter().filter(|o| o.is_secret()) {
+                let counts = summary.kind(&obj.rt.qualified());
+                counts.secrets_skipped += 1;
+                counts.exported -= 1;
+            }
+        }
     }
     tree.write_kustomizations();
     Ok(tree)

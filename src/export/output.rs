@@ -75,7 +75,8 @@ pub fn diff(old: &Tree, new: &Tree) -> Diff {
     d
 }
 
-/// Reads a previous export (empty when `dir` does not exist). Dot-files are not part of it.
+/// Reads a previous export (empty when `dir` does not exist); the marker file is not part
+/// of it.
 pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
     let mut tree = Tree::default();
     if !dir.exists() {
@@ -86,7 +87,7 @@ pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
         for entry in std::fs::read_dir(&d).map_err(io_err(&d))? {
             let entry = entry.map_err(io_err(&d))?;
             let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            if entry.file_name() == MARKER || entry.file_name() == ".git" {
                 continue;
             }
             if entry.file_type().map_err(io_err(&path))?.is_dir() {

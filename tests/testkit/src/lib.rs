@@ -6,6 +6,7 @@
 
 pub mod envtest;
 pub mod objects;
+pub mod tools;
 
 /// Root of the dr-syncer workspace (where `Cargo.toml` and `tests/envtest` live).
 pub fn workspace_root() -> std::path::PathBuf {

@@ -1,0 +1,31 @@
+//! Go-built test peers (`tests/tools/build.sh`, cached by its go.sum) and Debian tools.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The `sops` binary built from `github.com/getsops/sops/v3/cmd/sops` (pinned in go.mod).
+pub fn sops() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = crate::workspace_root().join("tests/tools/build.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed", script.display());
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .join("sops")
+}
+
+/// A Debian-packaged command (`age`, `sshd`, ...), with a hint when it is missing.
+pub fn debian(cmd: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
+        let p = PathBuf::from(dir).join(cmd);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{cmd} not found: install the Debian package {package} (make deps does)");
+}

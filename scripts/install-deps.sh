@@ -32,5 +32,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# sshd (a test peer) needs its privilege-separation directory, created at boot on Debian.
+if [ ! -d /run/sshd ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo mkdir -p /run/sshd
+fi
+
 command -v go >/dev/null || { echo "install-deps: Go >= 1.26 is required to build kube-apiserver (https://go.dev/dl)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "install-deps: Rust (cargo) is required (https://rustup.rs)" >&2; exit 1; }

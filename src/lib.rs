@@ -9,5 +9,6 @@
 pub mod api;
 pub mod cli;
 pub mod export;
+pub mod gitops;
 pub mod sops;
 pub mod yaml;

@@ -17,6 +17,8 @@ use crate::sops::Recipients;
 
 /// Exit code when some types could not be listed (their files were kept).
 pub const EXIT_PARTIAL: u8 = 3;
+/// Exit code when the mass-deletion breaker held the batch (nothing committed).
+pub const EXIT_HELD: u8 = 4;
 
 /// Arguments of `dr-syncer export`.
 #[derive(Debug, clap::Args)]
@@ -49,7 +51,8 @@ pub struct ExportArgs {
     /// A NamespaceMapping whose spec drives filtering, transforms and destination namespaces.
     #[arg(long, env = "DR_SYNCER_MAPPING")]
     pub mapping: Option<PathBuf>,
-    /// Output directory (replaced as a whole; previous output kept if the export fails).
+    /// Destination: a directory (replaced as a whole; kept if the export fails), a local git
+    /// repository, or a remote URL (`ssh://`, `git@host:path`, `https://`, `git://`).
     #[arg(long, env = "DR_SYNCER_TO")]
     pub to: PathBuf,
     /// Show what would change in --to without writing.
@@ -75,6 +78,9 @@ pub struct ExportArgs {
     /// Types listed at once (live).
     #[arg(long, env = "DR_SYNCER_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Git destination options (used when --to is a repository URL or path).
+    #[command(flatten)]
+    pub git: super::export_git::GitArgs,
 }
 
 /// Summary format.
@@ -99,12 +105,31 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         None => Policy::default(),
     };
     let mut summary = Summary::default();
-    let (inputs, registry) = match &args.from {
-        Some(dir) => read_offline(dir, args, mapping.as_ref())?,
+    let (inputs, registry, source) = match &args.from {
+        Some(dir) => {
+            let (i, r) = read_offline(dir, args, mapping.as_ref())?;
+            (
+                i,
+                r,
+                SourceInfo {
+                    cluster: "offline".into(),
+                    version: "unknown".into(),
+                },
+            )
+        }
         None => read_live(args, mapping.as_ref(), &policy, &mut summary).await?,
     };
     let objects = export::process(inputs, &policy, &registry, &mut summary);
-    let previous = output::read_tree(&args.to)?;
+    let git = super::export_git::destination(args, mapping.as_ref())?;
+    let (repo, head, previous) = match &git {
+        Some(target) => {
+            let repo = crate::gitops::Repo::open(target.clone())?;
+            let head = repo.fetch()?;
+            let previous = repo.files_at(head)?;
+            (Some(repo), head, previous)
+        }
+        None => (None, None, output::read_tree(&args.to)?),
+    };
     let recipients = recipients(args, mapping.as_ref())?;
     let key = if recipients.is_empty() {
         Vec::new()
@@ -127,9 +152,46 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let diff = output::diff(&previous, &tree);
-    if !args.dry_run && (!diff.is_empty() || !args.to.join(output::MARKER).exists()) {
-        output::write_tree(&tree, &args.to)?;
+    let mut published = None;
+    if !args.dry_run {
+        match &repo {
+            Some(repo) => {
+                let info = super::export_git::commit_info(args, mapping.as_ref(), &source);
+                match repo.publish(
+                    head,
+                    &tree,
+                    &info,
+                    &super::export_git::breaker(args, mapping.as_ref()),
+                ) {
+                    Ok(p) => published = Some(p),
+                    Err(crate::gitops::GitError::Held(held)) => {
+                        print!("{}", summary.table());
+                        eprintln!("error: {held}");
+                        return Ok(ExitCode::from(EXIT_HELD));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None if !diff.is_empty() || !args.to.join(output::MARKER).exists() => {
+                output::write_tree(&tree, &args.to)?
+            }
+            None => {}
+        }
     }
+    report(args, &summary, &diff, published.as_ref())?;
+    if summary.failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(EXIT_PARTIAL))
+    }
+}
+
+fn report(
+    args: &ExportArgs,
+    summary: &Summary,
+    diff: &output::Diff,
+    published: Option<&crate::gitops::Published>,
+) -> anyhow::Result<()> {
     match args.output {
         OutputFormat::Table => {
             print!("{}", summary.table());
@@ -156,17 +218,39 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            match published {
+                Some(crate::gitops::Published::Committed {
+                    sha,
+                    subject,
+                    attempts,
+                    ..
+                }) => {
+                    println!("committed {sha}: {subject} (pushed after {attempts} attempt(s))");
+                }
+                Some(crate::gitops::Published::Unchanged { head }) => {
+                    println!(
+                        "no commit: the repository already holds this export (head {})",
+                        head.as_deref().unwrap_or("none")
+                    );
+                }
+                None => {}
+            }
         }
         OutputFormat::Json => {
-            let doc = json!({"output": args.to, "dryRun": args.dry_run, "summary": summary, "diff": diff});
+            let commit = match published {
+                Some(crate::gitops::Published::Committed {
+                    sha,
+                    subject,
+                    attempts,
+                    ..
+                }) => json!({"sha": sha, "subject": subject, "attempts": attempts}),
+                _ => serde_json::Value::Null,
+            };
+            let doc = json!({"output": args.to, "dryRun": args.dry_run, "summary": summary, "diff": diff, "commit": commit});
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
     }
-    if summary.failures.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Ok(ExitCode::from(EXIT_PARTIAL))
-    }
+    Ok(())
 }
 
 /// Whether a listing failure covers files under `top/group/plural`.
@@ -282,14 +366,31 @@ fn read_offline(
     Ok(input.into_namespaces(&wanted_namespaces(args, mapping), selector.as_ref())?)
 }
 
+/// Where the objects came from, for commit trailers.
+pub struct SourceInfo {
+    /// Cluster name (context, or `offline`).
+    pub cluster: String,
+    /// Kubernetes version.
+    pub version: String,
+}
+
 async fn read_live(
     args: &ExportArgs,
     mapping: Option<&NamespaceMapping>,
     policy: &Policy,
     summary: &mut Summary,
-) -> anyhow::Result<(Vec<NamespaceInput>, export::Registry)> {
+) -> anyhow::Result<(Vec<NamespaceInput>, export::Registry, SourceInfo)> {
     let client =
         crate::cli::client::build(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let version = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|_| "unknown".into());
+    let source = SourceInfo {
+        cluster: args.context.clone().unwrap_or_else(|| "source".into()),
+        version,
+    };
     let mut names = wanted_namespaces(args, mapping);
     let selector = match (&args.selector, mapping_selector(mapping)?) {
         (Some(s), _) => Some(s.clone()),
@@ -347,7 +448,7 @@ async fn read_live(
         });
     }
     progress.finish_and_clear();
-    Ok((inputs, discovery.registry))
+    Ok((inputs, discovery.registry, source))
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {

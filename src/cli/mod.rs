@@ -6,6 +6,7 @@ pub mod client;
 mod crds;
 mod decrypt;
 pub mod export;
+mod export_git;
 mod logging;
 
 use std::process::ExitCode;

@@ -89,11 +89,7 @@ fn aad(path: &[String]) -> Vec<u8> {
 type LeafFn<'a> = dyn FnMut(&[String], &mut Node) -> Result<(), SopsError> + 'a;
 
 /// Walks leaves in document order; `f` gets the path and the leaf and may replace it.
-fn walk(
-    node: &mut Node,
-    path: &mut Vec<String>,
-    f: &mut LeafFn<'_>,
-) -> Result<(), SopsError> {
+fn walk(node: &mut Node, path: &mut Vec<String>, f: &mut LeafFn<'_>) -> Result<(), SopsError> {
     match node {
         Node::Map(entries) => {
             for (k, v) in entries.iter_mut() {

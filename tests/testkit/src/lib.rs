@@ -5,6 +5,7 @@
 //! - [`objects`]: applying objects and generating namespaces of mixed objects.
 
 pub mod envtest;
+pub mod git;
 pub mod objects;
 pub mod tools;
 

@@ -1,0 +1,290 @@
+//! The git destination: one repository per mapping (or several mappings under their own
+//! paths of one repository). Commits are built straight in the object database from the
+//! rendered export — no work tree, no `git add -A` — and only when the tree changed. A
+//! rejected push (another writer moved the branch) is answered by fetching, rebuilding our
+//! path on the new remote head (other paths untouched) and pushing again with backoff.
+
+pub mod breaker;
+pub mod known_hosts;
+mod transport;
+mod treeio;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use git2::{Oid, Repository, Signature};
+use sha2::{Digest, Sha256};
+
+use crate::export::Tree;
+use crate::export::output::{self, Diff};
+
+pub use breaker::{Breaker, Held};
+pub use known_hosts::KnownHosts;
+pub use transport::Auth;
+
+/// Push attempts before a persistent non-fast-forward is reported.
+const PUSH_ATTEMPTS: u32 = 6;
+
+/// Errors of the git destination.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// A libgit2 operation failed.
+    #[error("git {what}: {source}")]
+    Git {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: git2::Error,
+    },
+    /// The remote could not be reached or refused the push; any commit stays in the local
+    /// cache and the next sync rebuilds it on the remote head.
+    #[error("remote {url}: {message}")]
+    Remote {
+        /// Remote URL.
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// The breaker held the batch.
+    #[error(transparent)]
+    Held(#[from] Held),
+    /// Filesystem error.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+fn git(what: &str) -> impl FnOnce(git2::Error) -> GitError + '_ {
+    move |source| GitError::Git {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// Where and as whom to commit.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Remote URL (`ssh://`, scp-style, `https://`, `git://`, `file://` or a local path).
+    pub url: String,
+    /// Branch.
+    pub branch: String,
+    /// Directory for this mapping's files (`""` = repository root).
+    pub path: String,
+    /// Credentials and host-key pins.
+    pub auth: Auth,
+    /// Commit author name and email.
+    pub author: (String, String),
+    /// Where local clones are cached.
+    pub cache_dir: PathBuf,
+}
+
+/// What a sync contributes to the commit message.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    /// Mapping name (`[dr-syncer] <mapping>: …`).
+    pub mapping: String,
+    /// Source cluster name, for the trailer.
+    pub source_cluster: String,
+    /// Kubernetes version of the source, for the trailer.
+    pub kubernetes_version: String,
+}
+
+/// What [`Repo::publish`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// The tree is unchanged; no commit. `head` is the remote head, if any.
+    Unchanged {
+        /// Current remote head.
+        head: Option<String>,
+    },
+    /// A commit was pushed.
+    Committed {
+        /// Commit id.
+        sha: String,
+        /// First line of the message.
+        subject: String,
+        /// Object changes.
+        diff: Diff,
+        /// Push attempts it took (more than one after concurrent writers).
+        attempts: u32,
+    },
+}
+
+/// A mapping's local clone.
+pub struct Repo {
+    repo: Repository,
+    target: Target,
+}
+
+impl Repo {
+    /// Opens (or creates) the bare cache clone for `target`.
+    pub fn open(target: Target) -> Result<Self, GitError> {
+        let key = Sha256::digest(
+            format!("{}\0{}\0{}", target.url, target.branch, target.path).as_bytes(),
+        );
+        let dir = target.cache_dir.join(
+            key.iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        );
+        std::fs::create_dir_all(&dir).map_err(|e| GitError::Io(dir.clone(), e))?;
+        let repo = match Repository::open_bare(&dir) {
+            Ok(r) => r,
+            Err(_) => Repository::init_bare(&dir).map_err(git("init cache repository"))?,
+        };
+        Ok(Repo { repo, target })
+    }
+
+    /// Fetches the branch; returns the remote head (`None` for an empty remote/new branch).
+    pub fn fetch(&self) -> Result<Option<Oid>, GitError> {
+        transport::fetch(&self.repo, &self.target)
+    }
+
+    /// The export files currently at our path in `head`.
+    pub fn files_at(&self, head: Option<Oid>) -> Result<Tree, GitError> {
+        let Some(head) = head else {
+            return Ok(Tree::default());
+        };
+        let tree = self
+            .repo
+            .find_commit(head)
+            .and_then(|c| c.tree())
+            .map_err(git("reading head"))?;
+        treeio::read_path(&self.repo, &tree, &self.target.path)
+    }
+
+    /// Commits `tree` at our path on top of the remote head (only if it changed) and pushes,
+    /// rebuilding on the new head when another writer got there first. `breaker` is checked
+    /// against the deletions relative to `base`'s files before anything is written.
+    pub fn publish(
+        &self,
+        mut head: Option<Oid>,
+        tree: &Tree,
+        info: &CommitInfo,
+        breaker: &Breaker,
+    ) -> Result<Published, GitError> {
+        let mut backoff = Duration::from_millis(200);
+        for attempt in 1..=PUSH_ATTEMPTS {
+            let previous = self.files_at(head)?;
+            let diff = object_diff(&previous, tree);
+            let total = previous.files.keys().filter(|p| is_object(p)).count() as u64;
+            breaker.check(diff.deleted.len() as u64, total)?;
+            let base_tree = head
+                .map(|h| self.repo.find_commit(h).and_then(|c| c.tree()))
+                .transpose()
+                .map_err(git("reading head"))?;
+            let subtree = treeio::write_tree(&self.repo, tree)?;
+            let root =
+                treeio::replace_path(&self.repo, base_tree.as_ref(), &self.target.path, subtree)?;
+            if base_tree.as_ref().map(|t| t.id()) == Some(root) {
+                return Ok(Published::Unchanged {
+                    head: head.map(|h| h.to_string()),
+                });
+            }
+            let (subject, message) = commit_message(info, &diff);
+            let sig = Signature::now(&self.target.author.0, &self.target.author.1)
+                .map_err(git("author"))?;
+            let root_tree = self.repo.find_tree(root).map_err(git("reading tree"))?;
+            let parents: Vec<git2::Commit> = head
+                .map(|h| self.repo.find_commit(h))
+                .transpose()
+                .map_err(git("reading head"))?
+                .into_iter()
+                .collect();
+            let parent_refs: Vec<&git2::Commit> = parents.iter().collect();
+            let commit = self
+                .repo
+                .commit(None, &sig, &sig, &message, &root_tree, &parent_refs)
+                .map_err(git("commit"))?;
+            // The local branch moves in one atomic ref update; a crash leaves either ref.
+            self.repo
+                .reference(
+                    &format!("refs/heads/{}", self.target.branch),
+                    commit,
+                    true,
+                    "dr-syncer sync",
+                )
+                .map_err(git("updating the local branch"))?;
+            match transport::push(&self.repo, &self.target, commit) {
+                Ok(()) => {
+                    return Ok(Published::Committed {
+                        sha: commit.to_string(),
+                        subject,
+                        diff,
+                        attempts: attempt,
+                    });
+                }
+                Err(transport::PushError::NonFastForward) if attempt < PUSH_ATTEMPTS => {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    head = self.fetch()?;
+                }
+                Err(transport::PushError::NonFastForward) => {
+                    return Err(GitError::Remote {
+                        url: self.target.url.clone(),
+                        message: format!(
+                            "branch {} kept moving; gave up after {attempt} attempts",
+                            self.target.branch
+                        ),
+                    });
+                }
+                Err(transport::PushError::Failed(message)) => {
+                    return Err(GitError::Remote {
+                        url: self.target.url.clone(),
+                        message: format!(
+                            "{message} (commit {commit} is kept locally and rebuilt on the next sync)"
+                        ),
+                    });
+                }
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// The cache directory.
+    pub fn cache_path(&self) -> &Path {
+        self.repo.path()
+    }
+}
+
+/// Object files: not kustomizations, not dot-files (state, sops config).
+fn is_object(path: &str) -> bool {
+    !path.starts_with('.') && path.contains('/') && !path.ends_with("kustomization.yaml")
+}
+
+fn object_diff(old: &Tree, new: &Tree) -> Diff {
+    let mut d = output::diff(old, new);
+    for list in [&mut d.added, &mut d.changed, &mut d.deleted] {
+        list.retain(|p| is_object(p));
+    }
+    d
+}
+
+/// `[dr-syncer] <mapping>: N added, M changed, K deleted`, one line per object, trailers.
+fn commit_message(info: &CommitInfo, diff: &Diff) -> (String, String) {
+    let subject = format!(
+        "[dr-syncer] {}: {} added, {} changed, {} deleted",
+        info.mapping,
+        diff.added.len(),
+        diff.changed.len(),
+        diff.deleted.len()
+    );
+    let mut body = String::new();
+    for (mark, list) in [
+        ("A", &diff.added),
+        ("M", &diff.changed),
+        ("D", &diff.deleted),
+    ] {
+        for p in list {
+            body.push_str(&format!("{mark} {p}\n"));
+        }
+    }
+    let message = format!(
+        "{subject}\n\n{body}{}Source-Cluster: {}\nKubernetes-Version: {}\nExported-By: dr-syncer {}\n",
+        if body.is_empty() { "" } else { "\n" },
+        info.source_cluster,
+        info.kubernetes_version,
+        env!("CARGO_PKG_VERSION")
+    );
+    (subject, message)
+}

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt envtest-up envtest-down release bench-export
+.PHONY: test deps envtest crds lint fmt envtest-up envtest-down release bench-export bench-gitops
 
 ## test: install missing dependencies, build the test control plane, run every test
 test: deps envtest
@@ -46,3 +46,7 @@ release:
 ## bench-export: dr-syncer export vs kubectl get -o yaml on 10 000 objects (BENCH_OBJECTS=n)
 bench-export: deps envtest
 	$(CARGO) bench --bench export
+
+## bench-gitops: initial commit of 10 000 objects and a one-object change commit
+bench-gitops: deps
+	$(CARGO) bench --bench gitops

@@ -7,8 +7,7 @@ NAME ?= dev
 
 ## test: install missing dependencies, build the test control plane, run every test
 test: deps envtest
-	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
+	$(CARGO) test --workspace
 
 ## deps: Debian packages and toolchain checks
 deps:

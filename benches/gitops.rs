@@ -21,7 +21,11 @@ fn export(from: &Path, to: &Path, cache: &Path) -> f64 {
         .args(["--mapping-name", "bench", "-o", "json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     start.elapsed().as_secs_f64()
 }
 
@@ -31,7 +35,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_OBJECTS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("BENCH_OBJECTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -49,12 +56,20 @@ fn main() {
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": changed});
         let src2 = tmp.path().join(format!("src-changed{i}"));
         std::fs::create_dir_all(&src2).unwrap();
-        std::fs::write(src2.join("objects.json"), serde_json::to_vec(&list).unwrap()).unwrap();
+        std::fs::write(
+            src2.join("objects.json"),
+            serde_json::to_vec(&list).unwrap(),
+        )
+        .unwrap();
         change.push(export(&src2, &repo, &cache));
     }
     println!("\ngit destination, {n} objects (median of 3, whole `dr-syncer export` runs)");
     println!("{:<34} {:>10}", "step", "wall (s)");
-    for (name, runs) in [("initial commit + push", initial), ("no change (no commit)", noop), ("one object changed: commit + push", change)] {
+    for (name, runs) in [
+        ("initial commit + push", initial),
+        ("no change (no commit)", noop),
+        ("one object changed: commit + push", change),
+    ] {
         println!("{name:<34} {:>10.2}", median(runs));
     }
 }

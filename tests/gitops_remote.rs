@@ -300,6 +300,7 @@ fn git_two_mappings_push_to_one_repo_concurrently() {
                         "--cache-dir",
                     ])
                     .arg(env.path(&format!("cache-{path}")))
+                    .stdout(std::process::Stdio::null())
                     .spawn()
                     .unwrap()
             })

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod export;
 pub mod gitops;
 pub mod sops;

@@ -5,14 +5,14 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kube::core::Selector;
 use serde_json::json;
 
 use crate::api::NamespaceMapping;
 use crate::export::secrets::SecretWriter;
 use crate::export::source::{live, offline};
-use crate::export::{self, NamespaceInput, Policy, Summary, output, value};
+use crate::export::{self, NamespaceInput, Policy, Summary, output};
 use crate::sops::Recipients;
 
 /// Exit code when some types could not be listed (their files were kept).
@@ -391,64 +391,35 @@ async fn read_live(
         cluster: args.context.clone().unwrap_or_else(|| "source".into()),
         version,
     };
-    let mut names = wanted_namespaces(args, mapping);
     let selector = match (&args.selector, mapping_selector(mapping)?) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(sel)) => Some(sel.to_string()),
         (None, None) => None,
     };
-    let mut ns_objects = std::collections::BTreeMap::new();
-    if let Some(sel) = &selector {
-        for ns in live::select_namespaces(&client, sel)
-            .await
-            .context("listing namespaces")?
-        {
-            let name = value::str_at(&ns, &["metadata", "name"])
-                .unwrap_or_default()
-                .to_string();
-            names.push(name.clone());
-            ns_objects.insert(name, ns);
-        }
-    }
-    if names.is_empty() {
-        bail!(
-            "nothing to export: give --namespace, --selector or a --mapping with sourceNamespace/namespaceSelector"
-        );
-    }
-    let discovery = live::discover(&client).await.context("API discovery")?;
-    summary.failures.extend(discovery.failures.iter().cloned());
-    let types: Vec<_> = discovery
-        .listable
-        .iter()
-        .filter(|rt| policy.wants_type(rt).is_ok())
-        .cloned()
-        .collect();
-    let progress = progress_bar((types.len() * names.len()) as u64);
-    let mut inputs = Vec::new();
-    for name in names {
-        let object = match ns_objects.remove(&name) {
-            Some(o) => Some(o),
-            None => live::get_namespace(&client, &name)
-                .await
-                .with_context(|| format!("reading namespace {name}"))?,
-        };
-        if object.is_none() {
-            bail!("namespace {name} does not exist in the source cluster");
-        }
-        let (objects, failures) =
-            live::list_namespace(&client, &name, &types, args.concurrency, &|| {
-                progress.inc(1)
-            })
-            .await;
-        summary.failures.extend(failures);
-        inputs.push(NamespaceInput {
-            name,
-            object,
-            objects,
-        });
-    }
-    progress.finish_and_clear();
-    Ok((inputs, discovery.registry, source))
+    let bar = std::sync::Mutex::new(indicatif::ProgressBar::hidden());
+    let progress = live::Progress {
+        total: &|n| *bar.lock().unwrap() = progress_bar(n),
+        step: &|| bar.lock().unwrap().inc(1),
+    };
+    let names = wanted_namespaces(args, mapping);
+    let read = live::read(
+        &client,
+        names,
+        selector.as_deref(),
+        policy,
+        args.concurrency,
+        &progress,
+    )
+    .await?;
+    bar.lock().unwrap().finish_and_clear();
+    // An empty selection would replace the output with nothing; say so instead.
+    anyhow::ensure!(
+        !read.inputs.is_empty(),
+        "no namespace matches {}",
+        selector.as_deref().unwrap_or("the given names")
+    );
+    summary.failures.extend(read.failures);
+    Ok((read.inputs, read.registry, source))
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {

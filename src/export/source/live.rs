@@ -9,7 +9,9 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
+use crate::export::NamespaceInput;
 use crate::export::object::{Origin, SourceObject};
+use crate::export::policy::Policy;
 use crate::export::resource::{Registry, ResourceType};
 use crate::export::summary::Failure;
 
@@ -199,4 +201,108 @@ fn namespace_value(ns: Namespace) -> Value {
     v["apiVersion"] = "v1".into();
     v["kind"] = "Namespace".into();
     v
+}
+
+/// Errors that stop a live read (a failing type or group does not).
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// A call the read cannot do without failed.
+    #[error("{context}: {source}")]
+    Kube {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// A named namespace does not exist.
+    #[error("namespace {0} does not exist in the source cluster")]
+    NoNamespace(String),
+    /// Neither names nor a selector matched anything.
+    #[error("nothing to export: no namespace given or selected")]
+    Nothing,
+}
+
+/// Everything a live read produced.
+#[derive(Debug, Default)]
+pub struct LiveRead {
+    /// Objects per namespace.
+    pub inputs: Vec<NamespaceInput>,
+    /// Discovered types.
+    pub registry: Registry,
+    /// Types and groups that failed (their files must be kept).
+    pub failures: Vec<Failure>,
+}
+
+/// Progress callbacks: the number of list calls once known, then one call per list.
+pub struct Progress<'a> {
+    /// Called once with the total.
+    pub total: &'a (dyn Fn(u64) + Sync),
+    /// Called after each list.
+    pub step: &'a (dyn Fn() + Sync),
+}
+
+/// Reads the namespaces `names` plus those matching `selector` (label selector string):
+/// discovery, then every type `policy` wants, listed with `concurrency` calls at once.
+pub async fn read(
+    client: &Client,
+    mut names: Vec<String>,
+    selector: Option<&str>,
+    policy: &Policy,
+    concurrency: usize,
+    progress: &Progress<'_>,
+) -> Result<LiveRead, LiveError> {
+    let kube_err = |context: &str| {
+        let context = context.to_string();
+        move |source| LiveError::Kube { context, source }
+    };
+    let mut ns_objects = std::collections::BTreeMap::new();
+    if let Some(sel) = selector {
+        for ns in select_namespaces(client, sel)
+            .await
+            .map_err(kube_err("listing namespaces"))?
+        {
+            let name = ns["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            names.push(name.clone());
+            ns_objects.insert(name, ns);
+        }
+    }
+    names.sort();
+    names.dedup();
+    if names.is_empty() && selector.is_none() {
+        return Err(LiveError::Nothing);
+    }
+    let discovery = discover(client).await.map_err(kube_err("API discovery"))?;
+    let types: Vec<_> = discovery
+        .listable
+        .iter()
+        .filter(|rt| policy.wants_type(rt).is_ok())
+        .cloned()
+        .collect();
+    (progress.total)((types.len() * names.len()) as u64);
+    let mut read = LiveRead {
+        registry: discovery.registry,
+        failures: discovery.failures,
+        inputs: Vec::new(),
+    };
+    for name in names {
+        let object = match ns_objects.remove(&name) {
+            Some(o) => o,
+            None => get_namespace(client, &name)
+                .await
+                .map_err(kube_err(&format!("reading namespace {name}")))?
+                .ok_or_else(|| LiveError::NoNamespace(name.clone()))?,
+        };
+        let (objects, failures) =
+            list_namespace(client, &name, &types, concurrency, progress.step).await;
+        read.failures.extend(failures);
+        read.inputs.push(NamespaceInput {
+            name,
+            object: Some(object),
+            objects,
+        });
+    }
+    Ok(read)
 }

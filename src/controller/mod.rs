@@ -1,0 +1,3 @@
+//! The controller: NamespaceMappings replicated continuously, on a schedule or on demand.
+
+pub mod schedule;

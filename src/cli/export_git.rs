@@ -140,6 +140,7 @@ pub fn destination(
             .unwrap_or_default(),
         auth: Auth {
             ssh_key: g.ssh_key.clone(),
+            ssh_key_pem: None,
             known_hosts,
             username: g.git_username.clone(),
             token,

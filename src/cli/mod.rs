@@ -3,6 +3,7 @@
 //! the Helm chart configures the controller.
 
 pub mod client;
+mod controller;
 mod crds;
 mod decrypt;
 pub mod export;
@@ -39,6 +40,8 @@ pub enum Command {
     Export(Box<export::ExportArgs>),
     /// Decrypt a SOPS file (MAC verified) and print it.
     Decrypt(decrypt::DecryptArgs),
+    /// Run the controller (NamespaceMappings into git).
+    Controller(controller::ControllerArgs),
 }
 
 /// Runs a parsed command line; the exit code tells scripts what happened.
@@ -48,5 +51,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Crds(args) => crds::run(&args),
         Command::Export(args) => export::run(&args).await,
         Command::Decrypt(args) => decrypt::run(&args),
+        Command::Controller(args) => controller::run(&args).await,
     }
 }

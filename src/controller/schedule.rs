@@ -10,6 +10,9 @@ use jiff::Timestamp;
 
 use crate::api::{NamespaceMapping, ReplicationMode, keys};
 
+/// Pause before retrying a failed sync.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
 /// What the reconciler should do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -75,12 +78,23 @@ pub fn decide(nm: &NamespaceMapping, clock: Clock) -> Result<Decision, ScheduleE
         .as_ref()
         .and_then(|a| a.get(keys::SYNC_NOW));
     // A new sync-now value runs one sync in every mode; the handled value is in status.
-    if let Some(t) = trigger
-        && status.last_sync_now.as_ref() != Some(t)
-    {
+    let triggered = trigger.is_some_and(|t| status.last_sync_now.as_ref() != Some(t));
+    if triggered && status.last_error.is_none() {
         return Ok(Decision::Sync("sync-now annotation"));
     }
     let last = status.last_sync_time.as_ref().map(ts);
+    // After a failure, retry with a pause instead of at once: our own status write of the
+    // failure would otherwise start the next attempt immediately.
+    if let Some(err) = &status.last_error {
+        let retry_at = ts(&err.time)
+            + jiff::SignedDuration::try_from(RETRY_AFTER_FAILURE).expect("small duration");
+        if clock.now < retry_at && !generation_changed {
+            return Ok(Decision::Wait(Some(retry_at)));
+        }
+    }
+    if triggered {
+        return Ok(Decision::Sync("sync-now annotation (retry)"));
+    }
     match nm.spec.replication_mode {
         ReplicationMode::Manual => Ok(Decision::Wait(None)),
         ReplicationMode::Scheduled => {

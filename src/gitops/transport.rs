@@ -14,8 +14,10 @@ use super::{GitError, Target};
 /// Credentials and pins for one remote.
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
-    /// SSH private key (a deploy key).
+    /// SSH private key file (a deploy key).
     pub ssh_key: Option<PathBuf>,
+    /// SSH private key in memory (from a Secret; never written to disk).
+    pub ssh_key_pem: Option<String>,
     /// Pinned SSH host keys; required for SSH remotes.
     pub known_hosts: Option<KnownHosts>,
     /// HTTPS user name (default `git`).

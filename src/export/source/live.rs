@@ -157,9 +157,11 @@ pub async fn list_namespace(
     concurrency: usize,
     on_type_done: &(dyn Fn() + Sync),
 ) -> (Vec<SourceObject>, Vec<Failure>) {
-    let results: Vec<_> = stream::iter(types)
+    // Owned items: a stream over borrowed ones is not `Send` for every lifetime, which a
+    // spawned reconcile needs.
+    let results: Vec<_> = stream::iter(types.iter().cloned())
         .map(|rt| async move {
-            let r = list_type(client, namespace, rt).await;
+            let r = list_type(client, namespace, &rt).await;
             on_type_done();
             (rt, r)
         })

@@ -1,0 +1,52 @@
+//! `dr-syncer controller`: runs the reconcilers in (or against) a cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::controller::{self, RunError, Settings};
+
+/// Arguments of `dr-syncer controller`.
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Kubeconfig (default: in-cluster, then $KUBECONFIG / ~/.kube/config).
+    #[arg(long, env = "DR_SYNCER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The controller's own namespace (fingerprint-key Secret, Leases).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dr-syncer")]
+    pub namespace: String,
+    /// Where git clones are cached (an emptyDir in the chart).
+    #[arg(
+        long,
+        env = "DR_SYNCER_CACHE_DIR",
+        default_value = "/tmp/dr-syncer/git"
+    )]
+    pub cache_dir: PathBuf,
+    /// Resource types listed at once per sync.
+    #[arg(long, env = "DR_SYNCER_LIST_CONCURRENCY", default_value_t = 8)]
+    pub list_concurrency: usize,
+    /// This replica's name (events, leases).
+    #[arg(long, env = "POD_NAME", default_value = "dr-syncer")]
+    pub instance: String,
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
+    let client = super::client::build(args.kubeconfig.as_deref(), None).await?;
+    let settings = Settings {
+        namespace: args.namespace.clone(),
+        cache_dir: args.cache_dir.clone(),
+        list_concurrency: args.list_concurrency,
+        field_manager: "dr-syncer".into(),
+    };
+    tracing::info!(namespace = %args.namespace, instance = %args.instance, "dr-syncer controller starting");
+    match controller::run(client, settings, args.instance.clone()).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ RunError::CrdsMissing) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e).context("controller"),
+    }
+}

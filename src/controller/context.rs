@@ -1,0 +1,107 @@
+//! What every reconcile shares: clients, the event recorder, settings, the fingerprint key
+//! and one lock per mapping so two syncs of a mapping never overlap.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The controller's own namespace (fingerprint-key Secret, Leases).
+    pub namespace: String,
+    /// Where git clones are cached.
+    pub cache_dir: PathBuf,
+    /// Types listed at once per sync.
+    pub list_concurrency: usize,
+    /// Field manager of everything the controller writes.
+    pub field_manager: String,
+}
+
+/// Shared state of the reconcilers.
+pub struct Ctx {
+    /// Client of the cluster the controller runs in.
+    pub client: Client,
+    /// One recorder, so repeated events fold into series.
+    pub recorder: Recorder,
+    /// Settings.
+    pub settings: Settings,
+    /// HMAC key of the Secret fingerprints.
+    pub fingerprint_key: Vec<u8>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Name of the Secret holding the fingerprint key.
+pub const FINGERPRINT_SECRET: &str = "dr-syncer-fingerprint-key";
+
+impl Ctx {
+    /// Builds the context, creating the fingerprint key Secret on first start.
+    pub async fn new(
+        client: Client,
+        settings: Settings,
+        instance: String,
+    ) -> Result<Self, kube::Error> {
+        let fingerprint_key = fingerprint_key(&client, &settings).await?;
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "dr-syncer".into(),
+                instance: Some(instance),
+            },
+        );
+        Ok(Ctx {
+            client,
+            recorder,
+            settings,
+            fingerprint_key,
+            locks: Mutex::default(),
+        })
+    }
+
+    /// The lock of one mapping (`namespace/name`).
+    pub fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("not poisoned")
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+/// Reads (or creates) the fingerprint key. Kept in a Secret, never in git: with the key,
+/// fingerprints could be tested against guessed passwords.
+async fn fingerprint_key(client: &Client, settings: &Settings) -> Result<Vec<u8>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    if let Some(s) = api.get_opt(FINGERPRINT_SECRET).await?
+        && let Some(k) = s.data.and_then(|d| d.get("key").cloned())
+        && k.0.len() >= 32
+    {
+        return Ok(k.0);
+    }
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).expect("OS random generator");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": FINGERPRINT_SECRET, "labels": {"app.kubernetes.io/managed-by": "dr-syncer"}},
+        "type": "Opaque",
+        "data": {"key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key)},
+    }))
+    .expect("valid Secret");
+    // Create only: if another replica won the race, use its key.
+    match api.create(&Default::default(), &secret).await {
+        Ok(_) => Ok(key),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let s = api.get(FINGERPRINT_SECRET).await?;
+            Ok(s.data
+                .and_then(|d| d.get("key").cloned())
+                .map(|k| k.0)
+                .unwrap_or(key))
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,202 @@
+//! The NamespaceMapping reconciler: fetch → decide (pure) → sync → status, plus an Event
+//! for every sync outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{MappingPhase, NamespaceMapping, NamespaceMappingStatus, ReplicationMode, keys};
+use crate::gitops::{GitError, Published};
+
+use super::context::Ctx;
+use super::schedule::{self, Clock, Decision};
+use super::{ControllerError, status, sync};
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+async fn write_status(
+    ctx: &Ctx,
+    nm: &NamespaceMapping,
+    new: NamespaceMappingStatus,
+) -> Result<(), ControllerError> {
+    if nm.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let api: Api<NamespaceMapping> =
+        Api::namespaced(ctx.client.clone(), &nm.namespace().unwrap_or_default());
+    api.patch_status(
+        &nm.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": new})),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn event(ctx: &Ctx, nm: &NamespaceMapping, warning: bool, reason: &str, note: String) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &nm.object_ref(&())).await {
+        tracing::warn!(mapping = %nm.name_any(), error = %e, "cannot publish event");
+    }
+}
+
+/// Reconciles one NamespaceMapping.
+pub async fn reconcile(
+    nm: Arc<NamespaceMapping>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, ControllerError> {
+    let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+    let lock = ctx.lock_for(&key);
+    let _guard = lock.lock().await;
+    // Decide on the newest object: a sync that ran while we waited for the lock may have
+    // handled this trigger already.
+    let api: Api<NamespaceMapping> =
+        Api::namespaced(ctx.client.clone(), &nm.namespace().unwrap_or_default());
+    let Some(nm) = api.get_opt(&nm.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let prev = nm.status.clone().unwrap_or_default();
+    let resync = nm
+        .spec
+        .continuous
+        .as_ref()
+        .and_then(|c| schedule::parse_duration(&c.resync_interval))
+        .unwrap_or(Duration::from_secs(3600));
+    let clock = Clock {
+        now: jiff::Timestamp::now(),
+        changed: false,
+        resync,
+    };
+    let decision = match schedule::decide(&nm, clock) {
+        Ok(d) => d,
+        Err(e) => {
+            write_status(
+                &ctx,
+                &nm,
+                status::failed(&prev, &e.to_string(), false, nm.metadata.generation, now()),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    match decision {
+        Decision::Paused => {
+            let mut s = prev.clone();
+            s.phase = Some(MappingPhase::Paused);
+            s.next_sync_time = None;
+            write_status(&ctx, &nm, s).await?;
+            Ok(Action::await_change())
+        }
+        Decision::Wait(until) => {
+            let mut s = prev.clone();
+            if nm.spec.replication_mode == ReplicationMode::Scheduled && prev.last_error.is_none() {
+                s.next_sync_time = until.map(Time);
+            }
+            if s.phase.is_none() {
+                s.phase = Some(MappingPhase::Pending);
+            }
+            write_status(&ctx, &nm, s).await?;
+            Ok(match until {
+                Some(t) => Action::requeue(
+                    Duration::try_from(t - jiff::Timestamp::now())
+                        .unwrap_or(Duration::ZERO)
+                        .max(Duration::from_millis(200)),
+                ),
+                None => Action::await_change(),
+            })
+        }
+        Decision::Sync(reason) => {
+            tracing::info!(mapping = %key, reason, "sync started");
+            let cm = match super::refs::cluster_mapping(&ctx.client, &nm).await {
+                Ok(cm) => cm,
+                Err(e) => return finish_failed(&ctx, &nm, &prev, &e.to_string(), false).await,
+            };
+            let trigger = nm.annotations().get(keys::SYNC_NOW).cloned();
+            match sync::run(&ctx, &nm, cm.as_ref()).await {
+                Ok(report) => {
+                    let mut s =
+                        status::synced(&prev, &report, nm.metadata.generation, trigger, now());
+                    s.next_sync_time = match (&nm.spec.replication_mode, &nm.spec.schedule) {
+                        (ReplicationMode::Scheduled, Some(cron)) => {
+                            schedule::next_run(cron, jiff::Timestamp::now())
+                                .ok()
+                                .map(Time)
+                        }
+                        _ => None,
+                    };
+                    let note = match &report.published {
+                        Published::Committed { sha, subject, .. } => {
+                            format!("{subject} ({})", &sha[..12.min(sha.len())])
+                        }
+                        Published::Unchanged { .. } => "no change".to_string(),
+                    };
+                    tracing::info!(mapping = %key, %note, ms = report.duration.as_millis() as u64, "sync finished");
+                    write_status(&ctx, &nm, s).await?;
+                    event(&ctx, &nm, false, "Synced", note).await;
+                    let next = match nm.spec.replication_mode {
+                        ReplicationMode::Manual => Action::await_change(),
+                        _ => Action::requeue(Duration::from_secs(1)),
+                    };
+                    Ok(next)
+                }
+                Err(sync::SyncError::Git(GitError::Held(held))) => {
+                    finish_failed(&ctx, &nm, &prev, &held.to_string(), true).await
+                }
+                Err(e) => finish_failed(&ctx, &nm, &prev, &e.to_string(), false).await,
+            }
+        }
+    }
+}
+
+async fn finish_failed(
+    ctx: &Ctx,
+    nm: &NamespaceMapping,
+    prev: &NamespaceMappingStatus,
+    message: &str,
+    held: bool,
+) -> Result<Action, ControllerError> {
+    tracing::warn!(mapping = %nm.name_any(), held, error = message, "sync failed");
+    write_status(
+        ctx,
+        nm,
+        status::failed(prev, message, held, nm.metadata.generation, now()),
+    )
+    .await?;
+    event(
+        ctx,
+        nm,
+        true,
+        if held {
+            "MassDeletionHeld"
+        } else {
+            "SyncFailed"
+        },
+        message.to_string(),
+    )
+    .await;
+    Ok(Action::requeue(schedule::RETRY_AFTER_FAILURE))
+}
+
+/// Requeues after an error the reconciler could not record in status (API errors).
+pub fn error_policy(nm: Arc<NamespaceMapping>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(mapping = %nm.name_any(), error = %err, "reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}

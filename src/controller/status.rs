@@ -1,0 +1,159 @@
+//! Status of a NamespaceMapping, built purely from the previous status and what happened,
+//! and written only when it changed (so our own writes never start another sync).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{
+    CommitRef, MappingPhase, NamespaceMappingStatus, SyncError as StatusError, SyncStats,
+};
+use crate::gitops::Published;
+
+use super::sync::SyncReport;
+
+/// Sets condition `type_`, keeping `lastTransitionTime` when the status did not flip.
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Time,
+) {
+    let status = if ok { "True" } else { "False" };
+    let transition = conds
+        .iter()
+        .find(|c| c.type_ == type_)
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(now);
+    conds.retain(|c| c.type_ != type_);
+    conds.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: transition,
+    });
+    conds.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+/// Status after a successful sync.
+pub fn synced(
+    prev: &NamespaceMappingStatus,
+    report: &SyncReport,
+    generation: Option<i64>,
+    trigger: Option<String>,
+    now: Time,
+) -> NamespaceMappingStatus {
+    let mut s = prev.clone();
+    let totals = report.summary.totals();
+    let (mut added, mut changed, mut deleted) = (0, 0, 0);
+    if let Published::Committed {
+        sha, subject, diff, ..
+    } = &report.published
+    {
+        s.last_commit = Some(CommitRef {
+            sha: sha.clone(),
+            time: now.clone(),
+            message: subject.clone(),
+        });
+        (added, changed, deleted) = (
+            diff.added.len() as i64,
+            diff.changed.len() as i64,
+            diff.deleted.len() as i64,
+        );
+    }
+    s.sync_stats = Some(SyncStats {
+        objects: totals.exported as i64,
+        added,
+        changed,
+        deleted,
+        excluded: totals.excluded as i64,
+        secrets_encrypted: totals.secrets_encrypted as i64,
+        secrets_skipped: totals.secrets_skipped as i64,
+        duration_millis: report.duration.as_millis() as i64,
+    });
+    s.phase = Some(MappingPhase::Synced);
+    s.last_sync_time = Some(now.clone());
+    s.last_error = None;
+    s.observed_generation = generation;
+    if trigger.is_some() {
+        s.last_sync_now = trigger;
+    }
+    let partial = !report.summary.failures.is_empty();
+    let message = if partial {
+        let failed: Vec<String> = report
+            .summary
+            .failures
+            .iter()
+            .map(|f| f.what.clone())
+            .collect();
+        format!(
+            "synced; could not list {} (their files were kept)",
+            failed.join(", ")
+        )
+    } else {
+        "synced".to_string()
+    };
+    set_condition(
+        &mut s.conditions,
+        "Ready",
+        true,
+        "Configured",
+        "configuration valid, destination reachable",
+        generation,
+        now.clone(),
+    );
+    set_condition(
+        &mut s.conditions,
+        "Synced",
+        true,
+        if partial {
+            "PartialSync"
+        } else {
+            "SyncSucceeded"
+        },
+        &message,
+        generation,
+        now,
+    );
+    s
+}
+
+/// Status after a failed sync. `held`: the breaker stopped it.
+pub fn failed(
+    prev: &NamespaceMappingStatus,
+    message: &str,
+    held: bool,
+    generation: Option<i64>,
+    now: Time,
+) -> NamespaceMappingStatus {
+    let mut s = prev.clone();
+    s.phase = Some(if held {
+        MappingPhase::Held
+    } else {
+        MappingPhase::Failed
+    });
+    s.last_error = Some(StatusError {
+        message: message.to_string(),
+        time: now.clone(),
+        object: None,
+    });
+    s.observed_generation = generation;
+    set_condition(
+        &mut s.conditions,
+        "Synced",
+        false,
+        if held {
+            "MassDeletionHeld"
+        } else {
+            "SyncFailed"
+        },
+        message,
+        generation,
+        now,
+    );
+    s
+}

@@ -1,0 +1,314 @@
+//! The controller as a process against a real apiserver and a real git server: manual and
+//! scheduled replication (the original's scenarios 16 and 17), no reconcile loop while
+//! quiet (23), and the install hint when the CRDs are missing.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dr_syncer::api::NamespaceMapping;
+use dr_syncer_testkit::envtest::{self, ControlPlane};
+use dr_syncer_testkit::git::{GitDaemon, bare_repo, git};
+use dr_syncer_testkit::objects::Applier;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_controller(plane: &ControlPlane, cache: &Path, log: &Path) -> Running {
+    let log = std::fs::File::create(log).unwrap();
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+            .args(["controller", "--kubeconfig"])
+            .arg(plane.kubeconfig_path())
+            .args(["--namespace", "dr-syncer", "--cache-dir"])
+            .arg(cache)
+            .env("DR_SYNCER_LOG", "dr_syncer=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in dr_syncer::api::crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+}
+
+async fn wait_for<F: Fn(&NamespaceMapping) -> bool>(
+    api: &Api<NamespaceMapping>,
+    name: &str,
+    secs: u64,
+    what: &str,
+    f: F,
+) -> NamespaceMapping {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let nm = api.get(name).await.unwrap();
+        if f(&nm) {
+            return nm;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not reached within {secs}s; status: {:?}",
+            nm.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn source_objects(ns: &str) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"team": "shop"}}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": ns}, "data": {"mode": "prod"}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "admin", "namespace": ns}, "type": "Opaque", "stringData": {"password": "hunter2-manual"}}),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": ns},
+               "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                        "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "postgres:17"}]}},
+                        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+    ]
+}
+
+fn mapping(name: &str, ns: &str, mode: Value, url: &str, recipient: &str) -> Value {
+    let mut spec = json!({"sourceNamespace": ns, "resourceTypes": ["configmaps", "secrets", "statefulsets"],
+        "destination": {"git": {"url": url, "branch": "main", "path": name}},
+        "secrets": {"ageRecipients": [recipient]}});
+    json_merge(&mut spec, &mode);
+    json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping", "metadata": {"name": name, "namespace": "dr-syncer"}, "spec": spec})
+}
+
+fn json_merge(a: &mut Value, b: &Value) {
+    for (k, v) in b.as_object().unwrap() {
+        a[k] = v.clone();
+    }
+}
+
+fn files(repo: &Path, path: &str) -> String {
+    if git(repo, &["for-each-ref", "refs/heads/main"]).is_empty() {
+        return String::new();
+    }
+    git(repo, &["ls-tree", "-r", "--name-only", "main", path])
+}
+
+#[tokio::test]
+async fn controller_manual_and_scheduled_modes_commit_to_git() {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let applier = Applier::new(client.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dr-syncer"}}))
+        .await;
+    for o in source_objects("case16")
+        .into_iter()
+        .chain(source_objects("case17"))
+    {
+        applier.apply(&o).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let url = daemon.url("dr.git");
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let _controller = start_controller(
+        plane,
+        &tmp.path().join("cache"),
+        &tmp.path().join("controller.log"),
+    );
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), "dr-syncer");
+
+    // 16: Manual — nothing before the trigger.
+    applier
+        .apply(&mapping(
+            "manual",
+            "case16",
+            json!({"replicationMode": "Manual"}),
+            &url,
+            &recipient,
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        files(&repo, "manual").is_empty(),
+        "manual mapping synced without a trigger"
+    );
+    let annotate = |v: &str| json!({"metadata": {"annotations": {"dr-syncer.io/sync-now": v}}});
+    nms.patch(
+        "manual",
+        &PatchParams::default(),
+        &Patch::Merge(annotate("1")),
+    )
+    .await
+    .unwrap();
+    let nm = wait_for(&nms, "manual", 60, "first manual sync", |nm| {
+        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("1")
+    })
+    .await;
+    let status = nm.status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(dr_syncer::api::MappingPhase::Synced),
+        "{status:?}"
+    );
+    let commit = status.last_commit.expect("lastCommit");
+    assert_eq!(git(&repo, &["rev-parse", "main"]).trim(), commit.sha);
+    let listed = files(&repo, "manual");
+    assert!(
+        listed.contains("manual/case16/core/configmaps/settings.yaml")
+            && listed.contains("manual/case16/core/secrets/admin.sops.yaml"),
+        "{listed}"
+    );
+    let sts = git(
+        &repo,
+        &["show", "main:manual/case16/apps/statefulsets/db.yaml"],
+    );
+    assert!(
+        sts.contains("replicas: 0") && sts.contains("dr-syncer.io/original-replicas: \"3\""),
+        "{sts}"
+    );
+    let stats = status.sync_stats.unwrap();
+    assert_eq!(
+        (stats.objects, stats.secrets_encrypted, stats.added),
+        (4, 1, 4),
+        "{stats:?}"
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Synced" && c.status == "True")
+    );
+    // A second trigger works and commits the change.
+    applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "case16"}, "data": {"mode": "dr-test"}})).await;
+    nms.patch(
+        "manual",
+        &PatchParams::default(),
+        &Patch::Merge(annotate("2")),
+    )
+    .await
+    .unwrap();
+    let nm = wait_for(&nms, "manual", 60, "second manual sync", |nm| {
+        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("2")
+    })
+    .await;
+    assert_ne!(nm.status.unwrap().last_commit.unwrap().sha, commit.sha);
+    assert!(
+        git(
+            &repo,
+            &["show", "main:manual/case16/core/configmaps/settings.yaml"]
+        )
+        .contains("dr-test")
+    );
+
+    // 23: quiet — no commit and no status write.
+    let (rv, head) = (
+        nm.metadata.resource_version.clone(),
+        git(&repo, &["rev-parse", "main"]),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        nms.get("manual").await.unwrap().metadata.resource_version,
+        rv,
+        "status churn while quiet"
+    );
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        head,
+        "commit while quiet"
+    );
+
+    // 17: Scheduled — a first sync at once, then on the schedule.
+    applier
+        .apply(&mapping(
+            "scheduled",
+            "case17",
+            json!({"replicationMode": "Scheduled", "schedule": "* * * * *"}),
+            &url,
+            &recipient,
+        ))
+        .await;
+    let nm = wait_for(&nms, "scheduled", 60, "first scheduled sync", |nm| {
+        nm.status
+            .as_ref()
+            .is_some_and(|s| s.last_sync_time.is_some() && s.next_sync_time.is_some())
+    })
+    .await;
+    let status = nm.status.unwrap();
+    let (last, next) = (
+        status.last_sync_time.unwrap().0,
+        status.next_sync_time.unwrap().0,
+    );
+    assert!(
+        next > last && (next - last).get_seconds() <= 61,
+        "nextSyncTime {next} after {last}"
+    );
+    applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late", "namespace": "case17"}, "data": {"a": "1"}})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let wait = Duration::try_from(next - jiff::Timestamp::now()).unwrap_or_default();
+    if wait > Duration::from_secs(2) {
+        assert!(
+            !files(&repo, "scheduled").contains("late.yaml"),
+            "synced before its schedule"
+        );
+    }
+    wait_for(&nms, "scheduled", 90, "scheduled sync", |nm| {
+        nm.status
+            .as_ref()
+            .and_then(|s| s.last_sync_time.as_ref())
+            .is_some_and(|t| t.0 > last)
+    })
+    .await;
+    assert!(files(&repo, "scheduled").contains("scheduled/case17/core/configmaps/late.yaml"));
+    // Secrets in every commit are encrypted.
+    let history = git(&repo, &["log", "-p", "--all"]);
+    assert!(
+        !history.contains("hunter2") && !history.contains("aHVudGVyMi1tYW51YWw="),
+        "plaintext secret in git history"
+    );
+}
+
+#[tokio::test]
+async fn controller_exits_with_an_install_hint_without_crds() {
+    let plane = ControlPlane::start().await.unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .args(["controller", "--kubeconfig"])
+        .arg(plane.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CRDs are not installed")
+            && stderr.contains("dr-syncer crds | kubectl apply"),
+        "{stderr}"
+    );
+}

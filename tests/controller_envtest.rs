@@ -25,8 +25,11 @@ impl Drop for Running {
     }
 }
 
-fn start_controller(plane: &ControlPlane, cache: &Path, log: &Path) -> Running {
-    let log = std::fs::File::create(log).unwrap();
+/// Starts the controller; its log goes to `target/test-logs/<name>.log` (kept for debugging).
+fn start_controller(plane: &ControlPlane, cache: &Path, name: &str) -> Running {
+    let dir = dr_syncer_testkit::target_dir().join("test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     Running(
         Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
             .args(["controller", "--kubeconfig"])
@@ -142,7 +145,7 @@ async fn controller_manual_and_scheduled_modes_commit_to_git() {
     let _controller = start_controller(
         plane,
         &tmp.path().join("cache"),
-        &tmp.path().join("controller.log"),
+        "controller-manual-scheduled",
     );
     let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), "dr-syncer");
 
@@ -310,5 +313,101 @@ async fn controller_exits_with_an_install_hint_without_crds() {
         stderr.contains("CRDs are not installed")
             && stderr.contains("dr-syncer crds | kubectl apply"),
         "{stderr}"
+    );
+}
+
+async fn wait_until<F: Fn() -> bool>(secs: u64, what: &str, f: F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} not within {secs}s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn controller_continuous_mode_propagates_update_create_delete() {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let applier = Applier::new(client.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dr-syncer"}}))
+        .await;
+    for o in source_objects("case18") {
+        applier.apply(&o).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let _controller = start_controller(plane, &tmp.path().join("cache"), "controller-continuous");
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), "dr-syncer");
+    let mode = json!({"replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "5s", "resyncInterval": "1h"}});
+    applier
+        .apply(&mapping(
+            "continuous",
+            "case18",
+            mode,
+            &daemon.url("dr.git"),
+            &recipient,
+        ))
+        .await;
+    wait_for(&nms, "continuous", 60, "first continuous sync", |nm| {
+        nm.status.as_ref().is_some_and(|s| s.last_commit.is_some())
+    })
+    .await;
+    let cm_path = "continuous/case18/core/configmaps/settings.yaml";
+    let show = |p: &str| {
+        let out = Command::new("git")
+            .args(["show", &format!("main:{p}")])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // Let the watches list their baseline before changing anything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "case18"}, "data": {"mode": "updated"}})).await;
+    wait_until(30, "update propagated", || {
+        show(cm_path).is_some_and(|t| t.contains("updated"))
+    })
+    .await;
+    let update_latency = start.elapsed();
+    applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new-one", "namespace": "case18"}, "data": {"a": "1"}})).await;
+    wait_until(30, "create propagated", || {
+        show("continuous/case18/core/configmaps/new-one.yaml").is_some()
+    })
+    .await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "case18");
+    cms.delete("new-one", &Default::default()).await.unwrap();
+    wait_until(30, "delete propagated", || {
+        show("continuous/case18/core/configmaps/new-one.yaml").is_none()
+    })
+    .await;
+    // A status-only change of a watched object is not a change of the export.
+    let head = git(&repo, &["rev-parse", "main"]);
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client, "case18");
+    sts.patch_status(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3}}),
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        head,
+        "status-only change committed"
+    );
+    assert!(
+        update_latency < Duration::from_secs(10),
+        "update took {update_latency:?}"
     );
 }

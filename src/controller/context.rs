@@ -33,6 +33,8 @@ pub struct Ctx {
     /// HMAC key of the Secret fingerprints.
     pub fingerprint_key: Vec<u8>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Continuous-mode watch tasks.
+    pub watches: super::continuous::Watches,
 }
 
 /// Name of the Secret holding the fingerprint key.
@@ -59,6 +61,7 @@ impl Ctx {
             settings,
             fingerprint_key,
             locks: Mutex::default(),
+            watches: Default::default(),
         })
     }
 

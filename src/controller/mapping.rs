@@ -71,8 +71,10 @@ pub async fn reconcile(
     let api: Api<NamespaceMapping> =
         Api::namespaced(ctx.client.clone(), &nm.namespace().unwrap_or_default());
     let Some(nm) = api.get_opt(&nm.name_any()).await? else {
+        ctx.watches.remove(&key);
         return Ok(Action::await_change());
     };
+    ctx.watches.ensure(&ctx, &nm);
     let prev = nm.status.clone().unwrap_or_default();
     let resync = nm
         .spec
@@ -123,47 +125,76 @@ pub async fn reconcile(
                 None => Action::await_change(),
             })
         }
-        Decision::Sync(reason) => {
-            tracing::info!(mapping = %key, reason, "sync started");
-            let cm = match super::refs::cluster_mapping(&ctx.client, &nm).await {
-                Ok(cm) => cm,
-                Err(e) => return finish_failed(&ctx, &nm, &prev, &e.to_string(), false).await,
-            };
-            let trigger = nm.annotations().get(keys::SYNC_NOW).cloned();
-            match sync::run(&ctx, &nm, cm.as_ref()).await {
-                Ok(report) => {
-                    let mut s =
-                        status::synced(&prev, &report, nm.metadata.generation, trigger, now());
-                    s.next_sync_time = match (&nm.spec.replication_mode, &nm.spec.schedule) {
-                        (ReplicationMode::Scheduled, Some(cron)) => {
-                            schedule::next_run(cron, jiff::Timestamp::now())
-                                .ok()
-                                .map(Time)
-                        }
-                        _ => None,
-                    };
-                    let note = match &report.published {
-                        Published::Committed { sha, subject, .. } => {
-                            format!("{subject} ({})", &sha[..12.min(sha.len())])
-                        }
-                        Published::Unchanged { .. } => "no change".to_string(),
-                    };
-                    tracing::info!(mapping = %key, %note, ms = report.duration.as_millis() as u64, "sync finished");
-                    write_status(&ctx, &nm, s).await?;
-                    event(&ctx, &nm, false, "Synced", note).await;
-                    let next = match nm.spec.replication_mode {
-                        ReplicationMode::Manual => Action::await_change(),
-                        _ => Action::requeue(Duration::from_secs(1)),
-                    };
-                    Ok(next)
-                }
-                Err(sync::SyncError::Git(GitError::Held(held))) => {
-                    finish_failed(&ctx, &nm, &prev, &held.to_string(), true).await
-                }
-                Err(e) => finish_failed(&ctx, &nm, &prev, &e.to_string(), false).await,
-            }
-        }
+        Decision::Sync(reason) => sync_and_record(&ctx, &nm, &prev, reason).await,
     }
+}
+
+/// Runs one sync of `nm` and records the outcome in status and an Event. The caller holds
+/// the mapping's lock.
+async fn sync_and_record(
+    ctx: &Ctx,
+    nm: &NamespaceMapping,
+    prev: &NamespaceMappingStatus,
+    reason: &str,
+) -> Result<Action, ControllerError> {
+    let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+    tracing::info!(mapping = %key, reason, "sync started");
+    let cm = match super::refs::cluster_mapping(&ctx.client, nm).await {
+        Ok(cm) => cm,
+        Err(e) => return finish_failed(ctx, nm, prev, &e.to_string(), false).await,
+    };
+    let trigger = nm.annotations().get(keys::SYNC_NOW).cloned();
+    match sync::run(ctx, nm, cm.as_ref()).await {
+        Ok(report) => {
+            let mut s = status::synced(prev, &report, nm.metadata.generation, trigger, now());
+            s.next_sync_time = match (&nm.spec.replication_mode, &nm.spec.schedule) {
+                (ReplicationMode::Scheduled, Some(cron)) => {
+                    schedule::next_run(cron, jiff::Timestamp::now())
+                        .ok()
+                        .map(Time)
+                }
+                _ => None,
+            };
+            let note = match &report.published {
+                Published::Committed { sha, subject, .. } => {
+                    format!("{subject} ({})", &sha[..12.min(sha.len())])
+                }
+                Published::Unchanged { .. } => "no change".to_string(),
+            };
+            tracing::info!(mapping = %key, %note, ms = report.duration.as_millis() as u64, "sync finished");
+            write_status(ctx, nm, s).await?;
+            event(ctx, nm, false, "Synced", note).await;
+            Ok(match nm.spec.replication_mode {
+                ReplicationMode::Manual => Action::await_change(),
+                _ => Action::requeue(Duration::from_secs(1)),
+            })
+        }
+        Err(sync::SyncError::Git(GitError::Held(held))) => {
+            finish_failed(ctx, nm, prev, &held.to_string(), true).await
+        }
+        Err(e) => finish_failed(ctx, nm, prev, &e.to_string(), false).await,
+    }
+}
+
+/// A sync started by something other than the mapping itself (a watched source object
+/// changed): takes the lock, re-reads the mapping and syncs unless it is paused.
+pub async fn sync_triggered(
+    ctx: &Ctx,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Result<(), ControllerError> {
+    let lock = ctx.lock_for(&format!("{namespace}/{name}"));
+    let _guard = lock.lock().await;
+    let api: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(nm) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if nm.spec.paused {
+        return Ok(());
+    }
+    let prev = nm.status.clone().unwrap_or_default();
+    sync_and_record(ctx, &nm, &prev, reason).await.map(|_| ())
 }
 
 async fn finish_failed(

@@ -3,6 +3,7 @@
 //! stages are pure (`schedule`, `status`).
 
 pub mod context;
+pub mod continuous;
 pub mod mapping;
 pub mod refs;
 pub mod schedule;

@@ -411,3 +411,153 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
         "update took {update_latency:?}"
     );
 }
+
+/// The chart's RBAC (charts/dr-syncer/templates/rbac.yaml) for a release namespace.
+fn chart_rbac(namespace: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/dr-syncer/templates/rbac.yaml"
+    ))
+    .unwrap();
+    let rendered = text.replace("{{ .Release.Namespace }}", namespace);
+    rendered
+        .split("\n---")
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+async fn can_i(
+    client: &Client,
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let review: SubjectAccessReview = serde_json::from_value(json!({"spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
+        "resourceAttributes": {"verb": verb, "group": group, "resource": resource.split('/').next().unwrap(),
+                               "subresource": resource.split('/').nth(1).unwrap_or(""), "namespace": namespace}}}))
+    .unwrap();
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let r = api.create(&Default::default(), &review).await.unwrap();
+    r.status.unwrap().allowed
+}
+
+#[tokio::test]
+async fn controller_runs_with_the_chart_rbac_and_nothing_more() {
+    let plane = envtest::shared().await;
+    let admin = plane.client().await.unwrap();
+    install_crds(&admin).await;
+    let ns = "dr-syncer-rbac";
+    let applier = Applier::new(admin.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await;
+    for o in chart_rbac(ns) {
+        applier.apply(&o).await;
+    }
+    for o in source_objects("case-rbac") {
+        applier.apply(&o).await;
+    }
+    let user = format!("system:serviceaccount:{ns}:dr-syncer");
+    let allowed = [
+        ("list", "", "secrets", "case-rbac"),
+        ("watch", "apps", "statefulsets", "case-rbac"),
+        ("patch", "dr-syncer.io", "namespacemappings/status", ns),
+        ("create", "events.k8s.io", "events", ns),
+        ("create", "", "secrets", ns),
+    ];
+    let denied = [
+        ("create", "", "configmaps", "case-rbac"),
+        ("delete", "", "secrets", "case-rbac"),
+        ("create", "", "secrets", "case-rbac"),
+        ("update", "dr-syncer.io", "namespacemappings", ns),
+        ("delete", "dr-syncer.io", "namespacemappings", ns),
+        ("create", "apps", "deployments", ns),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "",
+        ),
+        ("impersonate", "", "serviceaccounts", ns),
+    ];
+    for (verb, group, resource, namespace) in allowed {
+        assert!(
+            can_i(&admin, &user, verb, group, resource, namespace).await,
+            "{verb} {resource} must be allowed"
+        );
+    }
+    for (verb, group, resource, namespace) in denied {
+        assert!(
+            !can_i(&admin, &user, verb, group, resource, namespace).await,
+            "{verb} {resource} must be denied"
+        );
+    }
+    // The controller, running with that account's token, does a full manual sync.
+    let tmp = tempfile::tempdir().unwrap();
+    let kubeconfig = tmp.path().join("sa.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        serde_saphyr::to_string(
+            &plane
+                .service_account_kubeconfig(ns, "dr-syncer")
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let dir = dr_syncer_testkit::target_dir().join("test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _controller = Running(
+        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+            .args(["controller", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--namespace", ns, "--cache-dir"])
+            .arg(tmp.path().join("cache"))
+            .stderr(std::fs::File::create(dir.join("controller-rbac.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut nm = mapping(
+        "rbac",
+        "case-rbac",
+        json!({"replicationMode": "Manual"}),
+        &daemon.url("dr.git"),
+        &recipient,
+    );
+    nm["metadata"]["namespace"] = json!(ns);
+    nm["metadata"]["annotations"] = json!({"dr-syncer.io/sync-now": "go"});
+    applier.apply(&nm).await;
+    let nms: Api<NamespaceMapping> = Api::namespaced(admin.clone(), ns);
+    let done = wait_for(
+        &nms,
+        "rbac",
+        60,
+        "sync as the chart's ServiceAccount",
+        |nm| {
+            nm.status
+                .as_ref()
+                .is_some_and(|s| s.last_sync_now.is_some() || s.last_error.is_some())
+        },
+    )
+    .await;
+    let status = done.status.unwrap();
+    assert!(status.last_error.is_none(), "{:?}", status.last_error);
+    assert!(files(&repo, "rbac").contains("rbac/case-rbac/core/secrets/admin.sops.yaml"));
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin, ns);
+    let evs = events.list(&Default::default()).await.unwrap();
+    assert!(
+        evs.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Synced")),
+        "a Synced event was recorded"
+    );
+}

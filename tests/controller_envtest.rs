@@ -25,17 +25,55 @@ impl Drop for Running {
     }
 }
 
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// Starts the controller; its log goes to `target/test-logs/<name>.log` (kept for debugging).
 fn start_controller(plane: &ControlPlane, cache: &Path, name: &str) -> Running {
+    start_controller_with(
+        &plane.kubeconfig_path(),
+        "dr-syncer",
+        cache,
+        name,
+        &free_addr(),
+        &[],
+    )
+}
+
+fn start_controller_with(
+    kubeconfig: &Path,
+    ns: &str,
+    cache: &Path,
+    name: &str,
+    http: &str,
+    extra: &[&str],
+) -> Running {
     let dir = dr_syncer_testkit::target_dir().join("test-logs");
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     Running(
         Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
             .args(["controller", "--kubeconfig"])
-            .arg(plane.kubeconfig_path())
-            .args(["--namespace", "dr-syncer", "--cache-dir"])
+            .arg(kubeconfig)
+            .args([
+                "--namespace",
+                ns,
+                "--watch-namespace",
+                ns,
+                "--http-addr",
+                http,
+                "--instance",
+                name,
+                "--cache-dir",
+            ])
             .arg(cache)
+            .args(extra)
             .env("DR_SYNCER_LOG", "dr_syncer=debug,info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -305,6 +343,7 @@ async fn controller_exits_with_an_install_hint_without_crds() {
     let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
         .args(["controller", "--kubeconfig"])
         .arg(plane.kubeconfig_path())
+        .args(["--http-addr", &free_addr()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -330,8 +369,9 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
     let client = plane.client().await.unwrap();
     install_crds(&client).await;
     let applier = Applier::new(client.clone(), "test");
+    let ns = "dr-syncer-cont";
     applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dr-syncer"}}))
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
         .await;
     for o in source_objects("case18") {
         applier.apply(&o).await;
@@ -341,18 +381,25 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
     let repo = bare_repo(&srv, "dr.git");
     let daemon = GitDaemon::start(&srv);
     let recipient = age::x25519::Identity::generate().to_public().to_string();
-    let _controller = start_controller(plane, &tmp.path().join("cache"), "controller-continuous");
-    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), "dr-syncer");
+    let _controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        "controller-continuous",
+        &free_addr(),
+        &[],
+    );
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
     let mode = json!({"replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "5s", "resyncInterval": "1h"}});
-    applier
-        .apply(&mapping(
-            "continuous",
-            "case18",
-            mode,
-            &daemon.url("dr.git"),
-            &recipient,
-        ))
-        .await;
+    let mut nm = mapping(
+        "continuous",
+        "case18",
+        mode,
+        &daemon.url("dr.git"),
+        &recipient,
+    );
+    nm["metadata"]["namespace"] = json!(ns);
+    applier.apply(&nm).await;
     wait_for(&nms, "continuous", 60, "first continuous sync", |nm| {
         nm.status.as_ref().is_some_and(|s| s.last_commit.is_some())
     })
@@ -514,17 +561,13 @@ async fn controller_runs_with_the_chart_rbac_and_nothing_more() {
     let repo = bare_repo(&srv, "dr.git");
     let daemon = GitDaemon::start(&srv);
     let recipient = age::x25519::Identity::generate().to_public().to_string();
-    let dir = dr_syncer_testkit::target_dir().join("test-logs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let _controller = Running(
-        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-            .args(["controller", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args(["--namespace", ns, "--cache-dir"])
-            .arg(tmp.path().join("cache"))
-            .stderr(std::fs::File::create(dir.join("controller-rbac.log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let _controller = start_controller_with(
+        &kubeconfig,
+        ns,
+        &tmp.path().join("cache"),
+        "controller-rbac",
+        &free_addr(),
+        &[],
     );
     let mut nm = mapping(
         "rbac",
@@ -560,4 +603,162 @@ async fn controller_runs_with_the_chart_rbac_and_nothing_more() {
             .any(|e| e.reason.as_deref() == Some("Synced")),
         "a Synced event was recorded"
     );
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{addr}{path}"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[tokio::test]
+async fn controller_leader_election_one_writer_and_takeover() {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let ns = "dr-syncer-le";
+    let applier = Applier::new(client.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await;
+    for o in source_objects("case-le") {
+        applier.apply(&o).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let le = ["--leader-election", "--lease-duration", "4"];
+    let mut a = Some(start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache-a"),
+        "replica-a",
+        &addr_a,
+        &le,
+    ));
+    let mut b = Some(start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache-b"),
+        "replica-b",
+        &addr_b,
+        &le,
+    ));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ns);
+    let holder = || async {
+        leases
+            .get_opt("dr-syncer-controller")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec.and_then(|s| s.holder_identity))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(h) = holder().await {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "nobody took the lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut nm = mapping(
+        "le",
+        "case-le",
+        json!({"replicationMode": "Manual"}),
+        &daemon.url("dr.git"),
+        &recipient,
+    );
+    nm["metadata"]["namespace"] = json!(ns);
+    nm["metadata"]["annotations"] = json!({"dr-syncer.io/sync-now": "1"});
+    applier.apply(&nm).await;
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
+    wait_for(&nms, "le", 60, "sync by the leader", |nm| {
+        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("1")
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let reporters = || async {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reporting_instance)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        reporters().await,
+        [leader.clone()].into_iter().collect(),
+        "only the leader writes"
+    );
+    // Health and metrics of the leader.
+    let leader_addr = if leader == "replica-a" {
+        &addr_a
+    } else {
+        &addr_b
+    };
+    assert_eq!(http_get(leader_addr, "/healthz").0, 200);
+    assert_eq!(http_get(leader_addr, "/readyz").0, 200);
+    let (code, body) = http_get(leader_addr, "/metrics");
+    assert_eq!(code, 200);
+    for metric in [
+        "dr_syncer_last_success_timestamp_seconds{mapping=\"dr-syncer-le/le\"}",
+        "dr_syncer_commits_total{mapping=\"dr-syncer-le/le\"} 1",
+        "dr_syncer_sync_duration_seconds_count",
+        "dr_syncer_objects_exported{",
+    ] {
+        assert!(
+            body.contains(metric),
+            "{metric} missing from /metrics:\n{body}"
+        );
+    }
+    // SIGKILL the leader; a trigger made while nobody leads is not lost.
+    let killed_at = Instant::now();
+    if leader == "replica-a" {
+        a.take()
+    } else {
+        b.take()
+    };
+    applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "case-le"}, "data": {"mode": "after-failover"}})).await;
+    nms.patch(
+        "le",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"dr-syncer.io/sync-now": "2"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(&nms, "le", 60, "sync by the new leader", |nm| {
+        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("2")
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+    let new_leader = holder().await.unwrap();
+    assert_ne!(new_leader, leader);
+    assert!(
+        git(
+            &repo,
+            &["show", "main:le/case-le/core/configmaps/settings.yaml"]
+        )
+        .contains("after-failover")
+    );
+    assert!(
+        takeover < Duration::from_secs(4 + 15),
+        "takeover took {takeover:?}"
+    );
+    drop((a, b));
 }

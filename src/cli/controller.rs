@@ -29,6 +29,18 @@ pub struct ControllerArgs {
     /// This replica's name (events, leases).
     #[arg(long, env = "POD_NAME", default_value = "dr-syncer")]
     pub instance: String,
+    /// Only reconcile NamespaceMappings in this namespace (default: all namespaces).
+    #[arg(long, env = "DR_SYNCER_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "DR_SYNCER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Elect one writer among replicas with a Lease (needed for more than one replica).
+    #[arg(long, env = "DR_SYNCER_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Lease duration in seconds; a standby takes over this long after the leader dies.
+    #[arg(long, env = "DR_SYNCER_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -39,9 +51,15 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
         cache_dir: args.cache_dir.clone(),
         list_concurrency: args.list_concurrency,
         field_manager: "dr-syncer".into(),
+        watch_namespace: args.watch_namespace.clone(),
     };
     tracing::info!(namespace = %args.namespace, instance = %args.instance, "dr-syncer controller starting");
-    match controller::run(client, settings, args.instance.clone()).await {
+    let opts = controller::RunOptions {
+        http_addr: args.http_addr,
+        leader_election: args.leader_election.then_some(args.lease_duration),
+        instance: args.instance.clone(),
+    };
+    match controller::run(client, settings, opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ RunError::CrdsMissing) => {
             eprintln!("error: {e}");

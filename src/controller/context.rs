@@ -20,6 +20,8 @@ pub struct Settings {
     pub list_concurrency: usize,
     /// Field manager of everything the controller writes.
     pub field_manager: String,
+    /// Only reconcile NamespaceMappings in this namespace (`None`: all namespaces).
+    pub watch_namespace: Option<String>,
 }
 
 /// Shared state of the reconcilers.
@@ -35,6 +37,8 @@ pub struct Ctx {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Continuous-mode watch tasks.
     pub watches: super::continuous::Watches,
+    /// Prometheus metrics.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// Name of the Secret holding the fingerprint key.
@@ -46,6 +50,7 @@ impl Ctx {
         client: Client,
         settings: Settings,
         instance: String,
+        metrics: Arc<super::metrics::Metrics>,
     ) -> Result<Self, kube::Error> {
         let fingerprint_key = fingerprint_key(&client, &settings).await?;
         let recorder = Recorder::new(
@@ -62,6 +67,7 @@ impl Ctx {
             fingerprint_key,
             locks: Mutex::default(),
             watches: Default::default(),
+            metrics,
         })
     }
 

@@ -136,6 +136,13 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
     let mut first_change: Option<Instant> = None;
     let mut last_change = Instant::now();
     tracing::info!(mapping = %name, types = types.len(), "continuous watch started");
+    let pending = ctx
+        .metrics
+        .pending_changes
+        .get_or_create(&super::metrics::MappingLabel {
+            mapping: format!("{ns}/{name}"),
+        })
+        .clone();
     loop {
         let deadline = first_change.map(|f| (last_change + debounce).min(f + max_delay));
         let fire = async {
@@ -172,6 +179,7 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
                     }
                 };
                 if changed {
+                    pending.inc();
                     let now = Instant::now();
                     first_change.get_or_insert(now);
                     last_change = now;
@@ -179,6 +187,7 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
             }
             _ = fire => {
                 first_change = None;
+                pending.set(0);
                 if let Err(e) = super::mapping::sync_triggered(&ctx, &ns, &name, "source changed").await {
                     tracing::warn!(mapping = %name, error = %e, "triggered sync failed");
                 }

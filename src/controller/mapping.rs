@@ -162,6 +162,7 @@ async fn sync_and_record(
                 Published::Unchanged { .. } => "no change".to_string(),
             };
             tracing::info!(mapping = %key, %note, ms = report.duration.as_millis() as u64, "sync finished");
+            record_success(ctx, &key, &report);
             write_status(ctx, nm, s).await?;
             event(ctx, nm, false, "Synced", note).await;
             Ok(match nm.spec.replication_mode {
@@ -197,6 +198,33 @@ pub async fn sync_triggered(
     sync_and_record(ctx, &nm, &prev, reason).await.map(|_| ())
 }
 
+fn record_success(ctx: &Ctx, key: &str, report: &sync::SyncReport) {
+    use super::metrics::{KindLabel, MappingLabel};
+    let m = &ctx.metrics;
+    let label = MappingLabel {
+        mapping: key.to_string(),
+    };
+    m.sync_duration
+        .get_or_create(&label)
+        .observe(report.duration.as_secs_f64());
+    if matches!(report.published, Published::Committed { .. }) {
+        m.commits.get_or_create(&label).inc();
+    }
+    m.breaker_held.get_or_create(&label).set(0);
+    m.last_success
+        .get_or_create(&label)
+        .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+    for (kind, counts) in &report.summary.kinds {
+        let exported = counts.exported.saturating_sub(counts.secrets_skipped);
+        m.objects_exported
+            .get_or_create(&KindLabel {
+                mapping: key.to_string(),
+                kind: kind.clone(),
+            })
+            .set(exported as i64);
+    }
+}
+
 async fn finish_failed(
     ctx: &Ctx,
     nm: &NamespaceMapping,
@@ -205,6 +233,17 @@ async fn finish_failed(
     held: bool,
 ) -> Result<Action, ControllerError> {
     tracing::warn!(mapping = %nm.name_any(), held, error = message, "sync failed");
+    let label = super::metrics::MappingLabel {
+        mapping: format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any()),
+    };
+    ctx.metrics.sync_failures.get_or_create(&label).inc();
+    ctx.metrics
+        .breaker_held
+        .get_or_create(&label)
+        .set(i64::from(held));
+    if message.starts_with("remote ") {
+        ctx.metrics.push_failures.get_or_create(&label).inc();
+    }
     write_status(
         ctx,
         nm,

@@ -4,7 +4,9 @@
 
 pub mod context;
 pub mod continuous;
+pub mod http;
 pub mod mapping;
+pub mod metrics;
 pub mod refs;
 pub mod schedule;
 pub mod status;
@@ -36,9 +38,34 @@ pub enum RunError {
         "the dr-syncer.io/v1alpha1 CRDs are not installed in this cluster; install them with `dr-syncer crds | kubectl apply --server-side -f -` (or the Helm chart)"
     )]
     CrdsMissing,
+    /// Leadership was lost; the process exits so a restart waits for it again.
+    #[error("lost the leader-election lease; exiting so that only one replica writes")]
+    LostLeadership,
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// The HTTP endpoint could not start.
+    #[error("serving {addr}: {source}")]
+    Http {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Error.
+        source: std::io::Error,
+    },
     /// API error.
     #[error(transparent)]
     Kube(#[from] kube::Error),
+}
+
+/// Process-level options.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub http_addr: std::net::SocketAddr,
+    /// Lease duration in seconds when leader election is on.
+    pub leader_election: Option<u64>,
+    /// This replica's identity.
+    pub instance: String,
 }
 
 /// Checks that the CRDs are served (no RBAC on CRDs needed: this is discovery).
@@ -54,12 +81,46 @@ pub async fn check_crds(client: &Client) -> Result<(), RunError> {
     }
 }
 
-/// Runs the controllers until a shutdown signal.
-pub async fn run(client: Client, settings: Settings, instance: String) -> Result<(), RunError> {
+/// Runs the controllers until a shutdown signal (or, with leader election, until the
+/// lease is lost).
+pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result<(), RunError> {
     check_crds(&client).await?;
-    let ctx = Arc::new(Ctx::new(client.clone(), settings, instance).await?);
-    let mappings: Api<NamespaceMapping> = Api::all(client);
-    Controller::new(mappings, watcher::Config::default())
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ready = Arc::new(http::Readiness::default());
+    let addr = opts.http_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Http { addr, source })?;
+    drop(listener); // probe only: fail early on a taken port
+    tokio::spawn(http::serve(addr, metrics.clone(), ready.clone()));
+    let mut leadership = None;
+    if let Some(duration) = opts.leader_election {
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "dr-syncer-controller")
+                .with_namespace(&settings.namespace)
+                .with_identity(&opts.instance)
+                .with_duration(duration)
+                .with_grace((duration / 3).max(1))
+                .with_field_manager("dr-syncer")
+                .build()
+                .await?;
+        let (mut rx, task) = manager.watch().await;
+        ready.set(true); // a standby replica is healthy
+        tracing::info!(identity = %opts.instance, "waiting for the leader-election lease");
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return Err(RunError::LostLeadership);
+            }
+        }
+        tracing::info!(identity = %opts.instance, "became leader");
+        leadership = Some((rx, task));
+    }
+    let mappings: Api<NamespaceMapping> = match &settings.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ctx = Arc::new(Ctx::new(client, settings, opts.instance.clone(), metrics).await?);
+    let controller = Controller::new(mappings, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
         .run(mapping::reconcile, mapping::error_policy, ctx)
@@ -67,7 +128,25 @@ pub async fn run(client: Client, settings: Settings, instance: String) -> Result
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile");
             }
-        })
-        .await;
-    Ok(())
+        });
+    ready.set(true);
+    match leadership {
+        None => {
+            controller.await;
+            Ok(())
+        }
+        Some((mut rx, _task)) => {
+            let lost = async move {
+                while *rx.borrow_and_update() {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = controller => Ok(()),
+                _ = lost => Err(RunError::LostLeadership),
+            }
+        }
+    }
 }

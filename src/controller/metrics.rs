@@ -1,0 +1,115 @@
+//! Prometheus metrics of the controller (prometheus-client), served on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `mapping="<namespace>/<name>"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MappingLabel {
+    /// Mapping key.
+    pub mapping: String,
+}
+
+/// `mapping`, `kind` (`plural.group`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// Mapping key.
+    pub mapping: String,
+    /// Resource type.
+    pub kind: String,
+}
+
+/// Every metric the controller exports.
+pub struct Metrics {
+    /// The registry served on `/metrics`.
+    pub registry: Registry,
+    /// Wall time of syncs.
+    pub sync_duration: Family<MappingLabel, Histogram>,
+    /// Objects written by the last sync, per kind.
+    pub objects_exported: Family<KindLabel, Gauge>,
+    /// Commits pushed.
+    pub commits: Family<MappingLabel, Counter>,
+    /// Failed syncs whose cause was the git remote.
+    pub push_failures: Family<MappingLabel, Counter>,
+    /// Failed syncs of any cause.
+    pub sync_failures: Family<MappingLabel, Counter>,
+    /// Source changes waiting for the debounce window (Continuous mode).
+    pub pending_changes: Family<MappingLabel, Gauge>,
+    /// 1 while the mass-deletion breaker holds the mapping's batch.
+    pub breaker_held: Family<MappingLabel, Gauge>,
+    /// Unix time of the last successful sync: `time() - this` is the RPO.
+    pub last_success: Family<MappingLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("dr_syncer");
+        let sync_duration = Family::<MappingLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.05, 2.0, 14))
+        });
+        let m = Metrics {
+            sync_duration: sync_duration.clone(),
+            objects_exported: Family::default(),
+            commits: Family::default(),
+            push_failures: Family::default(),
+            sync_failures: Family::default(),
+            pending_changes: Family::default(),
+            breaker_held: Family::default(),
+            last_success: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sync_duration_seconds",
+            "Wall time of a sync",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "objects_exported",
+            "Objects written by the last sync, per kind",
+            m.objects_exported.clone(),
+        );
+        registry.register("commits", "Commits pushed", m.commits.clone());
+        registry.register(
+            "push_failures",
+            "Syncs that failed at the git remote",
+            m.push_failures.clone(),
+        );
+        registry.register(
+            "sync_failures",
+            "Syncs that failed for any reason",
+            m.sync_failures.clone(),
+        );
+        registry.register(
+            "pending_changes",
+            "Source changes waiting for the debounce window",
+            m.pending_changes.clone(),
+        );
+        registry.register(
+            "breaker_held",
+            "1 while the mass-deletion breaker holds a batch",
+            m.breaker_held.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful sync (RPO = now - this)",
+            m.last_success.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

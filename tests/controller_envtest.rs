@@ -762,3 +762,114 @@ async fn controller_leader_election_one_writer_and_takeover() {
     );
     drop((a, b));
 }
+
+#[tokio::test]
+async fn controller_checks_remote_clusters_and_cluster_mappings() {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let dr = ControlPlane::start().await.unwrap();
+    let other = ControlPlane::start().await.unwrap();
+    let ns = "dr-syncer-clusters";
+    let applier = Applier::new(client.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await;
+    let kubeconfig_secret = |name: &str, kc: &kube::config::Kubeconfig| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+               "stringData": {"kubeconfig": serde_saphyr::to_string(kc).unwrap()}})
+    };
+    applier
+        .apply(&kubeconfig_secret("dr-kubeconfig", &dr.kubeconfig()))
+        .await;
+    // A kubeconfig for the DR server that trusts another cluster's CA: TLS must fail.
+    let mut wrong = dr.kubeconfig();
+    wrong.clusters[0]
+        .cluster
+        .as_mut()
+        .unwrap()
+        .certificate_authority_data = other.kubeconfig().clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .certificate_authority_data
+        .clone();
+    applier.apply(&kubeconfig_secret("wrong-ca", &wrong)).await;
+    for (name, secret) in [("dr", "dr-kubeconfig"), ("spoofed", "wrong-ca")] {
+        applier.apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "RemoteCluster", "metadata": {"name": name, "namespace": ns},
+            "spec": {"kubeconfigSecretRef": {"name": secret}, "healthCheckInterval": "1h"}})).await;
+    }
+    applier.apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "ClusterMapping", "metadata": {"name": "to-dr", "namespace": ns},
+        "spec": {"targetCluster": "dr"}})).await;
+    applier.apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "ClusterMapping", "metadata": {"name": "to-nowhere", "namespace": ns},
+        "spec": {"targetCluster": "missing"}})).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let _controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        "controller-clusters",
+        &free_addr(),
+        &[],
+    );
+    let rcs: Api<dr_syncer::api::RemoteCluster> = Api::namespaced(client.clone(), ns);
+    let cms: Api<dr_syncer::api::ClusterMapping> = Api::namespaced(client.clone(), ns);
+    let status_of = |name: &'static str| {
+        let rcs = rcs.clone();
+        async move { rcs.get(name).await.unwrap().status.unwrap_or_default() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of("dr").await.health.is_none() || status_of("spoofed").await.health.is_none() {
+        assert!(Instant::now() < deadline, "health not reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healthy = status_of("dr").await;
+    assert_eq!(
+        healthy.health,
+        Some(dr_syncer::api::Health::Healthy),
+        "{healthy:?}"
+    );
+    assert_eq!(healthy.version.as_deref(), Some("v1.37.2"));
+    let spoofed = status_of("spoofed").await;
+    assert_eq!(
+        spoofed.health,
+        Some(dr_syncer::api::Health::Unhealthy),
+        "a server whose certificate the CA does not sign is never trusted"
+    );
+    // Fixing the Secret re-checks the cluster without waiting for the interval (1h).
+    applier
+        .apply(&kubeconfig_secret("wrong-ca", &dr.kubeconfig()))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of("spoofed").await.health != Some(dr_syncer::api::Health::Healthy) {
+        assert!(
+            Instant::now() < deadline,
+            "Secret change did not trigger a re-check"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (
+            cms.get("to-dr").await.unwrap().status.unwrap_or_default(),
+            cms.get("to-nowhere")
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default(),
+        );
+        if a.phase == Some(dr_syncer::api::ClusterMappingPhase::Ready)
+            && b.phase == Some(dr_syncer::api::ClusterMappingPhase::Failed)
+        {
+            assert!(b.message.unwrap().contains("missing"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ClusterMapping phases: {:?} / {:?}",
+            a.phase,
+            b.phase
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

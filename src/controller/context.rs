@@ -39,6 +39,7 @@ pub struct Ctx {
     pub watches: super::continuous::Watches,
     /// Prometheus metrics.
     pub metrics: Arc<super::metrics::Metrics>,
+    inputs: Mutex<HashMap<String, String>>,
 }
 
 /// Name of the Secret holding the fingerprint key.
@@ -68,7 +69,21 @@ impl Ctx {
             locks: Mutex::default(),
             watches: Default::default(),
             metrics,
+            inputs: Mutex::default(),
         })
+    }
+
+    /// What the last health check of `key` saw (spec generation and Secret version).
+    pub fn last_inputs(&self, key: &str) -> Option<String> {
+        self.inputs.lock().expect("not poisoned").get(key).cloned()
+    }
+
+    /// Records what a health check of `key` saw.
+    pub fn set_last_inputs(&self, key: &str, inputs: String) {
+        self.inputs
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string(), inputs);
     }
 
     /// The lock of one mapping (`namespace/name`).

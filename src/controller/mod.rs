@@ -2,6 +2,7 @@
 //! into git. `run` wires the pieces; each reconcile is a pipeline whose decision and status
 //! stages are pure (`schedule`, `status`).
 
+pub mod clusters;
 pub mod context;
 pub mod continuous;
 pub mod http;
@@ -18,7 +19,7 @@ use futures::StreamExt;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 
-use crate::api::NamespaceMapping;
+use crate::api::{ClusterMapping, NamespaceMapping, RemoteCluster};
 
 pub use context::{Ctx, Settings};
 
@@ -120,15 +121,45 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
         None => Api::all(client.clone()),
     };
     let ctx = Arc::new(Ctx::new(client, settings, opts.instance.clone(), metrics).await?);
-    let controller = Controller::new(mappings, watcher::Config::default())
+    let (clusters, cluster_mappings): (Api<RemoteCluster>, Api<ClusterMapping>) =
+        match &ctx.settings.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+            ),
+            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+        };
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::all(ctx.client.clone());
+    let mapping_controller = Controller::new(mappings, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
-        .run(mapping::reconcile, mapping::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "reconcile");
-            }
-        });
+        .run(mapping::reconcile, mapping::error_policy, ctx.clone())
+        .for_each(log_result);
+    let rc_controller = Controller::new(clusters.clone(), watcher::Config::default());
+    let rc_store = rc_controller.store();
+    let rc_controller = rc_controller
+        .watches(secrets, watcher::Config::default(), move |secret| {
+            clusters::clusters_using(&secret, &rc_store.state())
+        })
+        .shutdown_on_signal()
+        .run(
+            clusters::reconcile_cluster,
+            clusters::error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_result);
+    let cm_controller = Controller::new(cluster_mappings, watcher::Config::default());
+    let cm_store = cm_controller.store();
+    let cm_controller = cm_controller
+        .watches(clusters, watcher::Config::default(), move |rc| {
+            clusters::mappings_using(&rc, &cm_store.state())
+        })
+        .shutdown_on_signal()
+        .run(clusters::reconcile_mapping, clusters::error_policy, ctx)
+        .for_each(log_result);
+    let controller = async move {
+        tokio::join!(mapping_controller, rc_controller, cm_controller);
+    };
     ready.set(true);
     match leadership {
         None => {
@@ -148,5 +179,11 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
                 _ = lost => Err(RunError::LostLeadership),
             }
         }
+    }
+}
+
+async fn log_result<T, E: std::fmt::Display>(res: Result<T, E>) {
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "reconcile");
     }
 }

@@ -873,3 +873,139 @@ async fn controller_checks_remote_clusters_and_cluster_mappings() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test]
+async fn controller_direct_apply_into_dr_cluster_prunes_only_its_own_objects() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let dr = ControlPlane::start().await.unwrap();
+    let dr_client = dr.client().await.unwrap();
+    let ns = "dr-syncer-direct";
+    let src = "case00d";
+    let applier = Applier::new(client.clone(), "test");
+    for o in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": src, "labels": {"team": "shop"}}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dr-kubeconfig", "namespace": ns}, "stringData": {"kubeconfig": serde_saphyr::to_string(&dr.kubeconfig()).unwrap()}}),
+        json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "RemoteCluster", "metadata": {"name": "dr", "namespace": ns}, "spec": {"kubeconfigSecretRef": {"name": "dr-kubeconfig"}}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": src}, "data": {"k": "v"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gone-soon", "namespace": src}, "data": {"k": "v"}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": src}, "stringData": {"password": "direct-pw"}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": src},
+               "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": src}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-np", "namespace": src}, "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80, "nodePort": 30080}]}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": src}, "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"port": 5432}]}}),
+    ] {
+        applier.apply(&o).await;
+    }
+    // Someone else's object in the DR namespace: pruning must never touch it.
+    let dr_applier = Applier::new(dr_client.clone(), "someone-else");
+    dr_applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": src}}))
+        .await;
+    dr_applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "not-ours", "namespace": src}, "data": {"x": "1"}})).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let _controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        "controller-direct",
+        &free_addr(),
+        &[],
+    );
+    applier.apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping", "metadata": {"name": "direct", "namespace": ns, "annotations": {"dr-syncer.io/sync-now": "1"}},
+        "spec": {"replicationMode": "Manual", "sourceNamespace": src, "resourceTypes": ["*"], "destination": {"cluster": {"remoteClusterRef": {"name": "dr"}}}}})).await;
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
+    let nm = wait_for(&nms, "direct", 60, "direct sync", |nm| {
+        nm.status
+            .as_ref()
+            .is_some_and(|s| s.last_sync_now.as_deref() == Some("1") || s.last_error.is_some())
+    })
+    .await;
+    assert!(
+        nm.status.as_ref().unwrap().last_error.is_none(),
+        "{:?}",
+        nm.status
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(dr_client.clone(), src);
+    let cfg = cms.get("cfg").await.unwrap();
+    assert_eq!(cfg.data.unwrap()["k"], "v");
+    assert_eq!(
+        cfg.metadata.labels.unwrap()["dr-syncer.io/managed-by"],
+        "dr-syncer-direct.direct"
+    );
+    let secret = Api::<Secret>::namespaced(dr_client.clone(), src)
+        .get("creds")
+        .await
+        .unwrap();
+    assert_eq!(secret.data.unwrap()["password"].0, b"direct-pw");
+    let web = Api::<Deployment>::namespaced(dr_client.clone(), src)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(web.spec.replicas, Some(0));
+    assert_eq!(
+        web.metadata.annotations.unwrap()["dr-syncer.io/original-replicas"],
+        "3"
+    );
+    let svcs: Api<Service> = Api::namespaced(dr_client.clone(), src);
+    assert_eq!(
+        svcs.get("db")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .cluster_ip
+            .as_deref(),
+        Some("None"),
+        "headless stays headless"
+    );
+    assert_eq!(
+        svcs.get("web-np")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()[0]
+            .node_port,
+        Some(30080),
+        "explicit nodePort kept"
+    );
+    // A deletion on the source is pruned on DR; the foreign object stays.
+    Api::<ConfigMap>::namespaced(client.clone(), src)
+        .delete("gone-soon", &Default::default())
+        .await
+        .unwrap();
+    nms.patch(
+        "direct",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"dr-syncer.io/sync-now": "2"}}})),
+    )
+    .await
+    .unwrap();
+    let nm = wait_for(&nms, "direct", 60, "second direct sync", |nm| {
+        nm.status
+            .as_ref()
+            .is_some_and(|s| s.last_sync_now.as_deref() == Some("2") || s.last_error.is_some())
+    })
+    .await;
+    assert!(
+        nm.status.as_ref().unwrap().last_error.is_none(),
+        "{:?}",
+        nm.status
+    );
+    assert!(
+        cms.get_opt("gone-soon").await.unwrap().is_none(),
+        "deleted on the source, pruned on DR"
+    );
+    assert!(
+        cms.get_opt("not-ours").await.unwrap().is_some(),
+        "objects dr-syncer did not apply are never pruned"
+    );
+    assert_eq!(nm.status.unwrap().sync_stats.unwrap().deleted, 1);
+}

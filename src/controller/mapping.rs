@@ -12,7 +12,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{MappingPhase, NamespaceMapping, NamespaceMappingStatus, ReplicationMode, keys};
-use crate::gitops::{GitError, Published};
+use crate::gitops::Published;
 
 use super::context::Ctx;
 use super::schedule::{self, Clock, Decision};
@@ -155,11 +155,15 @@ async fn sync_and_record(
                 }
                 _ => None,
             };
-            let note = match &report.published {
-                Published::Committed { sha, subject, .. } => {
+            let note = match &report.outcome {
+                sync::Outcome::Git(Published::Committed { sha, subject, .. }) => {
                     format!("{subject} ({})", &sha[..12.min(sha.len())])
                 }
-                Published::Unchanged { .. } => "no change".to_string(),
+                sync::Outcome::Git(Published::Unchanged { .. }) => "no change".to_string(),
+                sync::Outcome::Direct(a) => format!(
+                    "applied {} objects to the DR cluster, pruned {}",
+                    a.applied, a.pruned
+                ),
             };
             tracing::info!(mapping = %key, %note, ms = report.duration.as_millis() as u64, "sync finished");
             record_success(ctx, &key, &report);
@@ -170,10 +174,7 @@ async fn sync_and_record(
                 _ => Action::requeue(Duration::from_secs(1)),
             })
         }
-        Err(sync::SyncError::Git(GitError::Held(held))) => {
-            finish_failed(ctx, nm, prev, &held.to_string(), true).await
-        }
-        Err(e) => finish_failed(ctx, nm, prev, &e.to_string(), false).await,
+        Err(e) => finish_failed(ctx, nm, prev, &e.to_string(), e.held()).await,
     }
 }
 
@@ -207,7 +208,10 @@ fn record_success(ctx: &Ctx, key: &str, report: &sync::SyncReport) {
     m.sync_duration
         .get_or_create(&label)
         .observe(report.duration.as_secs_f64());
-    if matches!(report.published, Published::Committed { .. }) {
+    if matches!(
+        report.outcome,
+        sync::Outcome::Git(Published::Committed { .. })
+    ) {
         m.commits.get_or_create(&label).inc();
     }
     m.breaker_held.get_or_create(&label).set(0);

@@ -5,6 +5,7 @@
 pub mod clusters;
 pub mod context;
 pub mod continuous;
+pub mod direct;
 pub mod http;
 pub mod mapping;
 pub mod metrics;

@@ -8,7 +8,7 @@ use crate::api::{
 };
 use crate::gitops::Published;
 
-use super::sync::SyncReport;
+use super::sync::{Outcome, SyncReport};
 
 /// Sets condition `type_`, keeping `lastTransitionTime` when the status did not flip.
 pub fn set_condition(
@@ -50,9 +50,9 @@ pub fn synced(
     let mut s = prev.clone();
     let totals = report.summary.totals();
     let (mut added, mut changed, mut deleted) = (0, 0, 0);
-    if let Published::Committed {
+    if let Outcome::Git(Published::Committed {
         sha, subject, diff, ..
-    } = &report.published
+    }) = &report.outcome
     {
         s.last_commit = Some(CommitRef {
             sha: sha.clone(),
@@ -64,6 +64,9 @@ pub fn synced(
             diff.changed.len() as i64,
             diff.deleted.len() as i64,
         );
+    }
+    if let Outcome::Direct(a) = &report.outcome {
+        (changed, deleted) = (a.applied as i64, a.pruned as i64);
     }
     s.sync_stats = Some(SyncStats {
         objects: totals.exported as i64,

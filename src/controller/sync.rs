@@ -33,6 +33,29 @@ pub enum SyncError {
     /// The git destination failed (or the breaker held the batch).
     #[error(transparent)]
     Git(#[from] GitError),
+    /// The direct destination failed (or the breaker held the batch).
+    #[error("DR cluster: {0}")]
+    Direct(#[from] super::direct::DirectError),
+}
+
+impl SyncError {
+    /// Whether the mass-deletion breaker stopped the sync.
+    pub fn held(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Git(GitError::Held(_))
+                | SyncError::Direct(super::direct::DirectError::Held(_))
+        )
+    }
+}
+
+/// Where a sync's result went.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Git: a commit or nothing to commit.
+    Git(Published),
+    /// Direct apply into the DR cluster.
+    Direct(super::direct::Applied),
 }
 
 /// What a successful sync did.
@@ -40,8 +63,8 @@ pub enum SyncError {
 pub struct SyncReport {
     /// Per-kind counts.
     pub summary: Summary,
-    /// The commit, or that nothing changed.
-    pub published: Published,
+    /// What happened at the destination.
+    pub outcome: Outcome,
     /// Wall time.
     pub duration: std::time::Duration,
 }
@@ -54,17 +77,15 @@ pub async fn run(
 ) -> Result<SyncReport, SyncError> {
     let start = Instant::now();
     let ns = nm.metadata.namespace.clone().unwrap_or_default();
+    let name = nm.metadata.name.clone().unwrap_or_default();
     let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
-    let Some((git, git_field)) = refs::git_destination(nm, cm) else {
-        return Err(SyncError::Config("spec.destination.cluster: direct apply into a DR cluster is not available in this version; use a git destination".into()));
-    };
     let source_cluster = nm
         .spec
         .source_cluster
         .clone()
         .or_else(|| cm.and_then(|c| c.spec.source_cluster.clone()));
     let client = match &source_cluster {
-        Some(name) => refs::remote_client(&ctx.client, "spec.sourceCluster", &ns, name).await?,
+        Some(rc) => refs::remote_client(&ctx.client, "spec.sourceCluster", &ns, rc).await?,
         None => ctx.client.clone(),
     };
     let version = client
@@ -99,7 +120,56 @@ pub async fn run(
         ..Summary::default()
     };
     let objects = export::process(read.inputs, &policy, &read.registry, &mut summary);
+    let breaker = breaker(nm);
 
+    if let Some(cluster) = nm
+        .spec
+        .destination
+        .as_ref()
+        .and_then(|d| d.cluster.as_ref())
+    {
+        let r = &cluster.remote_cluster_ref;
+        let rc_ns = r.namespace.clone().unwrap_or_else(|| ns.clone());
+        let dr = refs::remote_client(
+            &ctx.client,
+            "spec.destination.cluster.remoteClusterRef",
+            &rc_ns,
+            &r.name,
+        )
+        .await?;
+        // Never prune a type whose listing failed: its objects were not read.
+        let failed: Vec<String> = summary.failures.iter().map(|f| f.what.clone()).collect();
+        let prunable: Vec<_> = if cluster.prune {
+            read.types
+                .into_iter()
+                .filter(|rt| {
+                    !failed.contains(&rt.qualified())
+                        && !failed.contains(&rt.group_dir().to_string())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let applied = super::direct::apply(
+            &dr,
+            &objects,
+            &prunable,
+            &super::direct::managed_by(&ns, &name),
+            &breaker,
+        )
+        .await?;
+        return Ok(SyncReport {
+            summary,
+            outcome: Outcome::Direct(applied),
+            duration: start.elapsed(),
+        });
+    }
+
+    let Some((git, git_field)) = refs::git_destination(nm, cm) else {
+        return Err(SyncError::Config(
+            "spec.destination: none set and the ClusterMapping has no defaults.git".into(),
+        ));
+    };
     let auth = refs::git_auth(
         &ctx.client,
         &ns,
@@ -127,25 +197,6 @@ pub async fn run(
     };
     let recipients = Recipients::from_list(&refs::recipients(&ctx.client, nm, cm).await?)
         .map_err(|e| SyncError::Config(format!("spec.secrets.ageRecipients: {e}")))?;
-    let name = nm.metadata.name.clone().unwrap_or_default();
-    let safety = nm.spec.deletion_safety.clone();
-    let allow = nm
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(keys::ALLOW_MASS_DELETION))
-        .is_some_and(|v| v == "true");
-    let breaker = Breaker {
-        max_percent: safety
-            .as_ref()
-            .map(|s| s.max_delete_percent.clamp(0, 100) as u8)
-            .unwrap_or(50),
-        max_count: safety
-            .as_ref()
-            .and_then(|s| s.max_delete_count)
-            .map(|c| c.max(0) as u64),
-        allow,
-    };
     let info = CommitInfo {
         mapping: name,
         source_cluster: source_cluster.unwrap_or_else(|| "local".into()),
@@ -184,7 +235,30 @@ pub async fn run(
     .map_err(|e| SyncError::Config(format!("sync task failed: {e}")))??;
     Ok(SyncReport {
         summary,
-        published,
+        outcome: Outcome::Git(published),
         duration: start.elapsed(),
     })
+}
+
+/// Breaker thresholds from `deletionSafety`; `dr-syncer.io/allow-mass-deletion: "true"`
+/// releases a held batch.
+fn breaker(nm: &NamespaceMapping) -> Breaker {
+    let safety = nm.spec.deletion_safety.clone();
+    let allow = nm
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::ALLOW_MASS_DELETION))
+        .is_some_and(|v| v == "true");
+    Breaker {
+        max_percent: safety
+            .as_ref()
+            .map(|s| s.max_delete_percent.clamp(0, 100) as u8)
+            .unwrap_or(50),
+        max_count: safety
+            .as_ref()
+            .and_then(|s| s.max_delete_count)
+            .map(|c| c.max(0) as u64),
+        allow,
+    }
 }

@@ -233,6 +233,8 @@ pub struct LiveRead {
     pub registry: Registry,
     /// Types and groups that failed (their files must be kept).
     pub failures: Vec<Failure>,
+    /// The types that were listed (wanted by the policy), failed ones included.
+    pub types: Vec<ResourceType>,
 }
 
 /// Progress callbacks: the number of list calls once known, then one call per list.
@@ -288,6 +290,7 @@ pub async fn read(
         registry: discovery.registry,
         failures: discovery.failures,
         inputs: Vec::new(),
+        types: types.clone(),
     };
     for name in names {
         let object = match ns_objects.remove(&name) {

@@ -1,0 +1,172 @@
+//! The direct destination: server-side apply into a DR cluster with a fixed field manager,
+//! every object labelled `dr-syncer.io/managed-by`; pruning deletes only objects carrying
+//! this mapping's label, so nothing dr-syncer did not apply is ever touched.
+
+use std::collections::BTreeSet;
+
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::api::keys;
+use crate::export::ExportedObject;
+use crate::export::resource::ResourceType;
+use crate::gitops::Breaker;
+
+/// Field manager of every direct apply.
+pub const FIELD_MANAGER: &str = "dr-syncer";
+
+/// Errors of a direct apply.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    /// An object was refused by the DR apiserver.
+    #[error("applying {what}: {source}")]
+    Apply {
+        /// `kind namespace/name`.
+        what: String,
+        /// Error.
+        source: kube::Error,
+    },
+    /// Listing or deleting for pruning failed.
+    #[error("pruning: {0}")]
+    Prune(kube::Error),
+    /// The breaker held the batch.
+    #[error(transparent)]
+    Held(#[from] crate::gitops::Held),
+}
+
+/// What a direct apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Objects applied.
+    pub applied: usize,
+    /// Objects pruned.
+    pub pruned: usize,
+}
+
+/// The `dr-syncer.io/managed-by` value of a mapping: readable when it fits a label value,
+/// else a hash.
+pub fn managed_by(namespace: &str, name: &str) -> String {
+    let v = format!("{namespace}.{name}");
+    if v.len() <= 63 {
+        return v;
+    }
+    let h = Sha256::digest(v.as_bytes());
+    format!(
+        "nsm-{}",
+        h.iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+fn api(client: &Client, rt: &ResourceType, namespace: Option<&str>) -> Api<DynamicObject> {
+    let ar = ApiResource {
+        group: rt.group.clone(),
+        version: rt.version.clone(),
+        api_version: rt.api_version(),
+        kind: rt.kind.clone(),
+        plural: rt.plural.clone(),
+    };
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// Applies `objects` into the DR cluster and prunes what this mapping applied before and
+/// no longer exports. `types` are the types whose previous objects may be pruned (those
+/// listed successfully on the source).
+pub async fn apply(
+    client: &Client,
+    objects: &[ExportedObject],
+    types: &[ResourceType],
+    manager_label: &str,
+    breaker: &Breaker,
+) -> Result<Applied, DirectError> {
+    let selector = format!("{}={manager_label}", keys::MANAGED_BY);
+    let namespaces: BTreeSet<String> = objects.iter().filter_map(|o| o.namespace.clone()).collect();
+    // What we applied earlier and would now delete.
+    let wanted: BTreeSet<(String, String, String)> = objects
+        .iter()
+        .map(|o| {
+            (
+                o.rt.qualified(),
+                o.namespace.clone().unwrap_or_default(),
+                o.name.clone(),
+            )
+        })
+        .collect();
+    let mut previous = 0usize;
+    let mut stale = Vec::new();
+    for rt in types.iter().filter(|rt| rt.namespaced) {
+        for ns in &namespaces {
+            let list = match api(client, rt, Some(ns))
+                .list(&ListParams::default().labels(&selector))
+                .await
+            {
+                Ok(l) => l,
+                // A type the DR cluster does not serve holds nothing of ours.
+                Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                Err(e) => return Err(DirectError::Prune(e)),
+            };
+            for item in list.items {
+                previous += 1;
+                let name = item.metadata.name.clone().unwrap_or_default();
+                if !wanted.contains(&(rt.qualified(), ns.clone(), name.clone())) {
+                    stale.push((rt.clone(), ns.clone(), name));
+                }
+            }
+        }
+    }
+    breaker.check(stale.len() as u64, previous as u64)?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    // The Namespace first, so namespaced objects have somewhere to go.
+    let mut ordered: Vec<&ExportedObject> = objects.iter().collect();
+    ordered.sort_by_key(|o| o.namespace.is_some());
+    for obj in &ordered {
+        let mut value = obj.value.clone();
+        crate::export::value::ensure_map(&mut value, &["metadata", "labels"])
+            .insert(keys::MANAGED_BY.into(), json!(manager_label));
+        api(client, &obj.rt, obj.namespace.as_deref())
+            .patch(&obj.name, &params, &Patch::Apply(&value))
+            .await
+            .map_err(|source| DirectError::Apply {
+                what: format!(
+                    "{} {}/{}",
+                    obj.rt.qualified(),
+                    obj.namespace.as_deref().unwrap_or("-"),
+                    obj.name
+                ),
+                source,
+            })?;
+    }
+    for (rt, ns, name) in &stale {
+        match api(client, rt, Some(ns))
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(DirectError::Prune(e)),
+        }
+    }
+    Ok(Applied {
+        applied: objects.len(),
+        pruned: stale.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_by_table() {
+        assert_eq!(managed_by("dr-syncer", "shop"), "dr-syncer.shop");
+        let long = managed_by("dr-syncer", &"x".repeat(80));
+        assert!(long.starts_with("nsm-") && long.len() <= 63, "{long}");
+    }
+}

@@ -1009,3 +1009,106 @@ async fn controller_direct_apply_into_dr_cluster_prunes_only_its_own_objects() {
     );
     assert_eq!(nm.status.unwrap().sync_stats.unwrap().deleted, 1);
 }
+
+#[tokio::test]
+async fn controller_killed_mid_batch_converges_after_restart() {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let ns = "dr-syncer-crash";
+    let src = "case-crash";
+    let applier = Applier::new(client.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await;
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": src}}))
+        .await;
+    let cms: Vec<Value> = (0..200)
+        .map(|i| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i:03}"), "namespace": src}, "data": {"v": "1"}}))
+        .collect();
+    applier.apply_all(&cms, 16).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let cache = tmp.path().join("cache");
+    let mut controller = Some(start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &cache,
+        "controller-crash",
+        &free_addr(),
+        &[],
+    ));
+    let nm = json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping", "metadata": {"name": "crash", "namespace": ns},
+        "spec": {"replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "3s"}, "sourceNamespace": src,
+                 "resourceTypes": ["configmaps"], "destination": {"git": {"url": daemon.url("dr.git"), "path": "crash"}}}});
+    applier.apply(&nm).await;
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
+    wait_for(&nms, "crash", 60, "first sync", |nm| {
+        nm.status.as_ref().is_some_and(|s| s.last_commit.is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A big batch of changes; the controller is SIGKILLed while it works on it.
+    let updated: Vec<Value> = cms
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c["data"]["v"] = json!("2");
+            c
+        })
+        .collect();
+    applier.apply_all(&updated, 16).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    controller.take();
+    // Changes made while no controller runs must not be lost either.
+    applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm-new", "namespace": src}, "data": {"v": "2"}})).await;
+    let _restarted = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &cache,
+        "controller-crash-2",
+        &free_addr(),
+        &[],
+    );
+    let converged = || {
+        let files = files(&repo, "crash");
+        let cm_files: Vec<&str> = files
+            .lines()
+            .filter(|l| l.contains("/configmaps/"))
+            .collect();
+        cm_files.len() == 201
+            && git(&repo, &["grep", "-c", "v: \"2\"", "main", "--", "crash"])
+                .lines()
+                .count()
+                == 201
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !converged() {
+        assert!(
+            Instant::now() < deadline,
+            "repository did not converge:\n{}",
+            files(&repo, "crash")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let fsck = Command::new("git")
+        .args(["fsck", "--strict"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    // No duplicates, nothing stray: exactly the namespace, 201 ConfigMaps and kustomizations.
+    let listed = files(&repo, "crash");
+    let objects: Vec<&str> = listed
+        .lines()
+        .filter(|l| !l.ends_with("kustomization.yaml") && !l.contains("/."))
+        .collect();
+    assert_eq!(objects.len(), 202, "{listed}");
+}

@@ -40,6 +40,7 @@ pub struct Ctx {
     /// Prometheus metrics.
     pub metrics: Arc<super::metrics::Metrics>,
     inputs: Mutex<HashMap<String, String>>,
+    synced: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Name of the Secret holding the fingerprint key.
@@ -70,6 +71,7 @@ impl Ctx {
             watches: Default::default(),
             metrics,
             inputs: Mutex::default(),
+            synced: Mutex::default(),
         })
     }
 
@@ -84,6 +86,20 @@ impl Ctx {
             .lock()
             .expect("not poisoned")
             .insert(key.to_string(), inputs);
+    }
+
+    /// Whether this process has synced `key` yet. Until it has, a change may have been missed
+    /// (restart, leader change), so Continuous mappings sync once at start.
+    pub fn synced_since_start(&self, key: &str) -> bool {
+        self.synced.lock().expect("not poisoned").contains(key)
+    }
+
+    /// Records a successful sync of `key` by this process.
+    pub fn mark_synced(&self, key: &str) {
+        self.synced
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string());
     }
 
     /// The lock of one mapping (`namespace/name`).

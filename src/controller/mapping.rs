@@ -82,9 +82,11 @@ pub async fn reconcile(
         .as_ref()
         .and_then(|c| schedule::parse_duration(&c.resync_interval))
         .unwrap_or(Duration::from_secs(3600));
+    // A Continuous mapping syncs once after start: changes made while no watch ran (restart,
+    // leader change) are otherwise invisible.
     let clock = Clock {
         now: jiff::Timestamp::now(),
-        changed: false,
+        changed: !ctx.synced_since_start(&key),
         resync,
     };
     let decision = match schedule::decide(&nm, clock) {
@@ -167,6 +169,7 @@ async fn sync_and_record(
             };
             tracing::info!(mapping = %key, %note, ms = report.duration.as_millis() as u64, "sync finished");
             record_success(ctx, &key, &report);
+            ctx.mark_synced(&key);
             write_status(ctx, nm, s).await?;
             event(ctx, nm, false, "Synced", note).await;
             Ok(match nm.spec.replication_mode {

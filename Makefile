@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt envtest-up envtest-down release bench-export bench-gitops
+.PHONY: test deps envtest crds lint fmt envtest-up envtest-down release bench-export bench-gitops bench-controller
 
 ## test: install missing dependencies, build the test control plane, run every test
 test: deps envtest
@@ -49,3 +49,7 @@ bench-export: deps envtest
 ## bench-gitops: initial commit of 10 000 objects and a one-object change commit
 bench-gitops: deps
 	$(CARGO) bench --bench gitops
+
+## bench-controller: change-to-commit latency (p50/p99) and RSS with 10 000 watched objects
+bench-controller: deps envtest
+	$(CARGO) bench --bench controller

@@ -20,8 +20,6 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-const NS: &str = "scenarios";
-
 struct Running(Child);
 impl Drop for Running {
     fn drop(&mut self) {
@@ -31,6 +29,7 @@ impl Drop for Running {
 }
 
 struct World {
+    ns: String,
     client: Client,
     applier: Applier,
     dr: ControlPlane,
@@ -44,7 +43,8 @@ struct World {
     _controller: Running,
 }
 
-async fn world() -> World {
+/// A source apiserver (shared), a DR apiserver, a git server and a controller watching `ns`.
+async fn world(ns: &str) -> World {
     let plane = envtest::shared().await;
     let client = plane.client().await.unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -67,7 +67,7 @@ async fn world() -> World {
     }
     let applier = Applier::new(client.clone(), "test");
     applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
         .await;
     let dr = ControlPlane::start().await.unwrap();
     let dr_applier = Applier::new(dr.client().await.unwrap(), "test");
@@ -91,20 +91,21 @@ async fn world() -> World {
             .arg(plane.kubeconfig_path())
             .args([
                 "--namespace",
-                NS,
+                ns,
                 "--watch-namespace",
-                NS,
+                ns,
                 "--http-addr",
                 &format!("127.0.0.1:{port}"),
                 "--cache-dir",
             ])
             .arg(tmp.path().join("cache"))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(logs.join("controller-scenarios.log")).unwrap())
+            .stderr(std::fs::File::create(logs.join(format!("controller-{ns}.log"))).unwrap())
             .spawn()
             .unwrap(),
     );
     World {
+        ns: ns.to_string(),
         client,
         applier,
         dr,
@@ -138,9 +139,9 @@ impl World {
         }
         self.applier
             .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
-                "metadata": {"name": name, "namespace": NS, "annotations": {"dr-syncer.io/sync-now": trigger}}, "spec": full}))
+                "metadata": {"name": name, "namespace": self.ns, "annotations": {"dr-syncer.io/sync-now": trigger}}, "spec": full}))
             .await;
-        let api: Api<NamespaceMapping> = Api::namespaced(self.client.clone(), NS);
+        let api: Api<NamespaceMapping> = Api::namespaced(self.client.clone(), &self.ns);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let nm = api.get(name).await.unwrap();
@@ -269,7 +270,7 @@ fn standard(ns_name: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn original_scenarios_via_git_and_dr_apply() {
-    let w = world().await;
+    let w = world("scenarios").await;
 
     // 00: explicit types.
     w.sync("s00", &standard("s00"), json!({"sourceNamespace": "s00", "resourceTypes": ["ConfigMaps", "Secrets", "Deployments", "Services", "Ingresses"]}), "go").await;
@@ -530,4 +531,54 @@ async fn original_scenarios_via_git_and_dr_apply() {
         "its directory is removed: {files:?}"
     );
     assert!(files.contains(&"s22a-dr/core/configmaps/a.yaml".to_string()));
+}
+
+#[tokio::test]
+async fn cluster_mapping_defaults_give_destination_and_recipients() {
+    let w = world("scenarios-defaults").await;
+    let url = w.url.clone();
+    w.applier
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "ClusterMapping", "metadata": {"name": "prod-to-dr", "namespace": w.ns},
+            "spec": {"defaults": {"git": {"url": url, "path": "clusters/prod"}, "secrets": {"ageRecipients": [w.recipient]}}}}))
+        .await;
+    let objs = vec![ns("s10", json!({})), cm("s10", "c"), secret("s10")];
+    for o in &objs {
+        w.applier.apply(o).await;
+    }
+    w.applier
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": "inherits", "namespace": w.ns, "annotations": {"dr-syncer.io/sync-now": "go"}},
+            "spec": {"replicationMode": "Manual", "sourceNamespace": "s10", "clusterMappingRef": {"name": "prod-to-dr"}, "resourceTypes": ["configmaps", "secrets"]}}))
+        .await;
+    let api: Api<NamespaceMapping> = Api::namespaced(w.client.clone(), &w.ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = api
+            .get("inherits")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        if s.last_sync_now.as_deref() == Some("go") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sync: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let files = w.committed("clusters/prod/inherits");
+    assert!(
+        files.contains(&"s10/core/configmaps/c.yaml".to_string()),
+        "{files:?}"
+    );
+    let secret = git(
+        &w.repo,
+        &[
+            "show",
+            "main:clusters/prod/inherits/s10/core/secrets/test-secret.sops.yaml",
+        ],
+    );
+    assert!(
+        secret.contains(&w.recipient),
+        "encrypted for the ClusterMapping's recipient"
+    );
 }

@@ -142,15 +142,7 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         previous: &previous,
     };
     let mut tree = export::build_tree(&objects, Some(&writer), &mut summary)?;
-    if !summary.failures.is_empty() {
-        let failures = summary.failures.clone();
-        let dests: Vec<String> = summary.namespaces.values().cloned().collect();
-        output::carry_over(&mut tree, &previous, |top, group, plural| {
-            failures
-                .iter()
-                .any(|f| failure_covers(f, &dests, &summary.namespaces, top, group, plural))
-        });
-    }
+    output::keep_failed_types(&mut tree, &previous, &summary);
     let diff = output::diff(&previous, &tree);
     let mut published = None;
     if !args.dry_run {
@@ -251,27 +243,6 @@ fn report(
         }
     }
     Ok(())
-}
-
-/// Whether a listing failure covers files under `top/group/plural`.
-fn failure_covers(
-    f: &export::summary::Failure,
-    dests: &[String],
-    source_to_dest: &std::collections::BTreeMap<String, String>,
-    top: &str,
-    group: &str,
-    plural: &str,
-) -> bool {
-    let ns_ok = match &f.namespace {
-        Some(src) => source_to_dest.get(src).is_some_and(|d| d == top),
-        None => dests.iter().any(|d| d == top),
-    };
-    let qualified = if group == "core" {
-        plural.to_string()
-    } else {
-        format!("{plural}.{group}")
-    };
-    ns_ok && (f.what == qualified || f.what == group)
 }
 
 /// Recipients from the flags, the recipients file and the mapping's `secrets.ageRecipients`.

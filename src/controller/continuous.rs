@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::DynamicObject;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tokio::task::JoinHandle;
@@ -115,15 +115,10 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
         }
     };
     let streams = types.iter().cloned().map(|rt| {
-        let ar = ApiResource {
-            group: rt.group.clone(),
-            version: rt.version.clone(),
-            api_version: rt.api_version(),
-            kind: rt.kind.clone(),
-            plural: rt.plural.clone(),
-        };
+        let ar = rt.api_resource();
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &source_ns, &ar);
-        watcher(api, watcher::Config::default())
+        // Streaming lists: the initial state arrives as watch events (no large LIST response).
+        watcher(api, watcher::Config::default().streaming_lists())
             .default_backoff()
             .map(move |ev| (rt.clone(), ev))
             .boxed()

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -63,13 +63,7 @@ pub fn managed_by(namespace: &str, name: &str) -> String {
 }
 
 fn api(client: &Client, rt: &ResourceType, namespace: Option<&str>) -> Api<DynamicObject> {
-    let ar = ApiResource {
-        group: rt.group.clone(),
-        version: rt.version.clone(),
-        api_version: rt.api_version(),
-        kind: rt.kind.clone(),
-        plural: rt.plural.clone(),
-    };
+    let ar = rt.api_resource();
     match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         None => Api::all_with(client.clone(), &ar),

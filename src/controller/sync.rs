@@ -214,21 +214,7 @@ pub async fn run(
             previous: &previous,
         };
         let mut tree = export::build_tree(&objects, Some(&writer), &mut summary)?;
-        if !summary.failures.is_empty() {
-            let failures = summary.failures.clone();
-            let dests: Vec<String> = summary.namespaces.values().cloned().collect();
-            output::carry_over(&mut tree, &previous, |top, group, plural| {
-                let qualified = if group == "core" {
-                    plural.to_string()
-                } else {
-                    format!("{plural}.{group}")
-                };
-                dests.iter().any(|d| d == top)
-                    && failures
-                        .iter()
-                        .any(|f| f.what == qualified || f.what == group)
-            });
-        }
+        output::keep_failed_types(&mut tree, &previous, &summary);
         Ok((repo.publish(head, &tree, &info, &breaker)?, summary))
     })
     .await

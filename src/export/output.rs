@@ -120,6 +120,28 @@ pub fn carry_over(new: &mut Tree, old: &Tree, keep: impl Fn(&str, &str, &str) ->
     new.write_kustomizations();
 }
 
+/// Keeps, from `previous`, the files of every type or group `summary` reports as failed in
+/// the namespaces it exported (a failed listing must never delete files).
+pub fn keep_failed_types(tree: &mut Tree, previous: &Tree, summary: &super::Summary) {
+    if summary.failures.is_empty() {
+        return;
+    }
+    carry_over(tree, previous, |top, group, plural| {
+        let qualified = if group == "core" {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        summary.failures.iter().any(|f| {
+            let in_namespace = match &f.namespace {
+                Some(src) => summary.namespaces.get(src).is_some_and(|d| d == top),
+                None => summary.namespaces.values().any(|d| d == top),
+            };
+            in_namespace && (f.what == qualified || f.what == group)
+        })
+    });
+}
+
 /// Replaces `dir` with `tree`: written to a sibling temp directory, then swapped in.
 pub fn write_tree(tree: &Tree, dir: &Path) -> Result<(), OutputError> {
     if dir.exists() && !dir.join(MARKER).exists() {

@@ -46,6 +46,17 @@ impl ResourceType {
         }
     }
 
+    /// The kube `ApiResource` for dynamic API calls.
+    pub fn api_resource(&self) -> kube::api::ApiResource {
+        kube::api::ApiResource {
+            group: self.group.clone(),
+            version: self.version.clone(),
+            api_version: self.api_version(),
+            kind: self.kind.clone(),
+            plural: self.plural.clone(),
+        }
+    }
+
     /// `plural.group` (or `plural` for core), the unambiguous spelling used in summaries.
     pub fn qualified(&self) -> String {
         if self.group.is_empty() {

@@ -5,7 +5,7 @@
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
-use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client};
 use serde_json::Value;
 
@@ -107,16 +107,6 @@ fn add_resources(d: &mut Discovery, group: &str, version: &str, list: APIResourc
     }
 }
 
-fn api_resource(rt: &ResourceType) -> ApiResource {
-    ApiResource {
-        group: rt.group.clone(),
-        version: rt.version.clone(),
-        api_version: rt.api_version(),
-        kind: rt.kind.clone(),
-        plural: rt.plural.clone(),
-    }
-}
-
 /// Lists every object of `rt` in `namespace`, page by page.
 pub async fn list_type(
     client: &Client,
@@ -124,7 +114,7 @@ pub async fn list_type(
     rt: &ResourceType,
 ) -> Result<Vec<SourceObject>, kube::Error> {
     let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &api_resource(rt));
+        Api::namespaced_with(client.clone(), namespace, &rt.api_resource());
     let mut out = Vec::new();
     let mut params = ListParams::default().limit(PAGE_SIZE);
     loop {

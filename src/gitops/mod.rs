@@ -205,7 +205,7 @@ impl Repo {
                     "dr-syncer sync",
                 )
                 .map_err(git("updating the local branch"))?;
-            match transport::push(&self.repo, &self.target, commit) {
+            match transport::push(&self.repo, &self.target) {
                 Ok(()) => {
                     return Ok(Published::Committed {
                         sha: commit.to_string(),

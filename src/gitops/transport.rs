@@ -193,9 +193,8 @@ pub fn fetch(repo: &Repository, target: &Target) -> Result<Option<Oid>, GitError
     })
 }
 
-/// Pushes `commit` to `refs/heads/<branch>`; never forces.
-pub fn push(repo: &Repository, target: &Target, commit: Oid) -> Result<(), PushError> {
-    let _ = commit; // the local branch already points at it
+/// Pushes the local `refs/heads/<branch>` (the new commit) to the remote; never forces.
+pub fn push(repo: &Repository, target: &Target) -> Result<(), PushError> {
     let (attempts, host_error) = (RefCell::new(0), RefCell::new(None));
     let rejected = RefCell::new(None::<String>);
     let mut remote = repo

@@ -1112,3 +1112,112 @@ async fn controller_killed_mid_batch_converges_after_restart() {
         .collect();
     assert_eq!(objects.len(), 202, "{listed}");
 }
+
+#[tokio::test]
+async fn controller_breaker_holds_until_the_batch_is_released() {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let (ns, src) = ("dr-syncer-breaker", "case-breaker");
+    let applier = Applier::new(client.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await;
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": src}}))
+        .await;
+    for i in 0..4 {
+        applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}"), "namespace": src}, "data": {"a": "1"}})).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let _controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        "controller-breaker",
+        &free_addr(),
+        &[],
+    );
+    let nm = |trigger: &str| {
+        json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+        "metadata": {"name": "guarded", "namespace": ns, "annotations": {"dr-syncer.io/sync-now": trigger}},
+        "spec": {"replicationMode": "Manual", "sourceNamespace": src, "resourceTypes": ["configmaps"],
+                 "destination": {"git": {"url": daemon.url("dr.git"), "path": "guarded"}}}})
+    };
+    applier.apply(&nm("1")).await;
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
+    wait_for(&nms, "guarded", 60, "first sync", |nm| {
+        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("1")
+    })
+    .await;
+    let head = git(&repo, &["rev-parse", "main"]);
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), src);
+    for i in 0..3 {
+        cms.delete(&format!("c{i}"), &Default::default())
+            .await
+            .unwrap();
+    }
+    applier.apply(&nm("2")).await;
+    let held = wait_for(&nms, "guarded", 60, "held", |nm| {
+        nm.status.as_ref().and_then(|s| s.phase) == Some(dr_syncer::api::MappingPhase::Held)
+    })
+    .await;
+    let message = held.status.unwrap().last_error.unwrap().message;
+    assert!(message.contains("would delete 3 of 5 objects"), "{message}");
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        head,
+        "nothing committed while held"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    assert!(
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("MassDeletionHeld"))
+    );
+    // A wrong id releases nothing; the id from the status releases this batch.
+    let batch = message
+        .split("release batch ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let release =
+        |v: &str| json!({"metadata": {"annotations": {"dr-syncer.io/allow-mass-deletion": v}}});
+    nms.patch(
+        "guarded",
+        &PatchParams::default(),
+        &Patch::Merge(release("000000000000")),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        head,
+        "a wrong id releases nothing"
+    );
+    nms.patch(
+        "guarded",
+        &PatchParams::default(),
+        &Patch::Merge(release(&batch)),
+    )
+    .await
+    .unwrap();
+    wait_for(&nms, "guarded", 30, "released sync", |nm| {
+        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("2")
+    })
+    .await;
+    assert!(
+        !files(&repo, "guarded").contains("c0.yaml") && files(&repo, "guarded").contains("c3.yaml")
+    );
+}

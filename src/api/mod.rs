@@ -38,7 +38,7 @@ pub mod keys {
     /// Annotation on a NamespaceMapping: any new value triggers one sync.
     pub const SYNC_NOW: &str = "dr-syncer.io/sync-now";
     /// Annotation on a NamespaceMapping: releases a batch held by the mass-deletion breaker
-    /// when its value equals the held batch's id (shown in status).
+    /// when its value equals the held batch's id (shown in `status.lastError`).
     pub const ALLOW_MASS_DELETION: &str = "dr-syncer.io/allow-mass-deletion";
     /// Label set on every object applied into a DR cluster; pruning only touches these.
     pub const MANAGED_BY: &str = "dr-syncer.io/managed-by";

@@ -196,5 +196,6 @@ pub fn breaker(args: &ExportArgs, mapping: Option<&NamespaceMapping>) -> Breaker
                 .map(|c| c.max(0) as u64)
         }),
         allow: args.git.allow_mass_deletion,
+        release: None,
     }
 }

@@ -115,7 +115,11 @@ pub async fn apply(
             }
         }
     }
-    breaker.check(stale.len() as u64, previous as u64)?;
+    let stale_keys: Vec<String> = stale
+        .iter()
+        .map(|(rt, ns, name)| format!("{}/{ns}/{name}", rt.qualified()))
+        .collect();
+    breaker.check(&stale_keys, previous as u64)?;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     // The Namespace first, so namespaced objects have somewhere to go.
     let mut ordered: Vec<&ExportedObject> = objects.iter().collect();

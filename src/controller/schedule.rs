@@ -83,6 +83,18 @@ pub fn decide(nm: &NamespaceMapping, clock: Clock) -> Result<Decision, ScheduleE
         return Ok(Decision::Sync("sync-now annotation"));
     }
     let last = status.last_sync_time.as_ref().map(ts);
+    // A release naming the held batch runs at once.
+    let release = nm
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::ALLOW_MASS_DELETION));
+    if status.phase == Some(crate::api::MappingPhase::Held)
+        && let (Some(r), Some(err)) = (release, &status.last_error)
+        && err.message.contains(&format!("release batch {r} "))
+    {
+        return Ok(Decision::Sync("mass deletion released"));
+    }
     // After a failure, retry with a pause instead of at once: our own status write of the
     // failure would otherwise start the next attempt immediately.
     if let Some(err) = &status.last_error {

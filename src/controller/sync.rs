@@ -226,16 +226,16 @@ pub async fn run(
     })
 }
 
-/// Breaker thresholds from `deletionSafety`; `dr-syncer.io/allow-mass-deletion: "true"`
-/// releases a held batch.
+/// Breaker thresholds from `deletionSafety`; `dr-syncer.io/allow-mass-deletion: <batch id>`
+/// releases exactly the held batch with that id (shown in `status.lastError`).
 fn breaker(nm: &NamespaceMapping) -> Breaker {
     let safety = nm.spec.deletion_safety.clone();
-    let allow = nm
+    let release = nm
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(keys::ALLOW_MASS_DELETION))
-        .is_some_and(|v| v == "true");
+        .cloned();
     Breaker {
         max_percent: safety
             .as_ref()
@@ -245,6 +245,7 @@ fn breaker(nm: &NamespaceMapping) -> Breaker {
             .as_ref()
             .and_then(|s| s.max_delete_count)
             .map(|c| c.max(0) as u64),
-        allow,
+        allow: false,
+        release,
     }
 }

@@ -168,7 +168,7 @@ impl Repo {
             let previous = self.files_at(head)?;
             let diff = object_diff(&previous, tree);
             let total = previous.files.keys().filter(|p| is_object(p)).count() as u64;
-            breaker.check(diff.deleted.len() as u64, total)?;
+            breaker.check(&diff.deleted, total)?;
             let base_tree = head
                 .map(|h| self.repo.find_commit(h).and_then(|c| c.tree()))
                 .transpose()

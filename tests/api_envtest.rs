@@ -2,39 +2,21 @@
 //! objects are rejected with a message naming the field, and the test harness itself holds
 //! (RBAC enforced for ServiceAccount tokens, two instances side by side).
 
+mod common;
+
 use std::path::Path;
 
+use common::install_crds;
 use dr_syncer::api::{ClusterMapping, NamespaceMapping, RemoteCluster};
 use dr_syncer_testkit::envtest::{self, ControlPlane};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
 const MANAGER: &str = "dr-syncer-tests";
-
-/// Installs the CRDs once per control plane and waits until they are Established.
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in dr_syncer::api::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("CRD {name} rejected: {e}"));
-        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
-        tokio::time::timeout(std::time::Duration::from_secs(30), established)
-            .await
-            .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
-            .unwrap();
-    }
-}
 
 async fn plane_with_crds() -> (&'static ControlPlane, Client) {
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();

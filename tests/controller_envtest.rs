@@ -2,37 +2,20 @@
 //! scheduled replication (the original's scenarios 16 and 17), no reconcile loop while
 //! quiet (23), and the install hint when the CRDs are missing.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Running, free_addr, install_crds};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer_testkit::envtest::{self, ControlPlane};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo, git};
 use dr_syncer_testkit::objects::Applier;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
 
 /// Starts the controller; its log goes to `target/test-logs/<name>.log` (kept for debugging).
 fn start_controller(plane: &ControlPlane, cache: &Path, name: &str) -> Running {
@@ -80,27 +63,6 @@ fn start_controller_with(
             .spawn()
             .unwrap(),
     )
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in dr_syncer::api::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(api.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    }
 }
 
 async fn wait_for<F: Fn(&NamespaceMapping) -> bool>(

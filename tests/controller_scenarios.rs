@@ -5,28 +5,21 @@
 //! zero and override, 05 only ConfigMaps and Secrets, 06 Service types, 07 Ingress, 08/09
 //! namespace remap, 22 label-selected namespaces with a suffix (and removal).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Running, free_addr, install_crds};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer::sops::Identities;
 use dr_syncer_testkit::envtest::{self, ControlPlane, kubectl_path};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo, git};
 use dr_syncer_testkit::objects::Applier;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::DynamicObject;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-
-struct Running(Child);
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct World {
     ns: String,
@@ -47,24 +40,7 @@ struct World {
 async fn world(ns: &str) -> World {
     let plane = envtest::shared().await;
     let client = plane.client().await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in dr_syncer::api::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    }
+    install_crds(&client).await;
     let applier = Applier::new(client.clone(), "test");
     applier
         .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
@@ -78,11 +54,6 @@ async fn world(ns: &str) -> World {
     let url = daemon.url("dr.git");
     let id = age::x25519::Identity::generate();
     let recipient = id.to_public().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let logs = dr_syncer_testkit::target_dir().join("test-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let controller = Running(
@@ -95,7 +66,7 @@ async fn world(ns: &str) -> World {
                 "--watch-namespace",
                 ns,
                 "--http-addr",
-                &format!("127.0.0.1:{port}"),
+                &free_addr(),
                 "--cache-dir",
             ])
             .arg(tmp.path().join("cache"))

@@ -1183,3 +1183,70 @@ async fn controller_breaker_holds_until_the_batch_is_released() {
         !files(&repo, "guarded").contains("c0.yaml") && files(&repo, "guarded").contains("c3.yaml")
     );
 }
+
+#[tokio::test]
+async fn controller_continuous_direct_apply_propagates_changes() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let dr = ControlPlane::start().await.unwrap();
+    let (ns, src) = ("dr-syncer-direct18", "case18d");
+    let applier = Applier::new(client.clone(), "test");
+    for o in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": src}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dr-kubeconfig", "namespace": ns}, "stringData": {"kubeconfig": serde_saphyr::to_string(&dr.kubeconfig()).unwrap()}}),
+        json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "RemoteCluster", "metadata": {"name": "dr", "namespace": ns}, "spec": {"kubeconfigSecretRef": {"name": "dr-kubeconfig"}}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": src}, "data": {"v": "1"}}),
+    ] {
+        applier.apply(&o).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let _controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        "controller-direct18",
+        &free_addr(),
+        &[],
+    );
+    applier.apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping", "metadata": {"name": "cont", "namespace": ns},
+        "spec": {"replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "5s"}, "sourceNamespace": src,
+                 "resourceTypes": ["configmaps"], "destination": {"cluster": {"remoteClusterRef": {"name": "dr"}}}}})).await;
+    let dr_cms: Api<ConfigMap> = Api::namespaced(dr.client().await.unwrap(), src);
+    let value_on_dr = |name: &'static str| {
+        let api = dr_cms.clone();
+        async move {
+            api.get_opt(name)
+                .await
+                .unwrap()
+                .and_then(|c| c.data)
+                .and_then(|d| d.get("v").cloned())
+        }
+    };
+    let until = |what: &'static str, name: &'static str, want: Option<&'static str>| {
+        let check = value_on_dr.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while check(name).await.as_deref() != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} did not reach the DR cluster"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    until("first sync", "a", Some("1")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": src}, "data": {"v": "2"}})).await;
+    until("update", "a", Some("2")).await;
+    applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": src}, "data": {"v": "new"}})).await;
+    until("create", "b", Some("new")).await;
+    Api::<ConfigMap>::namespaced(client, src)
+        .delete("b", &Default::default())
+        .await
+        .unwrap();
+    until("delete", "b", None).await;
+}

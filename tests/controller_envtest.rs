@@ -1226,7 +1226,7 @@ async fn controller_continuous_direct_apply_propagates_changes() {
         }
     };
     let until = |what: &'static str, name: &'static str, want: Option<&'static str>| {
-        let check = value_on_dr.clone();
+        let check = value_on_dr;
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             while check(name).await.as_deref() != want {

@@ -87,6 +87,24 @@ async fn wait_for<F: Fn(&NamespaceMapping) -> bool>(
     }
 }
 
+/// Sets `dr-syncer.io/sync-now` to `value` and waits until the mapping recorded it as
+/// handled (`status.lastSyncNow`).
+async fn trigger(
+    nms: &Api<NamespaceMapping>,
+    name: &str,
+    value: &str,
+    what: &str,
+) -> NamespaceMapping {
+    let patch = json!({"metadata": {"annotations": {"dr-syncer.io/sync-now": value}}});
+    nms.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    wait_for(nms, name, 60, what, |nm| {
+        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some(value)
+    })
+    .await
+}
+
 fn source_objects(ns: &str) -> Vec<Value> {
     vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"team": "shop"}}}),
@@ -164,18 +182,7 @@ async fn controller_manual_and_scheduled_modes_commit_to_git() {
         files(&repo, "manual").is_empty(),
         "manual mapping synced without a trigger"
     );
-    let annotate = |v: &str| json!({"metadata": {"annotations": {"dr-syncer.io/sync-now": v}}});
-    nms.patch(
-        "manual",
-        &PatchParams::default(),
-        &Patch::Merge(annotate("1")),
-    )
-    .await
-    .unwrap();
-    let nm = wait_for(&nms, "manual", 60, "first manual sync", |nm| {
-        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("1")
-    })
-    .await;
+    let nm = trigger(&nms, "manual", "1", "first manual sync").await;
     let status = nm.status.unwrap();
     assert_eq!(
         status.phase,
@@ -212,17 +219,7 @@ async fn controller_manual_and_scheduled_modes_commit_to_git() {
     );
     // A second trigger works and commits the change.
     applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "case16"}, "data": {"mode": "dr-test"}})).await;
-    nms.patch(
-        "manual",
-        &PatchParams::default(),
-        &Patch::Merge(annotate("2")),
-    )
-    .await
-    .unwrap();
-    let nm = wait_for(&nms, "manual", 60, "second manual sync", |nm| {
-        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("2")
-    })
-    .await;
+    let nm = trigger(&nms, "manual", "2", "second manual sync").await;
     assert_ne!(nm.status.unwrap().last_commit.unwrap().sha, commit.sha);
     assert!(
         git(
@@ -697,17 +694,7 @@ async fn controller_leader_election_one_writer_and_takeover() {
         b.take()
     };
     applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "case-le"}, "data": {"mode": "after-failover"}})).await;
-    nms.patch(
-        "le",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"dr-syncer.io/sync-now": "2"}}})),
-    )
-    .await
-    .unwrap();
-    wait_for(&nms, "le", 60, "sync by the new leader", |nm| {
-        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("2")
-    })
-    .await;
+    trigger(&nms, "le", "2", "sync by the new leader").await;
     let takeover = killed_at.elapsed();
     let new_leader = holder().await.unwrap();
     assert_ne!(new_leader, leader);

@@ -156,7 +156,10 @@ pub fn decide(nm: &NamespaceMapping, clock: Clock) -> Result<Decision, ScheduleE
 
 /// Parses a Go-style duration (`5s`, `1h30m`, `500ms`), as the CRD pattern allows.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let re = regex::Regex::new(r"([0-9]+)(ms|s|m|h)").expect("valid regex");
+    // Parsed on every reconcile: compile the pattern once.
+    static UNIT: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"([0-9]+)(ms|s|m|h)").expect("valid regex"));
+    let re = &*UNIT;
     let mut total = Duration::ZERO;
     let mut consumed = 0;
     for c in re.captures_iter(s) {

@@ -8,8 +8,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use common::{Running, free_addr, install_crds};
 use dr_syncer::api::NamespaceMapping;
+use dr_syncer::sops::Identities;
 use dr_syncer_testkit::envtest::{self, ControlPlane};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo, git};
 use dr_syncer_testkit::objects::Applier;
@@ -339,13 +342,15 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
     let srv = tmp.path().join("srv");
     let repo = bare_repo(&srv, "dr.git");
     let daemon = GitDaemon::start(&srv);
-    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let http = free_addr();
     let _controller = start_controller_with(
         &plane.kubeconfig_path(),
         ns,
         &tmp.path().join("cache"),
         "controller-continuous",
-        &free_addr(),
+        &http,
         &[],
     );
     let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
@@ -389,11 +394,64 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
     })
     .await;
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "case18");
+    let kustomization = show("continuous/case18/kustomization.yaml").unwrap();
+    assert!(
+        kustomization.contains("- core/configmaps/new-one.yaml"),
+        "a created object is listed in its kustomization: {kustomization}"
+    );
     cms.delete("new-one", &Default::default()).await.unwrap();
     wait_until(30, "delete propagated", || {
         show("continuous/case18/core/configmaps/new-one.yaml").is_none()
     })
     .await;
+    assert!(
+        !show("continuous/case18/kustomization.yaml")
+            .unwrap()
+            .contains("new-one"),
+        "a deleted object leaves its kustomization"
+    );
+    // A Secret change is encrypted into its file, and its fingerprint is recorded.
+    let secret_path = "continuous/case18/core/secrets/admin.sops.yaml";
+    let fingerprints_before = show("continuous/.dr-syncer/fingerprints.yaml").unwrap();
+    applier.apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "admin", "namespace": "case18"}, "type": "Opaque", "stringData": {"password": "rotated-by-continuous"}})).await;
+    wait_until(30, "secret change propagated", || {
+        show(secret_path).is_some_and(|t| {
+            dr_syncer::sops::decrypt(&t, &Identities::from_identity(identity.clone()))
+                .is_ok_and(|v| v["data"]["password"] == json!(B64.encode("rotated-by-continuous")))
+        })
+    })
+    .await;
+    let secret_file = show(secret_path).unwrap();
+    assert!(!secret_file.contains("rotated-by-continuous"));
+    assert_ne!(
+        show("continuous/.dr-syncer/fingerprints.yaml").unwrap(),
+        fingerprints_before,
+        "the new fingerprint is recorded"
+    );
+    // Those changes were patches, and a full export now finds nothing to change: the
+    // patched tree is exactly what a full export writes.
+    let (_, metrics) = http_get(&http, "/metrics");
+    let patches = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("dr_syncer_syncs_total")
+                && l.contains("mapping=\"dr-syncer-cont/continuous\"")
+                && l.contains("path=\"patch\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        patches >= 4.0,
+        "update, create, delete and the Secret were patches: {metrics}"
+    );
+    let head_before_full = git(&repo, &["rev-parse", "main"]);
+    trigger(&nms, "continuous", "full-1", "full sync after patches").await;
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        head_before_full,
+        "a full export changed what the patches wrote"
+    );
     // A status-only change of a watched object is not a change of the export.
     let head = git(&repo, &["rev-parse", "main"]);
     let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client, "case18");

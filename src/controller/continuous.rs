@@ -3,25 +3,28 @@
 //! relists that change nothing are ignored; real changes are batched — a sync starts after
 //! `debounce` of quiet, and at the latest `maxDelay` after the first change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::DynamicObject;
+use kube::core::Selector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::api::{NamespaceMapping, ReplicationMode};
+use crate::export::Policy;
 use crate::export::resource::ResourceType;
 use crate::export::source::live;
-use crate::export::{Policy, clean};
 
 use super::context::Ctx;
 use super::schedule::parse_duration;
+use super::tracker::{Batch, Tracker};
 
 /// A running watch task and the mapping generation it was started for.
 type WatchTask = (Option<i64>, JoinHandle<()>);
@@ -40,7 +43,7 @@ impl Watches {
         let mut tasks = self.tasks.lock().expect("not poisoned");
         let wanted = nm.spec.replication_mode == ReplicationMode::Continuous
             && !nm.spec.paused
-            && nm.spec.source_namespace.is_some();
+            && (nm.spec.source_namespace.is_some() || nm.spec.namespace_selector.is_some());
         match tasks.get(&key) {
             Some((generation, handle))
                 if wanted && *generation == nm.metadata.generation && !handle.is_finished() =>
@@ -65,19 +68,16 @@ impl Watches {
     }
 }
 
-/// A hash of what the export would write for an object: cleaning removes status and
-/// server-managed metadata, so only meaningful changes count.
-fn export_hash(rt: &ResourceType, obj: &DynamicObject, policy: &Policy) -> u64 {
-    let mut value = serde_json::to_value(obj).unwrap_or_default();
-    clean::clean(&mut value, rt, policy);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.to_string().hash(&mut h);
-    h.finish()
+/// Which source namespaces a mapping exports.
+enum Scope {
+    /// `spec.sourceNamespace`.
+    One(String),
+    /// `spec.namespaceSelector`, as a label selector string.
+    Selected(String),
 }
 
 async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
     let (ns, name) = (nm.namespace().unwrap_or_default(), nm.name_any());
-    let source_ns = nm.spec.source_namespace.clone().unwrap_or_default();
     let cont = nm.spec.continuous.clone();
     let debounce = cont
         .as_ref()
@@ -87,7 +87,14 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
         .as_ref()
         .and_then(|c| parse_duration(&c.max_delay))
         .unwrap_or(Duration::from_secs(60));
-    tracing::debug!(mapping = %name, "continuous watch starting");
+    let scope = match (&nm.spec.source_namespace, &nm.spec.namespace_selector) {
+        (Some(source), _) => Scope::One(source.clone()),
+        (None, Some(sel)) => match Selector::try_from(sel.clone()) {
+            Ok(s) => Scope::Selected(s.to_string()),
+            Err(_) => return,
+        },
+        (None, None) => return,
+    };
     let Ok(policy) = Policy::from_spec(&nm.spec) else {
         return;
     };
@@ -114,23 +121,11 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
             return;
         }
     };
-    let streams = types.iter().cloned().map(|rt| {
-        let ar = rt.api_resource();
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &source_ns, &ar);
-        // Streaming lists: the initial state arrives as watch events (no large LIST response).
-        watcher(api, watcher::Config::default().streaming_lists())
-            .default_backoff()
-            .map(move |ev| (rt.clone(), ev))
-            .boxed()
-    });
-    let mut events = stream::select_all(streams);
-    let mut hashes: HashMap<(String, String), u64> = HashMap::new();
-    let mut seen_in_relist: HashMap<String, HashSet<String>> = HashMap::new();
-    // Types whose first listing is complete; that listing is the baseline, not a change.
-    let mut ready: HashSet<String> = HashSet::new();
-    let mut first_change: Option<Instant> = None;
-    let mut last_change = Instant::now();
-    tracing::info!(mapping = %name, types = types.len(), "continuous watch started");
+    let version = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|_| "unknown".into());
     let pending = ctx
         .metrics
         .pending_changes
@@ -138,55 +133,165 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
             mapping: format!("{ns}/{name}"),
         })
         .clone();
-    loop {
-        let deadline = first_change.map(|f| (last_change + debounce).min(f + max_delay));
-        let fire = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            ev = events.next() => {
-                let Some((rt, ev)) = ev else { break };
-                let Ok(ev) = ev else { continue };
-                let kind = rt.qualified();
-                let changed = match ev {
-                    watcher::Event::Init => {
-                        seen_in_relist.insert(kind.clone(), HashSet::new());
-                        false
+    let mut tracker = Tracker::new(policy);
+    let mut namespaces: BTreeSet<String> = BTreeSet::new();
+    let mut ns_hashes: HashMap<String, u64> = HashMap::new();
+    let mut first_change: Option<Instant> = None;
+    let mut last_change = Instant::now();
+    // The Namespace objects: their labels decide the selection, and a label or annotation
+    // change reaches the exported Namespace (a full sync).
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let ns_config = match &scope {
+        Scope::One(source) => watcher::Config::default().fields(&format!("metadata.name={source}")),
+        Scope::Selected(sel) => watcher::Config::default().labels(sel),
+    };
+    let mut ns_events = watcher(ns_api, ns_config).default_backoff().boxed();
+    tracing::info!(mapping = %name, types = types.len(), "continuous watch started");
+    // Object streams restart when a namespace joins the selection, so its objects are
+    // listed (and remembered) too.
+    'streams: loop {
+        let streams = types.iter().cloned().map(|rt| {
+            let ar = rt.api_resource();
+            let api: Api<DynamicObject> = match &scope {
+                Scope::One(source) => Api::namespaced_with(client.clone(), source, &ar),
+                Scope::Selected(_) => Api::all_with(client.clone(), &ar),
+            };
+            // Streaming lists: the initial state arrives as watch events (no large LIST).
+            watcher(api, watcher::Config::default().streaming_lists())
+                .default_backoff()
+                .map(move |ev| (rt.clone(), ev))
+                .boxed()
+        });
+        let mut events = stream::select_all(streams);
+        loop {
+            let deadline = first_change.map(|f| (last_change + debounce).min(f + max_delay));
+            let fire = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut changed = false;
+            let mut restart = false;
+            tokio::select! {
+                ev = ns_events.next() => {
+                    let Some(Ok(ev)) = ev else { continue };
+                    let (joined, left) = namespace_event(ev, &mut namespaces, &mut ns_hashes);
+                    for ns in &left {
+                        tracker.drop_namespace(ns);
                     }
-                    watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
-                        let key = (kind.clone(), obj.name_any());
-                        if let Some(seen) = seen_in_relist.get_mut(&kind) {
-                            seen.insert(obj.name_any());
-                        }
-                        let h = export_hash(&rt, &obj, &policy);
-                        hashes.insert(key, h) != Some(h) && ready.contains(&kind)
+                    if !left.is_empty() || joined.is_some() {
+                        tracker.require_full(joined.clone().unwrap_or_else(|| "a namespace left the selection".into()));
+                        changed = true;
                     }
-                    watcher::Event::Delete(obj) => hashes.remove(&(kind.clone(), obj.name_any())).is_some(),
-                    watcher::Event::InitDone => {
-                        // Objects gone while the watch was down.
-                        let seen = seen_in_relist.remove(&kind).unwrap_or_default();
-                        let before = hashes.len();
-                        hashes.retain(|(k, n), _| k != &kind || seen.contains(n));
-                        !ready.insert(kind.clone()) && hashes.len() != before
+                    restart = matches!(scope, Scope::Selected(_)) && joined.is_some_and(|j| j.starts_with("namespace joined"));
+                }
+                ev = events.next() => {
+                    let Some((rt, ev)) = ev else { break 'streams };
+                    let Ok(ev) = ev else { continue };
+                    if matches!(scope, Scope::Selected(_)) && !in_selection(&ev, &namespaces) {
+                        continue;
                     }
-                };
-                if changed {
-                    pending.inc();
-                    let now = Instant::now();
-                    first_change.get_or_insert(now);
-                    last_change = now;
+                    changed = tracker.observe(&rt, ev);
+                }
+                _ = fire => {
+                    first_change = None;
+                    pending.set(0);
+                    let batch = tracker.take_batch(&namespaces);
+                    let batch = Some(Incoming { batch, kubernetes_version: version.clone() });
+                    if let Err(e) = super::mapping::sync_triggered(&ctx, &ns, &name, "source changed", batch).await {
+                        tracing::warn!(mapping = %name, error = %e, "triggered sync failed");
+                    }
                 }
             }
-            _ = fire => {
-                first_change = None;
-                pending.set(0);
-                if let Err(e) = super::mapping::sync_triggered(&ctx, &ns, &name, "source changed").await {
-                    tracing::warn!(mapping = %name, error = %e, "triggered sync failed");
-                }
+            if changed {
+                pending.inc();
+                let now = Instant::now();
+                first_change.get_or_insert(now);
+                last_change = now;
+            }
+            if restart {
+                continue 'streams;
             }
         }
     }
+}
+
+/// What the watch hands to a triggered sync.
+pub struct Incoming {
+    /// The changes.
+    pub batch: Batch,
+    /// The source's Kubernetes version, for the commit trailer.
+    pub kubernetes_version: String,
+}
+
+/// Applies a Namespace watch event to the selection. Returns why a full sync is needed
+/// (`namespace joined …` or `namespace … changed`) and the namespaces that left.
+fn namespace_event(
+    ev: watcher::Event<Namespace>,
+    selected: &mut BTreeSet<String>,
+    hashes: &mut HashMap<String, u64>,
+) -> (Option<String>, Vec<String>) {
+    let hash = |n: &Namespace| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(&(&n.metadata.labels, &n.metadata.annotations))
+            .unwrap_or_default()
+            .hash(&mut h);
+        h.finish()
+    };
+    match ev {
+        watcher::Event::Init => {
+            hashes.clear();
+            (None, Vec::new())
+        }
+        watcher::Event::InitApply(n) => {
+            hashes.insert(n.name_any(), hash(&n));
+            (None, Vec::new())
+        }
+        watcher::Event::InitDone => {
+            let now: BTreeSet<String> = hashes.keys().cloned().collect();
+            let left: Vec<String> = selected.difference(&now).cloned().collect();
+            let joined: Vec<String> = now.difference(selected).cloned().collect();
+            let first = selected.is_empty() && left.is_empty();
+            *selected = now;
+            // The first listing is the baseline: the startup sync covers it.
+            let why = (!first && !joined.is_empty())
+                .then(|| format!("namespace joined the selection: {}", joined.join(", ")));
+            (why, left)
+        }
+        watcher::Event::Apply(n) => {
+            let name = n.name_any();
+            let new = hash(&n);
+            let old = hashes.insert(name.clone(), new);
+            if selected.insert(name.clone()) {
+                (
+                    Some(format!("namespace joined the selection: {name}")),
+                    Vec::new(),
+                )
+            } else if old != Some(new) {
+                (Some(format!("namespace {name} changed")), Vec::new())
+            } else {
+                (None, Vec::new())
+            }
+        }
+        watcher::Event::Delete(n) => {
+            let name = n.name_any();
+            hashes.remove(&name);
+            if selected.remove(&name) {
+                (None, vec![name])
+            } else {
+                (None, Vec::new())
+            }
+        }
+    }
+}
+
+fn in_selection(ev: &watcher::Event<DynamicObject>, selected: &BTreeSet<String>) -> bool {
+    let ns = match ev {
+        watcher::Event::InitApply(o) | watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+            o.metadata.namespace.as_deref()
+        }
+        watcher::Event::Init | watcher::Event::InitDone => return true,
+    };
+    ns.is_some_and(|n| selected.contains(n))
 }

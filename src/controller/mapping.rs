@@ -127,7 +127,7 @@ pub async fn reconcile(
                 None => Action::await_change(),
             })
         }
-        Decision::Sync(reason) => sync_and_record(&ctx, &nm, &prev, reason).await,
+        Decision::Sync(reason) => sync_and_record(&ctx, &nm, &prev, reason, None).await,
     }
 }
 
@@ -138,6 +138,7 @@ async fn sync_and_record(
     nm: &NamespaceMapping,
     prev: &NamespaceMappingStatus,
     reason: &str,
+    incoming: Option<super::continuous::Incoming>,
 ) -> Result<Action, ControllerError> {
     let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
     tracing::info!(mapping = %key, reason, "sync started");
@@ -146,7 +147,20 @@ async fn sync_and_record(
         Err(e) => return finish_failed(ctx, nm, prev, &e.to_string(), false).await,
     };
     let trigger = nm.annotations().get(keys::SYNC_NOW).cloned();
-    match sync::run(ctx, nm, cm.as_ref()).await {
+    // A watched batch is published as a patch when it can be; otherwise (or when the patch
+    // path says so) the whole mapping is exported.
+    let result = match incoming {
+        Some(incoming) => match super::incremental::run(ctx, nm, cm.as_ref(), incoming).await {
+            Ok(report) => Ok(report),
+            Err(super::incremental::IncrementalError::Sync(e)) => Err(e),
+            Err(super::incremental::IncrementalError::NeedsFull(why)) => {
+                tracing::info!(mapping = %key, why, "full sync instead of a patch");
+                sync::run(ctx, nm, cm.as_ref()).await
+            }
+        },
+        None => sync::run(ctx, nm, cm.as_ref()).await,
+    };
+    match result {
         Ok(report) => {
             let mut s = status::synced(prev, &report, nm.metadata.generation, trigger, now());
             s.next_sync_time = match (&nm.spec.replication_mode, &nm.spec.schedule) {
@@ -188,6 +202,7 @@ pub async fn sync_triggered(
     namespace: &str,
     name: &str,
     reason: &str,
+    incoming: Option<super::continuous::Incoming>,
 ) -> Result<(), ControllerError> {
     let lock = ctx.lock_for(&format!("{namespace}/{name}"));
     let _guard = lock.lock().await;
@@ -199,7 +214,9 @@ pub async fn sync_triggered(
         return Ok(());
     }
     let prev = nm.status.clone().unwrap_or_default();
-    sync_and_record(ctx, &nm, &prev, reason).await.map(|_| ())
+    sync_and_record(ctx, &nm, &prev, reason, incoming)
+        .await
+        .map(|_| ())
 }
 
 fn record_success(ctx: &Ctx, key: &str, report: &sync::SyncReport) {
@@ -217,6 +234,12 @@ fn record_success(ctx: &Ctx, key: &str, report: &sync::SyncReport) {
     ) {
         m.commits.get_or_create(&label).inc();
     }
+    m.syncs
+        .get_or_create(&super::metrics::PathLabel {
+            mapping: key.to_string(),
+            path: if report.patch { "patch" } else { "full" }.into(),
+        })
+        .inc();
     m.breaker_held.get_or_create(&label).set(0);
     m.last_success
         .get_or_create(&label)

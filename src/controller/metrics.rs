@@ -25,6 +25,15 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// `mapping`, `path`: `patch` (Continuous mode's incremental commit) or `full`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    /// Mapping key.
+    pub mapping: String,
+    /// How the sync was done.
+    pub path: String,
+}
+
 /// Every metric the controller exports.
 pub struct Metrics {
     /// The registry served on `/metrics`.
@@ -35,6 +44,9 @@ pub struct Metrics {
     pub objects_exported: Family<KindLabel, Gauge>,
     /// Commits pushed.
     pub commits: Family<MappingLabel, Counter>,
+    /// Successful syncs by how they were done (a high `full` share in Continuous mode
+    /// means changes that patches cannot express, such as HPA or Namespace edits).
+    pub syncs: Family<PathLabel, Counter>,
     /// Failed syncs whose cause was the git remote.
     pub push_failures: Family<MappingLabel, Counter>,
     /// Failed syncs of any cause.
@@ -57,6 +69,7 @@ impl Default for Metrics {
             sync_duration: sync_duration.clone(),
             objects_exported: Family::default(),
             commits: Family::default(),
+            syncs: Family::default(),
             push_failures: Family::default(),
             sync_failures: Family::default(),
             pending_changes: Family::default(),
@@ -75,6 +88,11 @@ impl Default for Metrics {
             m.objects_exported.clone(),
         );
         registry.register("commits", "Commits pushed", m.commits.clone());
+        registry.register(
+            "syncs",
+            "Successful syncs, by path (patch or full)",
+            m.syncs.clone(),
+        );
         registry.register(
             "push_failures",
             "Syncs that failed at the git remote",

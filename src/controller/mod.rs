@@ -7,12 +7,14 @@ pub mod context;
 pub mod continuous;
 pub mod direct;
 pub mod http;
+pub mod incremental;
 pub mod mapping;
 pub mod metrics;
 pub mod refs;
 pub mod schedule;
 pub mod status;
 pub mod sync;
+pub mod tracker;
 
 use std::sync::Arc;
 

@@ -67,6 +67,8 @@ pub struct SyncReport {
     pub outcome: Outcome,
     /// Wall time.
     pub duration: std::time::Duration,
+    /// Whether it was an incremental patch (not a full export).
+    pub patch: bool,
 }
 
 /// Runs one sync.
@@ -162,9 +164,49 @@ pub async fn run(
             summary,
             outcome: Outcome::Direct(applied),
             duration: start.elapsed(),
+            patch: false,
         });
     }
 
+    let (target, recipients) = git_setup(ctx, nm, cm).await?;
+    let info = CommitInfo {
+        mapping: name,
+        source_cluster: source_cluster.unwrap_or_else(|| "local".into()),
+        kubernetes_version: version,
+    };
+    let key = ctx.fingerprint_key.clone();
+    // git2 is blocking: run the git part on the blocking pool.
+    let (published, summary) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
+        let repo = Repo::open(target)?;
+        let head = repo.fetch()?;
+        let previous = repo.files_at(head)?;
+        let writer = SecretWriter {
+            recipients,
+            fingerprint_key: &key,
+            previous: &previous,
+        };
+        let mut tree = export::build_tree(&objects, Some(&writer), &mut summary)?;
+        output::keep_failed_types(&mut tree, &previous, &summary);
+        Ok((repo.publish(head, &tree, &info, &breaker)?, summary))
+    })
+    .await
+    .map_err(|e| SyncError::Config(format!("sync task failed: {e}")))??;
+    Ok(SyncReport {
+        summary,
+        outcome: Outcome::Git(published),
+        duration: start.elapsed(),
+        patch: false,
+    })
+}
+
+/// The git destination of a mapping (its own or the ClusterMapping's default) with
+/// credentials resolved, and the age recipients for its Secrets.
+pub async fn git_setup(
+    ctx: &Ctx,
+    nm: &NamespaceMapping,
+    cm: Option<&ClusterMapping>,
+) -> Result<(Target, Recipients), SyncError> {
+    let ns = nm.metadata.namespace.clone().unwrap_or_default();
     let Some((git, git_field)) = refs::git_destination(nm, cm) else {
         return Err(SyncError::Config(
             "spec.destination: none set and the ClusterMapping has no defaults.git".into(),
@@ -197,38 +239,12 @@ pub async fn run(
     };
     let recipients = Recipients::from_list(&refs::recipients(&ctx.client, nm, cm).await?)
         .map_err(|e| SyncError::Config(format!("spec.secrets.ageRecipients: {e}")))?;
-    let info = CommitInfo {
-        mapping: name,
-        source_cluster: source_cluster.unwrap_or_else(|| "local".into()),
-        kubernetes_version: version,
-    };
-    let key = ctx.fingerprint_key.clone();
-    // git2 is blocking: run the git part on the blocking pool.
-    let (published, summary) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
-        let repo = Repo::open(target)?;
-        let head = repo.fetch()?;
-        let previous = repo.files_at(head)?;
-        let writer = SecretWriter {
-            recipients,
-            fingerprint_key: &key,
-            previous: &previous,
-        };
-        let mut tree = export::build_tree(&objects, Some(&writer), &mut summary)?;
-        output::keep_failed_types(&mut tree, &previous, &summary);
-        Ok((repo.publish(head, &tree, &info, &breaker)?, summary))
-    })
-    .await
-    .map_err(|e| SyncError::Config(format!("sync task failed: {e}")))??;
-    Ok(SyncReport {
-        summary,
-        outcome: Outcome::Git(published),
-        duration: start.elapsed(),
-    })
+    Ok((target, recipients))
 }
 
 /// Breaker thresholds from `deletionSafety`; `dr-syncer.io/allow-mass-deletion: <batch id>`
 /// releases exactly the held batch with that id (shown in `status.lastError`).
-fn breaker(nm: &NamespaceMapping) -> Breaker {
+pub fn breaker(nm: &NamespaceMapping) -> Breaker {
     let safety = nm.spec.deletion_safety.clone();
     let release = nm
         .metadata

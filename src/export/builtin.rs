@@ -22,21 +22,29 @@ pub type HpaTargets = BTreeSet<(String, String, String)>;
 /// Collects the targets of every HorizontalPodAutoscaler among `objects`.
 pub fn hpa_targets<'a>(objects: impl Iterator<Item = (&'a ResourceType, &'a Value)>) -> HpaTargets {
     objects
-        .filter(|(rt, _)| rt.group == "autoscaling" && rt.kind == "HorizontalPodAutoscaler")
-        .filter_map(|(_, hpa)| {
-            let target = get(hpa, &["spec", "scaleTargetRef"])?;
-            let api_version = target
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("apps/v1");
-            let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-            Some((
-                group.to_string(),
-                target.get("kind")?.as_str()?.to_string(),
-                target.get("name")?.as_str()?.to_string(),
-            ))
-        })
+        .filter(|(rt, _)| is_hpa(rt))
+        .filter_map(|(_, hpa)| hpa_target(hpa))
         .collect()
+}
+
+/// Whether `rt` is the HorizontalPodAutoscaler type (its targets keep their replicas).
+pub fn is_hpa(rt: &ResourceType) -> bool {
+    rt.group == "autoscaling" && rt.kind == "HorizontalPodAutoscaler"
+}
+
+/// The workload one HorizontalPodAutoscaler scales, as `(group, kind, name)`.
+pub fn hpa_target(hpa: &Value) -> Option<(String, String, String)> {
+    let target = get(hpa, &["spec", "scaleTargetRef"])?;
+    let api_version = target
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("apps/v1");
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+    Some((
+        group.to_string(),
+        target.get("kind")?.as_str()?.to_string(),
+        target.get("name")?.as_str()?.to_string(),
+    ))
 }
 
 /// Runs every built-in transform.

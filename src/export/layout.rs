@@ -3,7 +3,7 @@
 //! namespace name), and a generated, sorted `kustomization.yaml` per top-level directory plus
 //! one at the root, so `kubectl apply -k`, Flux and Argo CD all read the tree as it is.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::json;
 
@@ -32,6 +32,15 @@ pub fn object_path(rt: &ResourceType, namespace: Option<&str>, name: &str) -> St
     format!("{dir}/{}/{}/{name}.{ext}", rt.group_dir(), rt.plural)
 }
 
+/// Whether `path` is a generated kustomization (root or top-level directory) rather than
+/// an object file — an object may well be named `kustomization`.
+pub fn is_kustomization(path: &str) -> bool {
+    path == KUSTOMIZATION
+        || path
+            .split_once('/')
+            .is_some_and(|(_, rest)| rest == KUSTOMIZATION)
+}
+
 /// `(top-level directory, group dir, plural)` of a path made by [`object_path`].
 pub fn path_kind(path: &str) -> Option<(&str, &str, &str)> {
     let mut parts = path.split('/');
@@ -48,32 +57,34 @@ impl Tree {
 
     /// Regenerates every `kustomization.yaml` from the object files present.
     pub fn write_kustomizations(&mut self) {
-        self.files.retain(|p, _| !p.ends_with(KUSTOMIZATION));
-        let mut per_dir: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for path in self.files.keys() {
-            // Dot-directories (exporter state) are never applied.
-            if path.starts_with('.') {
-                continue;
-            }
-            if let Some((top, rest)) = path.split_once('/') {
-                per_dir
-                    .entry(top.to_string())
-                    .or_default()
-                    .push(rest.to_string());
-            }
+        self.files.retain(|p, _| !is_kustomization(p));
+        let generated = kustomizations(self.files.keys().map(String::as_str));
+        self.files.extend(generated);
+    }
+}
+
+/// The `kustomization.yaml` files (path → content) for a tree holding `paths`: one per
+/// top-level directory listing its files, and one at the root listing the directories.
+pub fn kustomizations<'a>(paths: impl Iterator<Item = &'a str>) -> BTreeMap<String, Vec<u8>> {
+    let mut per_dir: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for path in paths {
+        // Dot-directories (exporter state) are never applied.
+        if path.starts_with('.') || is_kustomization(path) {
+            continue;
         }
-        let mut top_dirs = BTreeSet::new();
-        for (dir, resources) in per_dir {
-            self.files
-                .insert(format!("{dir}/{KUSTOMIZATION}"), kustomization(&resources));
-            top_dirs.insert(dir);
-        }
-        if !top_dirs.is_empty() {
-            let resources: Vec<String> = top_dirs.into_iter().collect();
-            self.files
-                .insert(KUSTOMIZATION.to_string(), kustomization(&resources));
+        if let Some((top, rest)) = path.split_once('/') {
+            per_dir.entry(top).or_default().push(rest.to_string());
         }
     }
+    let mut out = BTreeMap::new();
+    let top_dirs: Vec<String> = per_dir.keys().map(|d| d.to_string()).collect();
+    for (dir, resources) in per_dir {
+        out.insert(format!("{dir}/{KUSTOMIZATION}"), kustomization(&resources));
+    }
+    if !top_dirs.is_empty() {
+        out.insert(KUSTOMIZATION.to_string(), kustomization(&top_dirs));
+    }
+    out
 }
 
 fn kustomization(resources: &[String]) -> Vec<u8> {

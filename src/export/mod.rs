@@ -10,6 +10,7 @@ pub mod filter;
 pub mod layout;
 pub mod object;
 pub mod output;
+pub mod patch;
 pub mod policy;
 pub mod render;
 pub mod resource;
@@ -67,7 +68,9 @@ pub fn process(
     out
 }
 
-fn process_object(
+/// Cleans and transforms one object of `source_ns` exported into `dest_ns`; `None` when
+/// the policy leaves it out (counted in `summary`). `hpa` are the namespace's HPA targets.
+pub fn process_object(
     obj: SourceObject,
     source_ns: &str,
     dest_ns: &str,

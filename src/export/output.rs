@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::layout::{KUSTOMIZATION, Tree, path_kind};
+use super::layout::{Tree, path_kind};
 
 /// Marker file at the root of an export directory; without it an existing, non-empty
 /// directory is refused rather than replaced.
@@ -110,7 +110,7 @@ pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
 /// holds (types whose listing failed), then regenerates the kustomizations.
 pub fn carry_over(new: &mut Tree, old: &Tree, keep: impl Fn(&str, &str, &str) -> bool) {
     for (p, content) in &old.files {
-        if p.ends_with(KUSTOMIZATION) || new.files.contains_key(p) {
+        if super::layout::is_kustomization(p) || new.files.contains_key(p) {
             continue;
         }
         if path_kind(p).is_some_and(|(top, group, plural)| keep(top, group, plural)) {

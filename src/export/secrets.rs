@@ -47,11 +47,26 @@ fn previous_fingerprints(previous: &Tree) -> BTreeMap<String, String> {
     previous
         .files
         .get(STATE_FILE)
-        .and_then(|b| {
-            serde_saphyr::from_slice::<BTreeMap<String, BTreeMap<String, String>>>(b).ok()
-        })
+        .map(|b| parse_state(b))
+        .unwrap_or_default()
+}
+
+/// Fingerprints by path from the state file's bytes (unreadable state = none: re-encrypt).
+pub fn parse_state(bytes: &[u8]) -> BTreeMap<String, String> {
+    serde_saphyr::from_slice::<BTreeMap<String, BTreeMap<String, String>>>(bytes)
+        .ok()
         .and_then(|mut m| m.remove("secrets"))
         .unwrap_or_default()
+}
+
+/// The state file's bytes for `state` (fingerprints by path).
+pub fn render_state(state: &BTreeMap<String, String>) -> Result<Vec<u8>, sops::SopsError> {
+    let doc = BTreeMap::from([("secrets", state)]);
+    Ok(format!(
+        "# Keyed fingerprints of the plaintext Secrets (HMAC-SHA256, key outside git).\n{}",
+        crate::yaml::to_string(&doc)?
+    )
+    .into_bytes())
 }
 
 impl SecretWriter<'_> {
@@ -92,15 +107,10 @@ impl SecretWriter<'_> {
             state.insert(path, fp);
         }
         if !state.is_empty() {
-            let doc = BTreeMap::from([("secrets", state)]);
-            let text = format!(
-                "# Keyed fingerprints of the plaintext Secrets (HMAC-SHA256, key outside git).\n{}",
-                crate::yaml::to_string(&doc)?
-            );
-            tree.insert(STATE_FILE.into(), text.into_bytes());
+            tree.insert(STATE_FILE.into(), render_state(&state)?);
         }
         if !recipients.is_empty() {
-            tree.insert(".sops.yaml".into(), sops_config(&recipients).into_bytes());
+            tree.insert(SOPS_CONFIG.into(), sops_config(&recipients).into_bytes());
         }
         tree.insert(
             ".sourceignore".into(),
@@ -109,7 +119,35 @@ impl SecretWriter<'_> {
         );
         Ok(())
     }
+
+    /// The `.sops.yaml` this writer's recipients produce (`None` without recipients).
+    pub fn sops_config(&self) -> Option<Vec<u8>> {
+        let recipients = self.recipients.strings();
+        (!recipients.is_empty()).then(|| sops_config(&recipients).into_bytes())
+    }
+
+    /// One Secret's fingerprint and, unless it equals `old_fp` (the committed file stays),
+    /// its encrypted file.
+    pub fn encrypt_one(
+        &self,
+        obj: &ExportedObject,
+        old_fp: Option<&String>,
+    ) -> Result<(String, Option<Vec<u8>>), sops::SopsError> {
+        let fp = fingerprint(
+            self.fingerprint_key,
+            &render::render(&obj.value)?,
+            &self.recipients.strings(),
+        );
+        if old_fp == Some(&fp) {
+            return Ok((fp, None));
+        }
+        let content = sops::encrypt(&obj.value, &self.recipients, jiff::Timestamp::now())?;
+        Ok((fp, Some(content.into_bytes())))
+    }
 }
+
+/// The sops settings file at the mapping's root.
+pub const SOPS_CONFIG: &str = ".sops.yaml";
 
 /// Creation rules so people editing with the sops CLI encrypt the way dr-syncer does.
 fn sops_config(recipients: &[String]) -> String {

@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod known_hosts;
+mod snapshot;
 mod transport;
 mod treeio;
 
@@ -20,6 +21,7 @@ use crate::export::output::{self, Diff};
 
 pub use breaker::{Breaker, Held};
 pub use known_hosts::KnownHosts;
+pub use snapshot::{Patch, Snapshot};
 pub use transport::Auth;
 
 /// Push attempts before a persistent non-fast-forward is reported.
@@ -109,6 +111,12 @@ pub enum Published {
     },
 }
 
+/// What one commit-and-push attempt ended in.
+enum Pushed {
+    Done(Published),
+    Retry,
+}
+
 /// A mapping's local clone.
 pub struct Repo {
     repo: Repository,
@@ -181,60 +189,150 @@ impl Repo {
                     head: head.map(|h| h.to_string()),
                 });
             }
-            let (subject, message) = commit_message(info, &diff);
-            let sig = Signature::now(&self.target.author.0, &self.target.author.1)
-                .map_err(git("author"))?;
-            let root_tree = self.repo.find_tree(root).map_err(git("reading tree"))?;
-            let parents: Vec<git2::Commit> = head
-                .map(|h| self.repo.find_commit(h))
-                .transpose()
-                .map_err(git("reading head"))?
-                .into_iter()
-                .collect();
-            let parent_refs: Vec<&git2::Commit> = parents.iter().collect();
-            let commit = self
-                .repo
-                .commit(None, &sig, &sig, &message, &root_tree, &parent_refs)
-                .map_err(git("commit"))?;
-            // The local branch moves in one atomic ref update; a crash leaves either ref.
-            self.repo
-                .reference(
-                    &format!("refs/heads/{}", self.target.branch),
-                    commit,
-                    true,
-                    "dr-syncer sync",
-                )
-                .map_err(git("updating the local branch"))?;
-            match transport::push(&self.repo, &self.target) {
-                Ok(()) => {
-                    return Ok(Published::Committed {
-                        sha: commit.to_string(),
-                        subject,
-                        diff,
-                        attempts: attempt,
-                    });
-                }
-                Err(transport::PushError::NonFastForward) if attempt < PUSH_ATTEMPTS => {
+            match self.commit_and_push(head, root, info, diff, attempt)? {
+                Pushed::Done(p) => return Ok(p),
+                Pushed::Retry => {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     head = self.fetch()?;
                 }
-                Err(transport::PushError::NonFastForward) => {
-                    return Err(GitError::Remote {
-                        url: self.target.url.clone(),
-                        message: format!(
-                            "branch {} kept moving; gave up after {attempt} attempts",
-                            self.target.branch
-                        ),
-                    });
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Commits `root` on top of `head`, moves the local branch and pushes. `Retry` when
+    /// another writer moved the remote branch and attempts remain.
+    fn commit_and_push(
+        &self,
+        head: Option<Oid>,
+        root: Oid,
+        info: &CommitInfo,
+        diff: Diff,
+        attempt: u32,
+    ) -> Result<Pushed, GitError> {
+        let (subject, message) = commit_message(info, &diff);
+        let sig =
+            Signature::now(&self.target.author.0, &self.target.author.1).map_err(git("author"))?;
+        let root_tree = self.repo.find_tree(root).map_err(git("reading tree"))?;
+        let parents: Vec<git2::Commit> = head
+            .map(|h| self.repo.find_commit(h))
+            .transpose()
+            .map_err(git("reading head"))?
+            .into_iter()
+            .collect();
+        let parent_refs: Vec<&git2::Commit> = parents.iter().collect();
+        let commit = self
+            .repo
+            .commit(None, &sig, &sig, &message, &root_tree, &parent_refs)
+            .map_err(git("commit"))?;
+        // The local branch moves in one atomic ref update; a crash leaves either ref.
+        self.repo
+            .reference(
+                &format!("refs/heads/{}", self.target.branch),
+                commit,
+                true,
+                "dr-syncer sync",
+            )
+            .map_err(git("updating the local branch"))?;
+        match transport::push(&self.repo, &self.target) {
+            Ok(()) => Ok(Pushed::Done(Published::Committed {
+                sha: commit.to_string(),
+                subject,
+                diff,
+                attempts: attempt,
+            })),
+            Err(transport::PushError::NonFastForward) if attempt < PUSH_ATTEMPTS => {
+                Ok(Pushed::Retry)
+            }
+            Err(transport::PushError::NonFastForward) => Err(GitError::Remote {
+                url: self.target.url.clone(),
+                message: format!(
+                    "branch {} kept moving; gave up after {attempt} attempts",
+                    self.target.branch
+                ),
+            }),
+            Err(transport::PushError::Failed(message)) => Err(GitError::Remote {
+                url: self.target.url.clone(),
+                message: format!(
+                    "{message} (commit {commit} is kept locally and rebuilt on the next sync)"
+                ),
+            }),
+        }
+    }
+
+    /// Applies file-level `changes` (built by `build` from each head it tries) at our path
+    /// on top of the remote head, without reading or rewriting the other files: the
+    /// incremental path of Continuous mode. Only existing heads can be patched.
+    pub fn publish_patch<F, E>(
+        &self,
+        mut head: Oid,
+        info: &CommitInfo,
+        breaker: &Breaker,
+        mut build: F,
+    ) -> Result<Published, E>
+    where
+        F: FnMut(&Snapshot<'_>) -> Result<Patch, E>,
+        E: From<GitError>,
+    {
+        let mut backoff = Duration::from_millis(200);
+        for attempt in 1..=PUSH_ATTEMPTS {
+            let base = self
+                .repo
+                .find_commit(head)
+                .and_then(|c| c.tree())
+                .map_err(git("reading head"))?;
+            let snapshot = Snapshot::read(&self.repo, &base, &self.target.path)?;
+            let patch = build(&snapshot)?;
+            let diff = snapshot.diff(&patch);
+            let total = snapshot.paths.keys().filter(|p| is_object(p)).count() as u64;
+            breaker
+                .check(&diff.deleted, total)
+                .map_err(GitError::from)?;
+            let mut update = git2::build::TreeUpdateBuilder::new();
+            let prefix = self.target.path.trim_matches('/');
+            let full = |p: &str| {
+                if prefix.is_empty() {
+                    p.to_string()
+                } else {
+                    format!("{prefix}/{p}")
                 }
-                Err(transport::PushError::Failed(message)) => {
-                    return Err(GitError::Remote {
-                        url: self.target.url.clone(),
-                        message: format!(
-                            "{message} (commit {commit} is kept locally and rebuilt on the next sync)"
-                        ),
-                    });
+            };
+            for (path, content) in &patch {
+                match content {
+                    Some(bytes) => {
+                        let blob = self.repo.blob(bytes).map_err(git("writing a blob"))?;
+                        update.upsert(full(path), blob, git2::FileMode::Blob);
+                    }
+                    None if snapshot.paths.contains_key(path) => {
+                        update.remove(full(path));
+                    }
+                    None => {}
+                }
+            }
+            let root = update
+                .create_updated(&self.repo, &base)
+                .map_err(git("updating the tree"))?;
+            if root == base.id() {
+                return Ok(Published::Unchanged {
+                    head: Some(head.to_string()),
+                });
+            }
+            match self.commit_and_push(Some(head), root, info, diff, attempt)? {
+                Pushed::Done(p) => return Ok(p),
+                Pushed::Retry => {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    match self.fetch()? {
+                        Some(h) => head = h,
+                        None => {
+                            return Err(GitError::Remote {
+                                url: self.target.url.clone(),
+                                message: format!("branch {} vanished", self.target.branch),
+                            }
+                            .into());
+                        }
+                    }
                 }
             }
         }
@@ -249,7 +347,7 @@ impl Repo {
 
 /// Object files: not kustomizations, not dot-files (state, sops config).
 fn is_object(path: &str) -> bool {
-    !path.starts_with('.') && path.contains('/') && !path.ends_with("kustomization.yaml")
+    !path.starts_with('.') && path.contains('/') && !crate::export::layout::is_kustomization(path)
 }
 
 fn object_diff(old: &Tree, new: &Tree) -> Diff {

@@ -141,3 +141,34 @@ pub fn read_path(repo: &Repository, root: &git2::Tree, path: &str) -> Result<Tre
         None => Ok(out),
     }
 }
+
+/// The blob ids below `path` in `root`, by path relative to `path` (no content is read).
+pub fn list_path(
+    repo: &Repository,
+    root: &git2::Tree,
+    path: &str,
+) -> Result<BTreeMap<String, Oid>, GitError> {
+    let path = path.trim_matches('/');
+    let tree = if path.is_empty() {
+        root.clone()
+    } else {
+        match root.get_path(std::path::Path::new(path)) {
+            Ok(entry) if entry.kind() == Some(ObjectType::Tree) => {
+                repo.find_tree(entry.id()).map_err(git("reading a tree"))?
+            }
+            _ => return Ok(BTreeMap::new()),
+        }
+    };
+    let mut out = BTreeMap::new();
+    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.kind() == Some(ObjectType::Blob) {
+            out.insert(
+                format!("{dir}{}", entry.name().unwrap_or_default()),
+                entry.id(),
+            );
+        }
+        TreeWalkResult::Ok
+    })
+    .map_err(git("walking a tree"))?;
+    Ok(out)
+}

@@ -452,6 +452,31 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
         head_before_full,
         "a full export changed what the patches wrote"
     );
+    // 23 with watches running: a quiet minute writes no commit and no status.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rv, head) = (
+        nms.get("continuous")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        git(&repo, &["rev-parse", "main"]),
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        nms.get("continuous")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        rv,
+        "status churn in a quiet minute"
+    );
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        head,
+        "commit in a quiet minute"
+    );
     // A status-only change of a watched object is not a change of the export.
     let head = git(&repo, &["rev-parse", "main"]);
     let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client, "case18");
@@ -1294,4 +1319,106 @@ async fn controller_continuous_direct_apply_propagates_changes() {
         .await
         .unwrap();
     until("delete", "b", None).await;
+}
+
+/// Continuous mode over a `namespaceSelector`: changes in selected namespaces are
+/// committed, unselected ones ignored; a namespace that gains the label is exported and
+/// then followed like the others, one that loses it leaves the repository.
+#[tokio::test]
+async fn controller_continuous_namespace_selector_follows_labels() {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let applier = Applier::new(client.clone(), "test");
+    let ns = "dr-syncer-sel";
+    let label = "dr-cont-sel";
+    let namespace = |name: &str, selected: bool| {
+        let labels = if selected {
+            json!({label: "on"})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+    };
+    let cm = |ns: &str, name: &str, v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"v": v}});
+    applier.apply(&namespace(ns, false)).await;
+    for (n, selected) in [("sel-a", true), ("sel-b", true), ("sel-other", false)] {
+        applier.apply(&namespace(n, selected)).await;
+        applier.apply(&cm(n, "conf", "1")).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let _controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        "controller-selector",
+        &free_addr(),
+        &[],
+    );
+    applier
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": "selected", "namespace": ns},
+            "spec": {"namespaceSelector": {"matchLabels": {label: "on"}}, "destinationNamespaceSuffix": "-dr",
+                     "resourceTypes": ["configmaps"], "replicationMode": "Continuous",
+                     "continuous": {"debounce": "1s", "maxDelay": "5s", "resyncInterval": "1h"},
+                     "destination": {"git": {"url": daemon.url("dr.git"), "branch": "main", "path": "sel"}}}}))
+        .await;
+    let show = |p: &str| {
+        let out = Command::new("git")
+            .args(["show", &format!("main:sel/{p}")])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let conf = |n: &str| format!("{n}-dr/core/configmaps/conf.yaml");
+    wait_until(60, "first export", || show(&conf("sel-a")).is_some()).await;
+    assert!(show(&conf("sel-b")).is_some());
+    assert!(
+        show(&conf("sel-other")).is_none(),
+        "unselected namespace exported"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A change in a selected namespace.
+    applier.apply(&cm("sel-a", "conf", "2")).await;
+    wait_until(30, "change in sel-a", || {
+        show(&conf("sel-a")).is_some_and(|t| t.contains("v: '2'") || t.contains("v: \"2\""))
+    })
+    .await;
+    // A change in an unselected namespace is not exported.
+    applier.apply(&cm("sel-other", "conf", "2")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(show(&conf("sel-other")).is_none());
+    // The label arrives: the namespace is exported and followed from then on.
+    applier.apply(&namespace("sel-other", true)).await;
+    wait_until(30, "sel-other joined", || {
+        show(&conf("sel-other")).is_some()
+    })
+    .await;
+    applier.apply(&cm("sel-other", "late", "1")).await;
+    wait_until(30, "new object in the joined namespace", || {
+        show("sel-other-dr/core/configmaps/late.yaml").is_some()
+    })
+    .await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "sel-other");
+    cms.delete("late", &Default::default()).await.unwrap();
+    wait_until(30, "deletion in the joined namespace", || {
+        show("sel-other-dr/core/configmaps/late.yaml").is_none()
+    })
+    .await;
+    // The label goes: its directory leaves the repository.
+    applier.apply(&namespace("sel-b", false)).await;
+    wait_until(30, "sel-b left", || {
+        show("sel-b-dr/kustomization.yaml").is_none()
+    })
+    .await;
+    assert!(show(&conf("sel-a")).is_some() && show(&conf("sel-other")).is_some());
+    let root = show("kustomization.yaml").unwrap();
+    assert!(!root.contains("sel-b-dr"), "{root}");
 }

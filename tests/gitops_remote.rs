@@ -397,3 +397,107 @@ fn git_breaker_holds_a_mass_deletion_until_released() {
     let out = ok(&env.export(&empty, &url, &["--allow-mass-deletion"]));
     assert!(out.contains("18 deleted"), "{out}");
 }
+
+/// A patch (Continuous mode's commit) through git daemon: only the named files change, a
+/// directory whose last file goes disappears (git has no empty directories), a patch
+/// that changes nothing makes no commit, and other paths of the repository are untouched.
+#[test]
+fn git_patch_commits_touch_only_the_named_files() {
+    use dr_syncer::export::Tree;
+    use dr_syncer::gitops::{Breaker, CommitInfo, Patch, Published, Repo, Target};
+    let env = Env::new();
+    let repo = bare_repo(&env.path("srv"), "dr.git");
+    let daemon = GitDaemon::start(&env.path("srv"));
+    let target = Target {
+        url: daemon.url("dr.git"),
+        branch: "main".into(),
+        path: "mapping".into(),
+        auth: Default::default(),
+        author: ("t".into(), "t@example.com".into()),
+        cache_dir: env.path("cache"),
+    };
+    let info = CommitInfo::default();
+    let breaker = Breaker {
+        max_percent: 100,
+        max_count: None,
+        allow: false,
+        release: None,
+    };
+    let r = Repo::open(target).unwrap();
+    let mut tree = Tree::default();
+    for p in [
+        "shop/core/configmaps/a.yaml",
+        "shop/core/configmaps/b.yaml",
+        "shop/apps/deployments/web.yaml",
+    ] {
+        tree.insert(p.into(), format!("{p}\n").into_bytes());
+    }
+    r.publish(r.fetch().unwrap(), &tree, &info, &breaker)
+        .unwrap();
+    // 1: one changed file; the other files keep their blob ids.
+    let before = git(&repo, &["ls-tree", "-r", "main"]);
+    let patch = Patch::from([(
+        "shop/core/configmaps/a.yaml".into(),
+        Some(b"new\n".to_vec()),
+    )]);
+    let p = r
+        .publish_patch::<_, dr_syncer::gitops::GitError>(
+            r.fetch().unwrap().unwrap(),
+            &info,
+            &breaker,
+            |_| Ok(patch.clone()),
+        )
+        .unwrap();
+    assert!(
+        matches!(p, Published::Committed { ref subject, .. } if subject.contains("0 added, 1 changed, 0 deleted")),
+        "{p:?}"
+    );
+    assert_eq!(show(&repo, "mapping/shop/core/configmaps/a.yaml"), "new\n");
+    let after = git(&repo, &["ls-tree", "-r", "main"]);
+    let changed: Vec<&str> = after.lines().filter(|l| !before.contains(*l)).collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    // 2: the same patch again changes nothing: no commit.
+    let h = head(&repo);
+    let p = r
+        .publish_patch::<_, dr_syncer::gitops::GitError>(
+            r.fetch().unwrap().unwrap(),
+            &info,
+            &breaker,
+            |_| Ok(patch.clone()),
+        )
+        .unwrap();
+    assert!(matches!(p, Published::Unchanged { .. }), "{p:?}");
+    assert_eq!(head(&repo), h);
+    // 3: deleting a directory's only file removes the directory.
+    let p = r
+        .publish_patch::<_, dr_syncer::gitops::GitError>(
+            r.fetch().unwrap().unwrap(),
+            &info,
+            &breaker,
+            |snapshot| {
+                assert!(
+                    snapshot
+                        .paths
+                        .contains_key("shop/apps/deployments/web.yaml")
+                );
+                Ok(Patch::from([(
+                    "shop/apps/deployments/web.yaml".into(),
+                    None,
+                )]))
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(p, Published::Committed { ref subject, .. } if subject.contains("0 added, 0 changed, 1 deleted")),
+        "{p:?}"
+    );
+    let dirs = git(&repo, &["ls-tree", "-r", "-t", "--name-only", "main"]);
+    assert!(
+        !dirs.contains("shop/apps"),
+        "empty directory left behind:\n{dirs}"
+    );
+    assert!(
+        dirs.contains("mapping/shop/core/configmaps/b.yaml"),
+        "{dirs}"
+    );
+}

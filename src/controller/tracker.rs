@@ -225,3 +225,176 @@ impl Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::export::Registry;
+
+    fn rt(api_version: &str, kind: &str) -> ResourceType {
+        Registry::builtin()
+            .lookup(api_version, kind)
+            .unwrap()
+            .clone()
+    }
+
+    fn obj(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn cm(name: &str, data: &str, rv: &str) -> DynamicObject {
+        obj(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "shop", "resourceVersion": rv}, "data": {"k": data}}),
+        )
+    }
+
+    fn deploy(replicas: u32, ready: u32) -> DynamicObject {
+        obj(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"},
+                   "spec": {"replicas": replicas}, "status": {"readyReplicas": ready}}),
+        )
+    }
+
+    fn listed(t: &mut Tracker, rt: &ResourceType, objs: Vec<DynamicObject>) -> bool {
+        let mut changed = t.observe(rt, Event::Init);
+        for o in objs {
+            changed |= t.observe(rt, Event::InitApply(o));
+        }
+        changed | t.observe(rt, Event::InitDone)
+    }
+
+    /// (case, event after the baseline [a, web], changed?, dirty names with deleted?)
+    type Case = (
+        &'static str,
+        ResourceType,
+        Event<DynamicObject>,
+        bool,
+        Vec<(&'static str, bool)>,
+    );
+
+    #[test]
+    fn tracker_events_table() {
+        let cms = rt("v1", "ConfigMap");
+        let deps = rt("apps/v1", "Deployment");
+        let ignored = obj(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "shop", "labels": {"dr-syncer.io/ignore": "true"}}, "data": {"k": "1"}}),
+        );
+        // (case, event after the baseline [a, web], changed?, dirty keys as name → deleted?)
+        let cases: Vec<Case> = vec![
+            (
+                "same content, new resourceVersion",
+                cms.clone(),
+                Event::Apply(cm("a", "1", "9")),
+                false,
+                vec![],
+            ),
+            (
+                "data changed",
+                cms.clone(),
+                Event::Apply(cm("a", "2", "9")),
+                true,
+                vec![("a", false)],
+            ),
+            (
+                "created",
+                cms.clone(),
+                Event::Apply(cm("b", "1", "9")),
+                true,
+                vec![("b", false)],
+            ),
+            (
+                "deleted",
+                cms.clone(),
+                Event::Delete(cm("a", "1", "9")),
+                true,
+                vec![("a", true)],
+            ),
+            (
+                "deleting an unknown object",
+                cms.clone(),
+                Event::Delete(cm("zz", "1", "9")),
+                false,
+                vec![],
+            ),
+            (
+                "status only",
+                deps.clone(),
+                Event::Apply(deploy(3, 1)),
+                false,
+                vec![],
+            ),
+            (
+                "spec changed",
+                deps.clone(),
+                Event::Apply(deploy(4, 3)),
+                true,
+                vec![("web", false)],
+            ),
+            (
+                "ignore label added",
+                cms.clone(),
+                Event::Apply(ignored),
+                true,
+                vec![("a", false)],
+            ),
+        ];
+        for (case, t_rt, event, changed, dirty) in cases {
+            let mut t = Tracker::new(Policy::default());
+            assert!(
+                !listed(&mut t, &cms, vec![cm("a", "1", "1")]),
+                "{case}: baseline"
+            );
+            assert!(
+                !listed(&mut t, &deps, vec![deploy(3, 3)]),
+                "{case}: baseline"
+            );
+            assert_eq!(t.observe(&t_rt, event), changed, "{case}");
+            let batch = t.take_batch(&BTreeSet::from(["shop".to_string()]));
+            let got: Vec<(&str, bool)> = batch
+                .changes
+                .iter()
+                .map(|c| (c.name.as_str(), c.object.is_none()))
+                .collect();
+            assert_eq!(got, dirty, "{case}");
+            assert!(batch.full.is_none(), "{case}");
+            assert!(
+                t.take_batch(&BTreeSet::new()).changes.is_empty(),
+                "{case}: drained"
+            );
+        }
+    }
+
+    #[test]
+    fn tracker_relist_finds_deletions_missed_while_disconnected() {
+        let cms = rt("v1", "ConfigMap");
+        let mut t = Tracker::new(Policy::default());
+        listed(&mut t, &cms, vec![cm("a", "1", "1"), cm("b", "1", "1")]);
+        assert!(listed(&mut t, &cms, vec![cm("a", "1", "1")]));
+        let batch = t.take_batch(&BTreeSet::from(["shop".to_string()]));
+        assert_eq!(batch.changes.len(), 1);
+        assert_eq!(batch.changes[0].name, "b");
+        assert!(batch.changes[0].object.is_none());
+        assert_eq!(batch.summary.kinds["configmaps"].exported, 1);
+        assert_eq!(batch.summary.kinds["namespaces"].exported, 1);
+    }
+
+    #[test]
+    fn tracker_hpa_change_needs_a_full_sync() {
+        let hpas = rt("autoscaling/v2", "HorizontalPodAutoscaler");
+        let hpa = |max: u32| {
+            obj(
+                json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web", "namespace": "shop"},
+                       "spec": {"maxReplicas": max, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}}),
+            )
+        };
+        let mut t = Tracker::new(Policy::default());
+        listed(&mut t, &hpas, vec![hpa(5)]);
+        let batch = t.take_batch(&BTreeSet::new());
+        assert!(batch.full.is_none());
+        assert!(batch.hpa["shop"].contains(&("apps".into(), "Deployment".into(), "web".into())));
+        assert!(t.observe(&hpas, Event::Apply(hpa(6))));
+        assert!(t.take_batch(&BTreeSet::new()).full.is_some());
+    }
+}

@@ -156,3 +156,298 @@ fn namespace_type() -> ResourceType {
         .expect("built-in Namespace type")
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::export::{self, NamespaceInput, Registry, Tree};
+    use crate::sops::Recipients;
+
+    impl Committed for Tree {
+        fn paths(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+            Box::new(self.files.keys().map(String::as_str))
+        }
+        fn contains(&self, path: &str) -> bool {
+            self.files.contains_key(path)
+        }
+        fn read(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.files.get(path).cloned())
+        }
+    }
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn object(v: serde_json::Value) -> SourceObject {
+        let rt = Registry::builtin()
+            .lookup(
+                v["apiVersion"].as_str().unwrap(),
+                v["kind"].as_str().unwrap(),
+            )
+            .unwrap()
+            .clone();
+        SourceObject {
+            rt,
+            value: v,
+            origin: Origin::Live,
+        }
+    }
+
+    fn cm(name: &str, data: &str) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "shop", "uid": "u"}, "data": {"k": data}})
+    }
+
+    fn secret(name: &str, data: &str) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "shop"}, "type": "Opaque", "data": {"k": data}})
+    }
+
+    fn deployment(name: &str, replicas: u32) -> serde_json::Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "shop"},
+               "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})
+    }
+
+    fn full(objects: &[serde_json::Value], previous: &Tree, recipients: &Recipients) -> Tree {
+        let input = NamespaceInput {
+            name: "shop".into(),
+            object: Some(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+            ),
+            objects: objects.iter().cloned().map(object).collect(),
+        };
+        let mut summary = Summary::default();
+        let exported = export::process(
+            vec![input],
+            &Policy::default(),
+            &Registry::builtin(),
+            &mut summary,
+        );
+        let writer = SecretWriter {
+            recipients: recipients.clone(),
+            fingerprint_key: KEY,
+            previous,
+        };
+        export::build_tree(&exported, Some(&writer), &mut summary).unwrap()
+    }
+
+    fn apply(tree: &Tree, patch: &Patch) -> Tree {
+        let mut out = tree.clone();
+        for (p, c) in patch {
+            match c {
+                Some(c) => out.files.insert(p.clone(), c.clone()),
+                None => out.files.remove(p),
+            };
+        }
+        out
+    }
+
+    /// The patched tree must be what a full export of the new state writes; Secrets'
+    /// ciphertext is random, so those files are compared by presence only (their
+    /// fingerprints, which are deterministic, by value).
+    fn comparable(tree: &Tree) -> BTreeMap<String, Option<Vec<u8>>> {
+        tree.files
+            .iter()
+            .map(|(p, c)| {
+                let keep = !p.ends_with(".sops.yaml") || p == secrets::SOPS_CONFIG;
+                (p.clone(), keep.then(|| c.clone()))
+            })
+            .collect()
+    }
+
+    /// (case, objects after, changes as (object, deleted?))
+    type Case = (
+        &'static str,
+        Vec<serde_json::Value>,
+        Vec<(serde_json::Value, bool)>,
+    );
+
+    #[test]
+    fn patch_equals_full_export_table() {
+        let recipients =
+            Recipients::from_list(&[age::x25519::Identity::generate().to_public().to_string()])
+                .unwrap();
+        let before = vec![
+            cm("a", "1"),
+            cm("b", "1"),
+            secret("s", "MQ=="),
+            deployment("web", 3),
+        ];
+        // (case, objects after, changes as (object, deleted))
+        let cases: Vec<Case> = vec![
+            (
+                "update",
+                vec![
+                    cm("a", "2"),
+                    cm("b", "1"),
+                    secret("s", "MQ=="),
+                    deployment("web", 3),
+                ],
+                vec![(cm("a", "2"), false)],
+            ),
+            (
+                "create",
+                vec![
+                    cm("a", "1"),
+                    cm("b", "1"),
+                    cm("c", "1"),
+                    secret("s", "MQ=="),
+                    deployment("web", 3),
+                ],
+                vec![(cm("c", "1"), false)],
+            ),
+            (
+                "delete",
+                vec![cm("a", "1"), secret("s", "MQ=="), deployment("web", 3)],
+                vec![(cm("b", "1"), true)],
+            ),
+            (
+                "delete the last of a kind",
+                vec![cm("a", "1"), cm("b", "1"), secret("s", "MQ==")],
+                vec![(deployment("web", 3), true)],
+            ),
+            (
+                "secret changed",
+                vec![
+                    cm("a", "1"),
+                    cm("b", "1"),
+                    secret("s", "Mg=="),
+                    deployment("web", 3),
+                ],
+                vec![(secret("s", "Mg=="), false)],
+            ),
+            (
+                "secret created and deleted",
+                vec![
+                    cm("a", "1"),
+                    cm("b", "1"),
+                    secret("t", "Mw=="),
+                    deployment("web", 3),
+                ],
+                vec![(secret("s", "MQ=="), true), (secret("t", "Mw=="), false)],
+            ),
+            (
+                "replicas changed",
+                vec![
+                    cm("a", "1"),
+                    cm("b", "1"),
+                    secret("s", "MQ=="),
+                    deployment("web", 5),
+                ],
+                vec![(deployment("web", 5), false)],
+            ),
+            (
+                "ignore label added",
+                vec![cm("b", "1"), secret("s", "MQ=="), deployment("web", 3)],
+                vec![(
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "shop", "labels": {"dr-syncer.io/ignore": "true"}}, "data": {"k": "1"}}),
+                    false,
+                )],
+            ),
+            (
+                "object named kustomization",
+                vec![
+                    cm("a", "1"),
+                    cm("b", "1"),
+                    cm("kustomization", "x"),
+                    secret("s", "MQ=="),
+                    deployment("web", 3),
+                ],
+                vec![(cm("kustomization", "x"), false)],
+            ),
+        ];
+        let base = full(&before, &Tree::default(), &recipients);
+        for (case, after, changes) in cases {
+            let changes: Vec<Change> = changes
+                .into_iter()
+                .map(|(v, deleted)| {
+                    let o = object(v);
+                    Change {
+                        rt: o.rt.clone(),
+                        namespace: "shop".into(),
+                        name: o.name().to_string(),
+                        object: (!deleted).then_some(o.value),
+                    }
+                })
+                .collect();
+            let writer = SecretWriter {
+                recipients: recipients.clone(),
+                fingerprint_key: KEY,
+                previous: &Tree::default(),
+            };
+            let patch = build(
+                &changes,
+                &Policy::default(),
+                &|_| HpaTargets::default(),
+                &writer,
+                &base,
+                &mut Summary::default(),
+            )
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+            let patched = apply(&base, &patch);
+            let expected = full(&after, &base, &recipients);
+            assert_eq!(comparable(&patched), comparable(&expected), "{case}");
+        }
+    }
+
+    #[test]
+    fn patch_asks_for_a_full_export_table() {
+        let recipients =
+            Recipients::from_list(&[age::x25519::Identity::generate().to_public().to_string()])
+                .unwrap();
+        let base = full(&[cm("a", "1")], &Tree::default(), &recipients);
+        let other =
+            Recipients::from_list(&[age::x25519::Identity::generate().to_public().to_string()])
+                .unwrap();
+        let elsewhere = Change {
+            namespace: "billing".into(),
+            ..change_of(cm("x", "1"))
+        };
+        let cases = [
+            (
+                "recipients changed",
+                other,
+                change_of(cm("a", "2")),
+                "age recipients",
+            ),
+            (
+                "new namespace",
+                recipients.clone(),
+                elsewhere,
+                "namespace billing",
+            ),
+        ];
+        for (case, recipients, change, expected) in cases {
+            let writer = SecretWriter {
+                recipients,
+                fingerprint_key: KEY,
+                previous: &Tree::default(),
+            };
+            let err = build(
+                &[change],
+                &Policy::default(),
+                &|_| HpaTargets::default(),
+                &writer,
+                &base,
+                &mut Summary::default(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, PatchError::NeedsFull(why) if why.contains(expected)),
+                "{case}: {err}"
+            );
+        }
+    }
+
+    fn change_of(v: serde_json::Value) -> Change {
+        let o = object(v);
+        Change {
+            rt: o.rt.clone(),
+            namespace: "shop".into(),
+            name: o.name().to_string(),
+            object: Some(o.value),
+        }
+    }
+}

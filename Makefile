@@ -13,10 +13,12 @@ test: deps envtest
 deps:
 	scripts/install-deps.sh
 
-## envtest: build kube-apiserver, etcd, kubectl and sops from Go modules (cached by go.sum)
+## envtest: build kube-apiserver, etcd, kubectl, sops and helm from Go modules, fetch the
+## Flux and Argo CD CRDs (all cached by go.sum)
 envtest:
 	tests/envtest/build.sh >/dev/null
 	tests/tools/build.sh >/dev/null
+	tests/helm/build.sh >/dev/null
 
 ## crds: regenerate crds/ and the chart's crds/ from the Rust types
 crds:

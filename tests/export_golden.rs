@@ -21,7 +21,7 @@ fn run_case(dir: &Path) -> String {
     let (namespaces, registry) = input.into_namespaces(&[], None).unwrap();
     let mut summary = Summary::default();
     let objects = export::process(namespaces, &policy, &registry, &mut summary);
-    let tree = export::build_tree(&objects, None, &mut summary).unwrap();
+    let tree = export::build_tree(&objects, None, Default::default(), &mut summary).unwrap();
     let mut out = String::new();
     for (path, content) in &tree.files {
         if path.ends_with("kustomization.yaml") {

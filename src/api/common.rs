@@ -68,6 +68,31 @@ pub struct GitDestination {
     /// Commit author; defaults to `dr-syncer <dr-syncer@dr-syncer.io>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<GitAuthor>,
+    /// The GitOps tool on the DR cluster that pulls this repository. `Flux` lists the
+    /// encrypted Secrets as kustomization resources (kustomize-controller decrypts them);
+    /// `ArgoCD` lists them in a KSOPS generator (`secret-generator.yaml`) per namespace.
+    #[serde(default)]
+    pub consumer: GitConsumer,
+}
+
+/// The GitOps tool that reads a git destination.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum GitConsumer {
+    /// Flux kustomize-controller with SOPS decryption.
+    #[default]
+    Flux,
+    /// Argo CD with the KSOPS kustomize plugin.
+    #[serde(rename = "ArgoCD")]
+    ArgoCd,
+}
+
+impl From<GitConsumer> for crate::export::layout::Consumer {
+    fn from(c: GitConsumer) -> Self {
+        match c {
+            GitConsumer::Flux => crate::export::layout::Consumer::Flux,
+            GitConsumer::ArgoCd => crate::export::layout::Consumer::ArgoCd,
+        }
+    }
 }
 
 fn default_branch() -> String {

@@ -10,6 +10,7 @@ use kube::core::Selector;
 use serde_json::json;
 
 use crate::api::NamespaceMapping;
+use crate::export::layout::Consumer;
 use crate::export::secrets::SecretWriter;
 use crate::export::source::{live, offline};
 use crate::export::{self, NamespaceInput, Policy, Summary, output};
@@ -75,12 +76,26 @@ pub struct ExportArgs {
     /// git: with it, fingerprints could be checked against guessed passwords.
     #[arg(long, env = "DR_SYNCER_FINGERPRINT_KEY")]
     pub fingerprint_key: Option<PathBuf>,
+    /// The GitOps tool that reads the output: `argocd` lists encrypted Secrets in a KSOPS
+    /// generator per namespace instead of the kustomization. Default: the mapping's git
+    /// destination's `consumer`, else `flux`.
+    #[arg(long, env = "DR_SYNCER_CONSUMER", value_enum)]
+    pub consumer: Option<ConsumerArg>,
     /// Types listed at once (live).
     #[arg(long, env = "DR_SYNCER_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Git destination options (used when --to is a repository URL or path).
     #[command(flatten)]
     pub git: super::export_git::GitArgs,
+}
+
+/// `--consumer` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsumerArg {
+    /// Flux kustomize-controller (SOPS decryption).
+    Flux,
+    /// Argo CD with KSOPS.
+    Argocd,
 }
 
 /// Summary format.
@@ -141,7 +156,17 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         fingerprint_key: &key,
         previous: &previous,
     };
-    let mut tree = export::build_tree(&objects, Some(&writer), &mut summary)?;
+    let consumer = match args.consumer {
+        Some(ConsumerArg::Flux) => Consumer::Flux,
+        Some(ConsumerArg::Argocd) => Consumer::ArgoCd,
+        None => mapping
+            .as_ref()
+            .and_then(|m| m.spec.destination.as_ref())
+            .and_then(|d| d.git.as_ref())
+            .map(|g| g.consumer.into())
+            .unwrap_or_default(),
+    };
+    let mut tree = export::build_tree(&objects, Some(&writer), consumer, &mut summary)?;
     output::keep_failed_types(&mut tree, &previous, &summary);
     let diff = output::diff(&previous, &tree);
     let mut published = None;

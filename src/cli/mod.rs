@@ -2,6 +2,7 @@
 //! Every flag can also be set from an environment variable (`DR_SYNCER_*`), which is how
 //! the Helm chart configures the controller.
 
+mod bootstrap;
 pub mod client;
 mod controller;
 mod crds;
@@ -42,6 +43,8 @@ pub enum Command {
     Decrypt(decrypt::DecryptArgs),
     /// Run the controller (NamespaceMappings into git).
     Controller(controller::ControllerArgs),
+    /// Print the Flux or Argo CD objects that make the DR cluster pull the export.
+    Bootstrap(bootstrap::BootstrapArgs),
 }
 
 /// Runs a parsed command line; the exit code tells scripts what happened.
@@ -52,5 +55,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(&args).await,
         Command::Decrypt(args) => decrypt::run(&args),
         Command::Controller(args) => controller::run(&args).await,
+        Command::Bootstrap(args) => bootstrap::run(&args),
     }
 }

@@ -67,7 +67,7 @@ pub async fn run(
         ));
     }
     let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
-    let (target, recipients) = sync::git_setup(ctx, nm, cm).await?;
+    let (target, recipients, consumer) = sync::git_setup(ctx, nm, cm).await?;
     let source_cluster = nm
         .spec
         .source_cluster
@@ -116,6 +116,7 @@ pub async fn run(
                 &targets,
                 &writer,
                 snapshot,
+                consumer,
                 &mut scratch,
             )?)
         })

@@ -6,6 +6,7 @@ use std::time::Instant;
 use kube::core::Selector;
 
 use crate::api::{ClusterMapping, NamespaceMapping, keys};
+use crate::export::layout::Consumer;
 use crate::export::secrets::SecretWriter;
 use crate::export::source::live;
 use crate::export::{self, Policy, Summary, output};
@@ -168,7 +169,7 @@ pub async fn run(
         });
     }
 
-    let (target, recipients) = git_setup(ctx, nm, cm).await?;
+    let (target, recipients, consumer) = git_setup(ctx, nm, cm).await?;
     let info = CommitInfo {
         mapping: name,
         source_cluster: source_cluster.unwrap_or_else(|| "local".into()),
@@ -185,7 +186,7 @@ pub async fn run(
             fingerprint_key: &key,
             previous: &previous,
         };
-        let mut tree = export::build_tree(&objects, Some(&writer), &mut summary)?;
+        let mut tree = export::build_tree(&objects, Some(&writer), consumer, &mut summary)?;
         output::keep_failed_types(&mut tree, &previous, &summary);
         Ok((repo.publish(head, &tree, &info, &breaker)?, summary))
     })
@@ -200,12 +201,12 @@ pub async fn run(
 }
 
 /// The git destination of a mapping (its own or the ClusterMapping's default) with
-/// credentials resolved, and the age recipients for its Secrets.
+/// credentials resolved, the age recipients for its Secrets and the GitOps tool reading it.
 pub async fn git_setup(
     ctx: &Ctx,
     nm: &NamespaceMapping,
     cm: Option<&ClusterMapping>,
-) -> Result<(Target, Recipients), SyncError> {
+) -> Result<(Target, Recipients, Consumer), SyncError> {
     let ns = nm.metadata.namespace.clone().unwrap_or_default();
     let Some((git, git_field)) = refs::git_destination(nm, cm) else {
         return Err(SyncError::Config(
@@ -239,7 +240,7 @@ pub async fn git_setup(
     };
     let recipients = Recipients::from_list(&refs::recipients(&ctx.client, nm, cm).await?)
         .map_err(|e| SyncError::Config(format!("spec.secrets.ageRecipients: {e}")))?;
-    Ok((target, recipients))
+    Ok((target, recipients, git.consumer.into()))
 }
 
 /// Breaker thresholds from `deletionSafety`; `dr-syncer.io/allow-mass-deletion: <batch id>`

@@ -14,11 +14,28 @@ pub const CLUSTER_DIR: &str = "_cluster";
 /// Name of generated kustomization files.
 pub const KUSTOMIZATION: &str = "kustomization.yaml";
 
+/// Name of the KSOPS generator written per namespace for Argo CD.
+pub const KSOPS_GENERATOR: &str = "secret-generator.yaml";
+
+/// Which GitOps tool reads the tree; it decides how encrypted Secrets are referenced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Consumer {
+    /// Flux: encrypted files are plain `resources`; kustomize-controller decrypts them after
+    /// the build.
+    #[default]
+    Flux,
+    /// Argo CD with KSOPS: encrypted files go through a `secret-generator.yaml` generator
+    /// (Argo CD would apply them as ciphertext if they were `resources`).
+    ArgoCd,
+}
+
 /// Rendered files by relative path (`/`-separated), the whole output of one export.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tree {
     /// Path → content.
     pub files: BTreeMap<String, Vec<u8>>,
+    /// The GitOps tool the generated kustomizations are written for.
+    pub consumer: Consumer,
 }
 
 /// The file path of an object. Secrets get `.sops.yaml` so tools recognise them.
@@ -41,6 +58,15 @@ pub fn is_kustomization(path: &str) -> bool {
             .is_some_and(|(_, rest)| rest == KUSTOMIZATION)
 }
 
+/// Whether `path` is generated from the other files (a kustomization or a KSOPS
+/// generator) rather than an object file.
+pub fn is_generated(path: &str) -> bool {
+    is_kustomization(path)
+        || path
+            .split_once('/')
+            .is_some_and(|(_, rest)| rest == KSOPS_GENERATOR)
+}
+
 /// `(top-level directory, group dir, plural)` of a path made by [`object_path`].
 pub fn path_kind(path: &str) -> Option<(&str, &str, &str)> {
     let mut parts = path.split('/');
@@ -57,29 +83,51 @@ impl Tree {
 
     /// Regenerates every `kustomization.yaml` from the object files present.
     pub fn write_kustomizations(&mut self) {
-        self.files.retain(|p, _| !is_kustomization(p));
-        let generated = kustomizations(self.files.keys().map(String::as_str));
+        self.files.retain(|p, _| !is_generated(p));
+        let generated = kustomizations(self.files.keys().map(String::as_str), self.consumer);
         self.files.extend(generated);
     }
 }
 
-/// The `kustomization.yaml` files (path → content) for a tree holding `paths`: one per
-/// top-level directory listing its files, and one at the root listing the directories.
-pub fn kustomizations<'a>(paths: impl Iterator<Item = &'a str>) -> BTreeMap<String, Vec<u8>> {
-    let mut per_dir: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+/// The generated files (path → content) for a tree holding `paths`: a
+/// `kustomization.yaml` per top-level directory listing its files and one at the root
+/// listing the directories; for Argo CD, encrypted files are listed by a KSOPS
+/// `secret-generator.yaml` per directory instead.
+pub fn kustomizations<'a>(
+    paths: impl Iterator<Item = &'a str>,
+    consumer: Consumer,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut per_dir: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for path in paths {
         // Dot-directories (exporter state) are never applied.
-        if path.starts_with('.') || is_kustomization(path) {
+        if path.starts_with('.') || is_generated(path) {
             continue;
         }
         if let Some((top, rest)) = path.split_once('/') {
-            per_dir.entry(top).or_default().push(rest.to_string());
+            let (resources, encrypted) = per_dir.entry(top).or_default();
+            if consumer == Consumer::ArgoCd && rest.ends_with(".sops.yaml") {
+                encrypted.push(format!("./{rest}"));
+            } else {
+                resources.push(rest.to_string());
+            }
         }
     }
     let mut out = BTreeMap::new();
     let top_dirs: Vec<String> = per_dir.keys().map(|d| d.to_string()).collect();
-    for (dir, resources) in per_dir {
-        out.insert(format!("{dir}/{KUSTOMIZATION}"), kustomization(&resources));
+    for (dir, (resources, encrypted)) in per_dir {
+        let generators = if encrypted.is_empty() {
+            Vec::new()
+        } else {
+            out.insert(
+                format!("{dir}/{KSOPS_GENERATOR}"),
+                ksops_generator(&encrypted),
+            );
+            vec![KSOPS_GENERATOR.to_string()]
+        };
+        out.insert(
+            format!("{dir}/{KUSTOMIZATION}"),
+            kustomization_with(&resources, &generators),
+        );
     }
     if !top_dirs.is_empty() {
         out.insert(KUSTOMIZATION.to_string(), kustomization(&top_dirs));
@@ -88,15 +136,41 @@ pub fn kustomizations<'a>(paths: impl Iterator<Item = &'a str>) -> BTreeMap<Stri
 }
 
 fn kustomization(resources: &[String]) -> Vec<u8> {
+    kustomization_with(resources, &[])
+}
+
+fn kustomization_with(resources: &[String], generators: &[String]) -> Vec<u8> {
     let mut sorted = resources.to_vec();
     sorted.sort();
-    let doc = json!({
+    let mut doc = json!({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": sorted,
     });
+    if !generators.is_empty() {
+        doc["generators"] = json!(generators);
+    }
     crate::yaml::to_string(&doc)
         .expect("kustomization renders")
+        .into_bytes()
+}
+
+/// KSOPS's exec KRM generator: Argo CD's repo server runs `ksops`, which decrypts (MAC
+/// verified) the listed files during `kustomize build`.
+fn ksops_generator(files: &[String]) -> Vec<u8> {
+    let mut sorted = files.to_vec();
+    sorted.sort();
+    let doc = json!({
+        "apiVersion": "viaduct.ai/v1",
+        "kind": "ksops",
+        "metadata": {
+            "name": "secret-generator",
+            "annotations": {"config.kubernetes.io/function": "exec:\n  path: ksops\n"},
+        },
+        "files": sorted,
+    });
+    crate::yaml::to_string(&doc)
+        .expect("generator renders")
         .into_bytes()
 }
 

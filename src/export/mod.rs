@@ -143,9 +143,13 @@ fn namespace_object(source: Option<&Value>, dest: &str, registry: &Registry) -> 
 pub fn build_tree(
     objects: &[ExportedObject],
     secrets: Option<&secrets::SecretWriter<'_>>,
+    consumer: layout::Consumer,
     summary: &mut Summary,
 ) -> Result<Tree, crate::sops::SopsError> {
-    let mut tree = Tree::default();
+    let mut tree = Tree {
+        consumer,
+        ..Tree::default()
+    };
     for obj in objects.iter().filter(|o| !o.is_secret()) {
         let path = layout::object_path(&obj.rt, obj.namespace.as_deref(), &obj.name);
         tree.insert(path, render::render(&obj.value)?.into_bytes());

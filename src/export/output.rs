@@ -110,7 +110,7 @@ pub fn read_tree(dir: &Path) -> Result<Tree, OutputError> {
 /// holds (types whose listing failed), then regenerates the kustomizations.
 pub fn carry_over(new: &mut Tree, old: &Tree, keep: impl Fn(&str, &str, &str) -> bool) {
     for (p, content) in &old.files {
-        if super::layout::is_kustomization(p) || new.files.contains_key(p) {
+        if super::layout::is_generated(p) || new.files.contains_key(p) {
             continue;
         }
         if path_kind(p).is_some_and(|(top, group, plural)| keep(top, group, plural)) {

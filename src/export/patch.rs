@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::builtin::HpaTargets;
-use super::layout;
+use super::layout::{self, Consumer};
 use super::object::{Origin, SourceObject};
 use super::secrets::{self, SecretWriter};
 use super::{Policy, ResourceType, Summary, render};
@@ -64,6 +64,7 @@ pub fn build(
     hpa: &dyn Fn(&str) -> HpaTargets,
     secrets: &SecretWriter<'_>,
     committed: &dyn Committed,
+    consumer: Consumer,
     summary: &mut Summary,
 ) -> Result<Patch, PatchError> {
     let read = |p: &str| committed.read(p).map_err(PatchError::Read);
@@ -120,12 +121,12 @@ pub fn build(
             .transpose()?;
         patch.insert(secrets::STATE_FILE.into(), bytes);
     }
-    add_kustomizations(&mut patch, committed);
+    add_kustomizations(&mut patch, committed, consumer);
     Ok(patch)
 }
 
 /// Regenerated kustomizations for the tree after `patch` (removed where a directory went).
-fn add_kustomizations(patch: &mut Patch, committed: &dyn Committed) {
+fn add_kustomizations(patch: &mut Patch, committed: &dyn Committed, consumer: Consumer) {
     let after: BTreeSet<&str> = committed
         .paths()
         .filter(|p| !matches!(patch.get(*p), Some(None)))
@@ -136,10 +137,10 @@ fn add_kustomizations(patch: &mut Patch, committed: &dyn Committed) {
                 .map(|(p, _)| p.as_str()),
         )
         .collect();
-    let generated = layout::kustomizations(after.iter().copied());
+    let generated = layout::kustomizations(after.iter().copied(), consumer);
     let stale: Vec<String> = after
         .iter()
-        .filter(|p| layout::is_kustomization(p) && !generated.contains_key(**p))
+        .filter(|p| layout::is_generated(p) && !generated.contains_key(**p))
         .map(|p| p.to_string())
         .collect();
     for p in stale {
@@ -210,7 +211,12 @@ mod tests {
                         "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})
     }
 
-    fn full(objects: &[serde_json::Value], previous: &Tree, recipients: &Recipients) -> Tree {
+    fn full(
+        objects: &[serde_json::Value],
+        previous: &Tree,
+        recipients: &Recipients,
+        consumer: Consumer,
+    ) -> Tree {
         let input = NamespaceInput {
             name: "shop".into(),
             object: Some(
@@ -230,7 +236,7 @@ mod tests {
             fingerprint_key: KEY,
             previous,
         };
-        export::build_tree(&exported, Some(&writer), &mut summary).unwrap()
+        export::build_tree(&exported, Some(&writer), consumer, &mut summary).unwrap()
     }
 
     fn apply(tree: &Tree, patch: &Patch) -> Tree {
@@ -358,37 +364,44 @@ mod tests {
                 vec![(cm("kustomization", "x"), false)],
             ),
         ];
-        let base = full(&before, &Tree::default(), &recipients);
-        for (case, after, changes) in cases {
-            let changes: Vec<Change> = changes
-                .into_iter()
-                .map(|(v, deleted)| {
-                    let o = object(v);
-                    Change {
-                        rt: o.rt.clone(),
-                        namespace: "shop".into(),
-                        name: o.name().to_string(),
-                        object: (!deleted).then_some(o.value),
-                    }
-                })
-                .collect();
-            let writer = SecretWriter {
-                recipients: recipients.clone(),
-                fingerprint_key: KEY,
-                previous: &Tree::default(),
-            };
-            let patch = build(
-                &changes,
-                &Policy::default(),
-                &|_| HpaTargets::default(),
-                &writer,
-                &base,
-                &mut Summary::default(),
-            )
-            .unwrap_or_else(|e| panic!("{case}: {e}"));
-            let patched = apply(&base, &patch);
-            let expected = full(&after, &base, &recipients);
-            assert_eq!(comparable(&patched), comparable(&expected), "{case}");
+        for consumer in [Consumer::Flux, Consumer::ArgoCd] {
+            let base = full(&before, &Tree::default(), &recipients, consumer);
+            for (case, after, changes) in cases.clone() {
+                let changes: Vec<Change> = changes
+                    .into_iter()
+                    .map(|(v, deleted)| {
+                        let o = object(v);
+                        Change {
+                            rt: o.rt.clone(),
+                            namespace: "shop".into(),
+                            name: o.name().to_string(),
+                            object: (!deleted).then_some(o.value),
+                        }
+                    })
+                    .collect();
+                let writer = SecretWriter {
+                    recipients: recipients.clone(),
+                    fingerprint_key: KEY,
+                    previous: &Tree::default(),
+                };
+                let patch = build(
+                    &changes,
+                    &Policy::default(),
+                    &|_| HpaTargets::default(),
+                    &writer,
+                    &base,
+                    consumer,
+                    &mut Summary::default(),
+                )
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+                let patched = apply(&base, &patch);
+                let expected = full(&after, &base, &recipients, consumer);
+                assert_eq!(
+                    comparable(&patched),
+                    comparable(&expected),
+                    "{case} ({consumer:?})"
+                );
+            }
         }
     }
 
@@ -397,7 +410,12 @@ mod tests {
         let recipients =
             Recipients::from_list(&[age::x25519::Identity::generate().to_public().to_string()])
                 .unwrap();
-        let base = full(&[cm("a", "1")], &Tree::default(), &recipients);
+        let base = full(
+            &[cm("a", "1")],
+            &Tree::default(),
+            &recipients,
+            Consumer::Flux,
+        );
         let other =
             Recipients::from_list(&[age::x25519::Identity::generate().to_public().to_string()])
                 .unwrap();
@@ -431,6 +449,7 @@ mod tests {
                 &|_| HpaTargets::default(),
                 &writer,
                 &base,
+                Consumer::Flux,
                 &mut Summary::default(),
             )
             .unwrap_err();

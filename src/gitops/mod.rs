@@ -347,7 +347,7 @@ impl Repo {
 
 /// Object files: not kustomizations, not dot-files (state, sops config).
 fn is_object(path: &str) -> bool {
-    !path.starts_with('.') && path.contains('/') && !crate::export::layout::is_kustomization(path)
+    !path.starts_with('.') && path.contains('/') && !crate::export::layout::is_generated(path)
 }
 
 fn object_diff(old: &Tree, new: &Tree) -> Diff {

@@ -19,6 +19,28 @@ pub fn sops() -> PathBuf {
     .join("sops")
 }
 
+/// The directory `tests/helm/build.sh` prepares: `bin/helm` (helm built from its pinned Go
+/// module), `crds/flux/*.yaml` and `crds/argocd/*.yaml` (from the consumers' modules).
+pub fn helm_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = crate::workspace_root().join("tests/helm/build.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed", script.display());
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// The `helm` binary (see [`helm_dir`]).
+pub fn helm() -> PathBuf {
+    helm_dir().join("bin/helm")
+}
+
 /// A Debian-packaged command (`age`, `sshd`, ...), with a hint when it is missing.
 pub fn debian(cmd: &str, package: &str) -> PathBuf {
     for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {

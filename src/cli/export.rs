@@ -145,6 +145,16 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         }
         None => (None, None, output::read_tree(&args.to)?),
     };
+    if previous
+        .files
+        .contains_key(crate::export::promote::PROMOTED_FILE)
+    {
+        anyhow::bail!(
+            "{}: {}",
+            args.to.display(),
+            crate::controller::sync::PROMOTED_MESSAGE
+        );
+    }
     let recipients = recipients(args, mapping.as_ref())?;
     let key = if recipients.is_empty() {
         Vec::new()

@@ -75,13 +75,23 @@ pub fn destination(
     args: &ExportArgs,
     mapping: Option<&NamespaceMapping>,
 ) -> anyhow::Result<Option<Target>> {
-    let to = args.to.to_string_lossy().to_string();
+    target(&args.to, &args.git, mapping)
+}
+
+/// The git target for `to` (a URL or a local repository) and the git options; `None` when
+/// `to` is neither (a plain directory).
+pub fn target(
+    to_path: &Path,
+    g: &GitArgs,
+    mapping: Option<&NamespaceMapping>,
+) -> anyhow::Result<Option<Target>> {
+    let to = to_path.to_string_lossy().to_string();
     let url = if is_remote_url(&to) {
         to
-    } else if is_repository(&args.to) {
-        let repo = git2::Repository::open(&args.to)
-            .with_context(|| format!("opening {}", args.to.display()))?;
-        let branch = args.git.branch.clone().unwrap_or_else(|| "main".into());
+    } else if is_repository(to_path) {
+        let repo = git2::Repository::open(to_path)
+            .with_context(|| format!("opening {}", to_path.display()))?;
+        let branch = g.branch.clone().unwrap_or_else(|| "main".into());
         if !repo.is_bare()
             && repo
                 .head()
@@ -91,17 +101,16 @@ pub fn destination(
         {
             anyhow::bail!(
                 "{}: branch {branch} is checked out there; export to a bare repository or another branch",
-                args.to.display()
+                to_path.display()
             );
         }
-        std::fs::canonicalize(&args.to)?.display().to_string()
+        std::fs::canonicalize(to_path)?.display().to_string()
     } else {
         return Ok(None);
     };
     let from_mapping = mapping
         .and_then(|m| m.spec.destination.as_ref())
         .and_then(|d| d.git.as_ref());
-    let g = &args.git;
     let known_hosts = match &g.known_hosts {
         Some(p) => Some(KnownHosts::parse(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,

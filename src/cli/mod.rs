@@ -9,6 +9,7 @@ mod crds;
 mod decrypt;
 pub mod export;
 mod export_git;
+mod failover;
 mod logging;
 
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ pub enum Command {
     Controller(controller::ControllerArgs),
     /// Print the Flux or Argo CD objects that make the DR cluster pull the export.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Promote the DR side: restore replicas and CronJobs (one git commit, or direct patches).
+    Failover(failover::FailoverArgs),
+    /// Return the DR side to standby: workloads at zero, CronJobs suspended.
+    Failback(failover::FailoverArgs),
 }
 
 /// Runs a parsed command line; the exit code tells scripts what happened.
@@ -56,5 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Decrypt(args) => decrypt::run(&args),
         Command::Controller(args) => controller::run(&args).await,
         Command::Bootstrap(args) => bootstrap::run(&args),
+        Command::Failover(args) => failover::run(&args, failover::Direction::Failover).await,
+        Command::Failback(args) => failover::run(&args, failover::Direction::Failback).await,
     }
 }

@@ -34,6 +34,9 @@ pub enum DirectError {
     /// The breaker held the batch.
     #[error(transparent)]
     Held(#[from] crate::gitops::Held),
+    /// A destination namespace was promoted by `dr-syncer failover`.
+    #[error("{0}")]
+    Promoted(String),
 }
 
 /// What a direct apply did.
@@ -93,6 +96,23 @@ pub async fn apply(
             )
         })
         .collect();
+    // A promoted namespace runs the live workloads: applying the standby form would scale
+    // them back to zero.
+    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for ns in &namespaces {
+        let promoted = match ns_api.get_opt(ns).await {
+            Ok(Some(n)) => kube::ResourceExt::annotations(&n)
+                .get(crate::export::promote::PROMOTED_ANNOTATION)
+                .cloned(),
+            _ => None,
+        };
+        if let Some(at) = promoted {
+            return Err(DirectError::Promoted(format!(
+                "namespace {ns} on the DR cluster was promoted at {at} (dr-syncer failover); \
+                 run `dr-syncer failback` first, or pause this mapping"
+            )));
+        }
+    }
     let mut previous = 0usize;
     let mut stale = Vec::new();
     for rt in types.iter().filter(|rt| rt.namespaced) {

@@ -108,6 +108,14 @@ pub async fn run(
         };
         let targets = |ns: &str| hpa.get(ns).cloned().unwrap_or_default();
         repo.publish_patch(head, &info, &breaker, |snapshot| {
+            if snapshot
+                .paths
+                .contains_key(crate::export::promote::PROMOTED_FILE)
+            {
+                return Err(IncrementalError::Sync(SyncError::Config(
+                    sync::PROMOTED_MESSAGE.into(),
+                )));
+            }
             // Counts of the patched objects are already in the batch's summary.
             let mut scratch = Summary::default();
             Ok::<_, IncrementalError>(patch::build(

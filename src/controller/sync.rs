@@ -7,6 +7,7 @@ use kube::core::Selector;
 
 use crate::api::{ClusterMapping, NamespaceMapping, keys};
 use crate::export::layout::Consumer;
+use crate::export::promote::PROMOTED_FILE;
 use crate::export::secrets::SecretWriter;
 use crate::export::source::live;
 use crate::export::{self, Policy, Summary, output};
@@ -71,6 +72,9 @@ pub struct SyncReport {
     /// Whether it was an incremental patch (not a full export).
     pub patch: bool,
 }
+
+/// Why an export into a promoted tree is refused.
+pub const PROMOTED_MESSAGE: &str = "the DR side was promoted by `dr-syncer failover` (.dr-syncer/promoted.yaml); exporting would scale its live workloads to zero. Run `dr-syncer failback` first, or pause this mapping";
 
 /// Runs one sync.
 pub async fn run(
@@ -181,6 +185,9 @@ pub async fn run(
         let repo = Repo::open(target)?;
         let head = repo.fetch()?;
         let previous = repo.files_at(head)?;
+        if previous.files.contains_key(PROMOTED_FILE) {
+            return Err(SyncError::Config(PROMOTED_MESSAGE.into()));
+        }
         let writer = SecretWriter {
             recipients,
             fingerprint_key: &key,

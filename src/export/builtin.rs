@@ -129,6 +129,12 @@ fn remap_namespace(obj: &mut Value, rt: &ResourceType, source: &str, dest: &str)
 /// keeps the source's count). With an HPA the workload still goes to 0, which also
 /// disables the HPA until failover restores the count; without scale-to-zero the HPA owns
 /// `replicas` and the field is dropped.
+/// The standby form of a workload (what an export with `scaleToZero` writes): replicas
+/// at zero (or the scale override) with the original recorded, CronJobs/Jobs suspended.
+pub fn standby(obj: &mut Value, rt: &ResourceType) -> bool {
+    scale(obj, rt, true, &HpaTargets::new())
+}
+
 fn scale(obj: &mut Value, rt: &ResourceType, scale_to_zero: bool, hpa: &HpaTargets) -> bool {
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("apps", "Deployment" | "StatefulSet" | "ReplicaSet") => {}

@@ -12,6 +12,7 @@ pub mod object;
 pub mod output;
 pub mod patch;
 pub mod policy;
+pub mod promote;
 pub mod render;
 pub mod resource;
 pub mod secrets;

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt envtest-up envtest-down release bench-export bench-gitops bench-controller
+.PHONY: test deps envtest crds lint fmt static envtest-up envtest-down release bench-export bench-gitops bench-controller
 
 ## test: install missing dependencies, build the test control plane, run every test
 test: deps envtest
@@ -20,10 +20,15 @@ envtest:
 	tests/tools/build.sh >/dev/null
 	tests/helm/build.sh >/dev/null
 
-## crds: regenerate crds/ and the chart's crds/ from the Rust types
+## crds: regenerate crds/, the chart's crds/ and docs/reference.md from the Rust types
 crds:
 	$(CARGO) run --quiet -- crds --dir crds
 	$(CARGO) run --quiet -- crds --dir charts/dr-syncer/crds
+	mkdir -p docs && $(CARGO) run --quiet -- crds --reference > docs/reference.md.tmp && mv docs/reference.md.tmp docs/reference.md
+
+## static: the static (musl) binary of the container image; CI builds it to prove it links
+static:
+	scripts/build-static.sh
 
 ## lint: formatting and clippy, as CI runs them
 lint:

@@ -16,8 +16,8 @@ use dr_syncer::sops::Identities;
 use dr_syncer_testkit::envtest::{self, ControlPlane};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo, git};
 use dr_syncer_testkit::objects::Applier;
-use kube::api::{Patch, PatchParams};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 /// Starts the controller; its log goes to `target/test-logs/<name>.log` (kept for debugging).

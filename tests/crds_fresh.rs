@@ -38,3 +38,21 @@ fn crds_directories_are_current() {
         }
     }
 }
+
+#[test]
+fn configuration_reference_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md");
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        actual == dr_syncer::api::reference::markdown(),
+        "docs/reference.md is stale: run `make crds`"
+    );
+    // It documents what users set, e.g. the continuous debounce and the git consumer.
+    for field in [
+        "`spec.continuous.debounce`",
+        "`spec.destination.git.consumer`",
+        "`spec.sourceNamespace`",
+    ] {
+        assert!(actual.contains(field), "{field} missing from the reference");
+    }
+}

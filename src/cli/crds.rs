@@ -13,10 +13,17 @@ pub struct CrdsArgs {
     /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
     #[arg(long, env = "DR_SYNCER_CRDS_DIR")]
     pub dir: Option<PathBuf>,
+    /// Print the configuration reference (Markdown, from the CRD schemas) instead.
+    #[arg(long, conflicts_with = "dir")]
+    pub reference: bool,
 }
 
 /// Prints or writes the CRDs.
 pub fn run(args: &CrdsArgs) -> anyhow::Result<ExitCode> {
+    if args.reference {
+        print!("{}", api::reference::markdown());
+        return Ok(ExitCode::SUCCESS);
+    }
     match &args.dir {
         None => print!("{}", api::crds_yaml()?),
         Some(dir) => write_files(dir)?,

@@ -6,11 +6,11 @@
 //! objects before the controller ever sees them.
 
 // clippy reads kube's repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 mod cluster_mapping;
 mod common;
 #[allow(clippy::duplicated_attributes)]
 mod namespace_mapping;
-#[allow(clippy::duplicated_attributes)]
 pub mod reference;
 #[allow(clippy::duplicated_attributes)]
 mod remote_cluster;

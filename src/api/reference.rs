@@ -170,10 +170,8 @@ fn walk(path: &str, s: &Value, required: bool, rows: &mut Vec<String>, rules: &m
             );
         }
     }
-    if let Some(items) = s.get("items") {
-        if items.get("properties").is_some() {
-            walk(&format!("{path}[]"), items, false, rows, rules);
-        }
+    if let Some(items) = s.get("items").filter(|i| i.get("properties").is_some()) {
+        walk(&format!("{path}[]"), items, false, rows, rules);
     }
     if let Some(values) = s
         .get("additionalProperties")

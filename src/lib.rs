@@ -11,5 +11,6 @@ pub mod cli;
 pub mod controller;
 pub mod export;
 pub mod gitops;
+pub mod pvc;
 pub mod sops;
 pub mod yaml;

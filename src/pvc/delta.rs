@@ -1,0 +1,257 @@
+//! The rsync algorithm's two halves around `fast_rsync`: signatures of a basis file built
+//! chunk by chunk (they concatenate exactly), and applying a delta by reading the basis
+//! with positioned reads instead of holding it in memory. `fast_rsync::apply` needs the
+//! whole basis as a slice; this decoder of the same librsync delta format does not.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+
+use fast_rsync::{Signature, SignatureOptions};
+
+/// Strong-hash bytes per block (MD4, truncated; files are verified with BLAKE3 anyway).
+pub const HASH_SIZE: u32 = 16;
+/// Signature header length (magic, block size, hash size).
+pub const SIG_HEADER: usize = 12;
+const DELTA_MAGIC: u32 = 0x7273_0236;
+
+/// Block size for a basis of `size` bytes: about √size (rsync's rule), a multiple of 8,
+/// between 2 KiB and 128 KiB — so a 4 GiB file has 64 K blocks (a few MB of signature).
+pub fn block_size(size: u64) -> u32 {
+    let root = (size as f64).sqrt() as u64;
+    (root.div_ceil(8) * 8).clamp(2048, 128 << 10) as u32
+}
+
+/// The signature block records (no header) of `data`, whose length must be a multiple of
+/// `block_size` unless it is the file's last chunk.
+pub fn signature_blocks(data: &[u8], block_size: u32) -> Vec<u8> {
+    let sig = Signature::calculate(
+        data,
+        SignatureOptions {
+            block_size,
+            crypto_hash_size: HASH_SIZE,
+        },
+    );
+    sig.into_serialized().split_off(SIG_HEADER)
+}
+
+/// The serialized header that turns concatenated block records into a signature.
+pub fn signature_header(block_size: u32) -> Vec<u8> {
+    let mut h = Signature::calculate(
+        &[],
+        SignatureOptions {
+            block_size,
+            crypto_hash_size: HASH_SIZE,
+        },
+    )
+    .into_serialized();
+    h.truncate(SIG_HEADER);
+    h
+}
+
+/// Why a delta could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Not a delta, truncated, or an unknown command.
+    #[error("corrupt delta: {0}")]
+    Corrupt(&'static str),
+    /// A copy outside the basis, or output beyond the expected size.
+    #[error("delta out of bounds: {0}")]
+    Bounds(&'static str),
+    /// Reading the basis or writing the output failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Bytes a delta produced.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Sent literally.
+    pub literal: u64,
+    /// Copied from the basis.
+    pub matched: u64,
+}
+
+fn read_uint(r: &mut &[u8], width: usize) -> Result<u64, ApplyError> {
+    if r.len() < width {
+        return Err(ApplyError::Corrupt("truncated"));
+    }
+    let (head, tail) = r.split_at(width);
+    *r = tail;
+    Ok(head.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b)))
+}
+
+/// Applies one delta: literals from it, copies from `basis` (positioned reads), written to
+/// `out`; at most `limit` bytes of output.
+pub fn apply(
+    basis: &std::fs::File,
+    basis_len: u64,
+    delta: &[u8],
+    out: &mut impl Write,
+    limit: u64,
+) -> Result<Applied, ApplyError> {
+    let mut r = delta;
+    if read_uint(&mut r, 4)? != u64::from(DELTA_MAGIC) {
+        return Err(ApplyError::Corrupt("wrong magic"));
+    }
+    let mut done = Applied::default();
+    let mut buf = vec![0u8; 64 << 10];
+    let widths = [1usize, 2, 4, 8];
+    loop {
+        let op = read_uint(&mut r, 1)? as u8;
+        match op {
+            0 => break,
+            1..=0x44 => {
+                let len = if op <= 0x40 {
+                    u64::from(op)
+                } else {
+                    read_uint(&mut r, widths[(op - 0x41) as usize])?
+                };
+                if (r.len() as u64) < len {
+                    return Err(ApplyError::Corrupt("truncated literal"));
+                }
+                if done.literal + done.matched + len > limit {
+                    return Err(ApplyError::Bounds("output larger than the file"));
+                }
+                let (lit, rest) = r.split_at(len as usize);
+                out.write_all(lit)?;
+                r = rest;
+                done.literal += len;
+            }
+            0x45..=0x54 => {
+                let i = (op - 0x45) as usize;
+                let offset = read_uint(&mut r, widths[i / 4])?;
+                let len = read_uint(&mut r, widths[i % 4])?;
+                if len == 0 {
+                    return Err(ApplyError::Corrupt("empty copy"));
+                }
+                if offset.checked_add(len).is_none_or(|end| end > basis_len) {
+                    return Err(ApplyError::Bounds("copy beyond the basis"));
+                }
+                if done.literal + done.matched + len > limit {
+                    return Err(ApplyError::Bounds("output larger than the file"));
+                }
+                let mut pos = offset;
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    basis.read_exact_at(&mut buf[..n], pos)?;
+                    out.write_all(&buf[..n])?;
+                    pos += n as u64;
+                    left -= n as u64;
+                }
+                done.matched += len;
+            }
+            _ => return Err(ApplyError::Corrupt("unknown command")),
+        }
+    }
+    if !r.is_empty() {
+        return Err(ApplyError::Corrupt("trailing data"));
+    }
+    Ok(done)
+}
+
+/// Reads as much as fits into `buf` (short only at end of file).
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunked_signatures_equal_the_whole_file_signature() {
+        let data = pseudo_random(100_000, 7);
+        let bs = 2048;
+        let whole = Signature::calculate(
+            &data,
+            SignatureOptions {
+                block_size: bs,
+                crypto_hash_size: HASH_SIZE,
+            },
+        );
+        let mut chunked = signature_header(bs);
+        for chunk in data.chunks(bs as usize * 8) {
+            chunked.extend(signature_blocks(chunk, bs));
+        }
+        assert_eq!(chunked, whole.serialized());
+    }
+
+    #[test]
+    fn apply_matches_fast_rsync_table() {
+        let base = pseudo_random(300_000, 1);
+        let mut changed = base.clone();
+        changed[1000..1100].fill(0);
+        let mut inserted = base[..5000].to_vec();
+        inserted.extend(b"new bytes in the middle");
+        inserted.extend(&base[5000..]);
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("same", base.clone()),
+            ("changed", changed),
+            ("inserted", inserted),
+            ("unrelated", pseudo_random(50_000, 9)),
+            ("empty", Vec::new()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("basis");
+        std::fs::write(&path, &base).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let bs = block_size(base.len() as u64);
+        let mut sig = signature_header(bs);
+        sig.extend(signature_blocks(&base, bs));
+        let sig = Signature::deserialize(sig).unwrap();
+        for (case, new) in cases {
+            let mut delta = Vec::new();
+            fast_rsync::diff(&sig.index(), &new, &mut delta).unwrap();
+            let mut expected = Vec::new();
+            fast_rsync::apply(&base, &delta, &mut expected).unwrap();
+            let mut out = Vec::new();
+            let done = apply(&file, base.len() as u64, &delta, &mut out, new.len() as u64).unwrap();
+            assert_eq!(out, expected, "{case}");
+            assert_eq!(out, new, "{case}");
+            assert_eq!(done.literal + done.matched, new.len() as u64, "{case}");
+        }
+    }
+
+    #[test]
+    fn apply_refuses_hostile_deltas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("basis");
+        std::fs::write(&path, [1u8; 100]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let magic = DELTA_MAGIC.to_be_bytes();
+        let with = |cmds: &[u8]| [&magic[..], cmds].concat();
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("wrong magic", vec![0, 0, 0, 0, 0]),
+            ("copy beyond basis", with(&[0x45, 90, 20, 0])),
+            ("output beyond limit", with(&[0x45, 0, 60, 0x45, 0, 60, 0])),
+            ("truncated literal", with(&[5, 1, 2])),
+            ("unknown command", with(&[0x60, 0])),
+        ];
+        for (case, delta) in cases {
+            assert!(
+                apply(&file, 100, &delta, &mut Vec::new(), 100).is_err(),
+                "{case}"
+            );
+        }
+    }
+}

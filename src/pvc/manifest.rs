@@ -1,0 +1,107 @@
+//! The sender's view of the volume: every directory, file, symlink and hard link beneath
+//! the root, read through `cap-std` handles so no path — however a tenant arranges
+//! symlinks — resolves outside the root, and symlinks are recorded, never followed.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use cap_fs_ext::DirExt;
+use cap_std::fs::{Dir, MetadataExt};
+
+use super::wire::{Entry, Kind};
+
+/// Directory at the volume root that holds the receiver's temporary and partial files;
+/// never part of a manifest.
+pub const STATE_DIR: &str = ".drsync";
+
+/// What the walk saw but cannot replicate (sockets, devices, FIFOs).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Paths left out.
+    pub paths: Vec<Vec<u8>>,
+}
+
+/// Opens the volume root for reading beneath it.
+pub fn open_root(root: &Path) -> io::Result<Dir> {
+    Dir::open_ambient_dir(root, cap_std::ambient_authority())
+}
+
+/// The manifest of `root`: parents before children, names sorted bytewise per directory.
+pub fn walk(root: &Dir) -> io::Result<(Vec<Entry>, Skipped)> {
+    let mut out = Vec::new();
+    let mut links = HashMap::new();
+    let mut skipped = Skipped::default();
+    walk_dir(root, &[], &mut out, &mut links, &mut skipped)?;
+    Ok((out, skipped))
+}
+
+fn walk_dir(
+    dir: &Dir,
+    prefix: &[u8],
+    out: &mut Vec<Entry>,
+    links: &mut HashMap<(u64, u64), u32>,
+    skipped: &mut Skipped,
+) -> io::Result<()> {
+    let mut names: Vec<Vec<u8>> = dir
+        .entries()?
+        .map(|e| e.map(|e| e.file_name().into_vec()))
+        .collect::<io::Result<_>>()?;
+    names.sort();
+    for name in names {
+        if prefix.is_empty() && name == STATE_DIR.as_bytes() {
+            continue;
+        }
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            [prefix, b"/", &name].concat()
+        };
+        let os = OsStr::from_bytes(&name);
+        let meta = dir.symlink_metadata(os)?;
+        let ft = meta.file_type();
+        let mut entry = Entry {
+            path: path.clone(),
+            kind: Kind::File,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: 0,
+            mtime_s: meta.mtime(),
+            mtime_ns: meta.mtime_nsec() as u32,
+            target: None,
+            link: None,
+        };
+        if ft.is_dir() {
+            entry.kind = Kind::Dir;
+            out.push(entry);
+            let sub = dir.open_dir_nofollow(os)?;
+            walk_dir(&sub, &path, out, links, skipped)?;
+        } else if ft.is_symlink() {
+            entry.kind = Kind::Symlink;
+            entry.target = Some(dir.read_link_contents(os)?.into_os_string().into_vec());
+            out.push(entry);
+        } else if ft.is_file() {
+            entry.size = meta.len();
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                match links.get(&key) {
+                    Some(first) => {
+                        entry.kind = Kind::HardLink;
+                        entry.link = Some(*first);
+                        entry.size = 0;
+                    }
+                    None => {
+                        links.insert(key, out.len() as u32);
+                    }
+                }
+            }
+            out.push(entry);
+        } else {
+            skipped.paths.push(path);
+        }
+    }
+    Ok(())
+}

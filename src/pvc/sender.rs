@@ -1,0 +1,282 @@
+//! The sending side (the source volume): answers a receiver's hello, streams the manifest,
+//! then serves each requested file whole (zero runs as holes, so sparse files stay
+//! sparse) or as deltas against the receiver's signature, computed over bounded windows of
+//! the file so memory does not grow with its size. Every file ends with its BLAKE3 hash.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, OpenOptions};
+use fast_rsync::Signature;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::PvcError;
+use super::delta::{self, read_full};
+use super::manifest;
+use super::wire::{self, Basis, CHUNK, Entry, Kind, Message};
+
+/// Window of the new file diffed at once: the sender's memory bound per file.
+pub const WINDOW: usize = 8 << 20;
+
+/// Throttles writes to a byte rate (the receiver's `--bwlimit`).
+struct Limiter {
+    rate: Option<u64>,
+    start: Instant,
+    sent: u64,
+}
+
+impl Limiter {
+    async fn account(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(self.sent as f64 / rate as f64);
+            let elapsed = self.start.elapsed();
+            if due > elapsed {
+                tokio::time::sleep(due - elapsed).await;
+            }
+        }
+    }
+}
+
+struct Out<W> {
+    w: W,
+    limiter: Limiter,
+}
+
+impl<W: AsyncWrite + Unpin> Out<W> {
+    async fn send(&mut self, msg: &Message) -> Result<(), PvcError> {
+        let frame = wire::encode(msg)?;
+        self.w
+            .write_all(&frame)
+            .await
+            .map_err(wire::WireError::Io)?;
+        self.limiter.account(frame.len()).await;
+        Ok(())
+    }
+}
+
+/// Serves one sync session of `root` over `stream`.
+pub async fn serve<S>(root: &Path, stream: S) -> Result<(), PvcError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let hello = wire::read(&mut rd).await?;
+    let features = match hello {
+        Some(Message::Hello { min, max, features })
+            if min <= wire::PROTOCOL_MAX && max >= wire::PROTOCOL_MIN =>
+        {
+            features
+        }
+        Some(Message::Hello { min, max, .. }) => {
+            return Err(PvcError::Protocol(format!(
+                "receiver speaks versions {min}..={max}, this sender {}..={}",
+                wire::PROTOCOL_MIN,
+                wire::PROTOCOL_MAX
+            )));
+        }
+        other => return Err(PvcError::Protocol(format!("expected hello, got {other:?}"))),
+    };
+    let rate = features
+        .iter()
+        .find_map(|f| f.strip_prefix("bwlimit=").and_then(|v| v.parse().ok()));
+    let mut out = Out {
+        w: wr,
+        limiter: Limiter {
+            rate,
+            start: Instant::now(),
+            sent: 0,
+        },
+    };
+    out.send(&Message::Hello {
+        min: wire::PROTOCOL_MIN,
+        max: wire::PROTOCOL_MAX,
+        features: vec!["sparse".into(), "hardlink".into()],
+    })
+    .await?;
+    let dir = manifest::open_root(root).map_err(|e| PvcError::io(root, e))?;
+    let (entries, skipped) = manifest::walk(&dir).map_err(|e| PvcError::io(root, e))?;
+    if !skipped.paths.is_empty() {
+        tracing::warn!(
+            count = skipped.paths.len(),
+            "special files (sockets, devices, FIFOs) not replicated"
+        );
+    }
+    for e in &entries {
+        out.send(&Message::Entry(e.clone())).await?;
+    }
+    out.send(&Message::ManifestEnd {
+        entries: entries.len() as u64,
+    })
+    .await?;
+    out.w.flush().await.map_err(wire::WireError::Io)?;
+    loop {
+        match wire::read(&mut rd).await? {
+            Some(Message::Request { idx, basis }) => {
+                let entry = entries
+                    .get(idx as usize)
+                    .filter(|e| e.kind == Kind::File)
+                    .ok_or_else(|| {
+                        PvcError::Protocol(format!("request for entry {idx}, not a file"))
+                    })?;
+                match basis {
+                    Basis::Whole => send_whole(&dir, idx, entry, &mut out).await?,
+                    Basis::Signature { block_size } => {
+                        let sig = read_signature(&mut rd, idx, block_size).await?;
+                        send_delta(&dir, idx, entry, &sig, &mut out).await?;
+                    }
+                }
+                out.w.flush().await.map_err(wire::WireError::Io)?;
+            }
+            Some(Message::Done) | None => break,
+            Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
+            Some(other) => return Err(PvcError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+    out.w.shutdown().await.map_err(wire::WireError::Io)?;
+    Ok(())
+}
+
+/// Signatures are bounded by the block-size rule; refuse anything far larger.
+const MAX_SIGNATURE: usize = 64 << 20;
+
+async fn read_signature<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    idx: u32,
+    block_size: u32,
+) -> Result<Signature, PvcError> {
+    if !(512..=(1 << 20)).contains(&block_size) {
+        return Err(PvcError::Protocol(format!(
+            "block size {block_size} out of range"
+        )));
+    }
+    let mut sig = delta::signature_header(block_size);
+    loop {
+        match wire::read(rd).await? {
+            Some(Message::Sig { idx: i, bytes }) if i == idx => {
+                sig.extend(bytes);
+                if sig.len() > MAX_SIGNATURE {
+                    return Err(PvcError::Protocol("signature too large".into()));
+                }
+            }
+            Some(Message::SigEnd { idx: i }) if i == idx => break,
+            other => {
+                return Err(PvcError::Protocol(format!(
+                    "expected signature of {idx}, got {other:?}"
+                )));
+            }
+        }
+    }
+    Signature::deserialize(sig).map_err(|e| PvcError::Protocol(format!("bad signature: {e:?}")))
+}
+
+fn open(dir: &Dir, entry: &Entry) -> Result<cap_std::fs::File, PvcError> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).follow(FollowSymlinks::No);
+    dir.open_with(OsStr::from_bytes(&entry.path), &opts)
+        .map_err(|e| PvcError::io(Path::new(OsStr::from_bytes(&entry.path)), e))
+}
+
+async fn send_whole<W: AsyncWrite + Unpin>(
+    dir: &Dir,
+    idx: u32,
+    entry: &Entry,
+    out: &mut Out<W>,
+) -> Result<(), PvcError> {
+    let mut file = open(dir, entry)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    let (mut offset, mut hole) = (0u64, 0u64);
+    loop {
+        let n = read_full(&mut file, &mut buf)
+            .map_err(|e| PvcError::io(Path::new(OsStr::from_bytes(&entry.path)), e))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        hasher.update(chunk);
+        if chunk.iter().all(|b| *b == 0) {
+            hole += n as u64;
+        } else {
+            if hole > 0 {
+                out.send(&Message::Hole {
+                    idx,
+                    offset: offset - hole,
+                    len: hole,
+                })
+                .await?;
+                hole = 0;
+            }
+            out.send(&Message::Data {
+                idx,
+                offset,
+                bytes: chunk.to_vec(),
+            })
+            .await?;
+        }
+        offset += n as u64;
+    }
+    if hole > 0 {
+        out.send(&Message::Hole {
+            idx,
+            offset: offset - hole,
+            len: hole,
+        })
+        .await?;
+    }
+    out.send(&Message::FileEnd {
+        idx,
+        size: offset,
+        blake3: *hasher.finalize().as_bytes(),
+    })
+    .await
+}
+
+async fn send_delta<W: AsyncWrite + Unpin>(
+    dir: &Dir,
+    idx: u32,
+    entry: &Entry,
+    sig: &Signature,
+    out: &mut Out<W>,
+) -> Result<(), PvcError> {
+    let index = sig.index();
+    let mut file = open(dir, entry)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut window = vec![0u8; WINDOW];
+    let mut delta = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let n = read_full(&mut file, &mut window)
+            .map_err(|e| PvcError::io(Path::new(OsStr::from_bytes(&entry.path)), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&window[..n]);
+        delta.clear();
+        fast_rsync::diff(&index, &window[..n], &mut delta)
+            .map_err(|e| PvcError::Protocol(format!("diff: {e:?}")))?;
+        let mut chunks = delta.chunks(wire::MAX_FRAME / 2).peekable();
+        while let Some(c) = chunks.next() {
+            out.send(&Message::Delta {
+                idx,
+                offset,
+                last: chunks.peek().is_none(),
+                bytes: c.to_vec(),
+            })
+            .await?;
+        }
+        offset += n as u64;
+        if n < WINDOW {
+            break;
+        }
+    }
+    out.send(&Message::FileEnd {
+        idx,
+        size: offset,
+        blake3: *hasher.finalize().as_bytes(),
+    })
+    .await
+}

@@ -1,0 +1,313 @@
+//! The PVC sync protocol on the wire: length-prefixed frames (`u32` big-endian length, then a
+//! postcard-encoded [`Message`]) over one byte stream — an SSH channel in production, a pipe
+//! in tests. Versioned by the `Hello` exchange. Decoding is strict: oversized frames,
+//! malformed payloads and paths that could leave the volume root are refused before any
+//! file is touched.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Protocol versions this build speaks.
+pub const PROTOCOL_MIN: u32 = 1;
+/// Highest protocol version this build speaks.
+pub const PROTOCOL_MAX: u32 = 1;
+/// Largest payload a frame may carry; data is sent in chunks well below it.
+pub const MAX_FRAME: usize = 2 << 20;
+/// File data chunk size.
+pub const CHUNK: usize = 256 << 10;
+
+/// What a manifest entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+    /// A symbolic link (copied as a link, never followed).
+    Symlink,
+    /// Another name of the file entry `link` (a hard link).
+    HardLink,
+}
+
+/// One path of the source volume, with the metadata the receiver restores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path relative to the root, as raw bytes (`/`-separated; any other byte allowed).
+    pub path: Vec<u8>,
+    /// Type.
+    pub kind: Kind,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime_s: i64,
+    /// Nanoseconds of the modification time.
+    pub mtime_ns: u32,
+    /// Symlink target bytes.
+    pub target: Option<Vec<u8>>,
+    /// For `HardLink`: index of the entry that carries the data.
+    pub link: Option<u32>,
+}
+
+/// How the receiver wants a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Basis {
+    /// No usable basis: send it whole.
+    Whole,
+    /// A delta against the basis whose signature (`block_size`, 16-byte strong hashes)
+    /// follows in `Sig` frames.
+    Signature {
+        /// Block size of the signature.
+        block_size: u32,
+    },
+}
+
+/// Every frame's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First frame of each side: supported versions and features.
+    Hello {
+        /// Lowest version spoken.
+        min: u32,
+        /// Highest version spoken.
+        max: u32,
+        /// Optional features (`sparse`, `hardlink`, …).
+        features: Vec<String>,
+    },
+    /// One manifest entry (sender → receiver, in path order, parents first).
+    Entry(Entry),
+    /// End of the manifest.
+    ManifestEnd {
+        /// Entries sent.
+        entries: u64,
+    },
+    /// The receiver asks for file `idx`.
+    Request {
+        /// Manifest index.
+        idx: u32,
+        /// Whole or delta.
+        basis: Basis,
+    },
+    /// A chunk of the basis signature's blocks (no header).
+    Sig {
+        /// Manifest index.
+        idx: u32,
+        /// Signature block records.
+        bytes: Vec<u8>,
+    },
+    /// The signature of `idx` is complete.
+    SigEnd {
+        /// Manifest index.
+        idx: u32,
+    },
+    /// Literal file data at `offset`.
+    Data {
+        /// Manifest index.
+        idx: u32,
+        /// Offset in the file.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// A run of zeros (kept sparse by the receiver).
+    Hole {
+        /// Manifest index.
+        idx: u32,
+        /// Offset in the file.
+        offset: u64,
+        /// Length of the run.
+        len: u64,
+    },
+    /// Part of the delta of one window of the file starting at `offset`; `last` closes the
+    /// window's delta.
+    Delta {
+        /// Manifest index.
+        idx: u32,
+        /// Offset of the window in the new file.
+        offset: u64,
+        /// Whether this ends the window's delta.
+        last: bool,
+        /// Delta bytes (librsync format, copies refer to the receiver's basis).
+        bytes: Vec<u8>,
+    },
+    /// The file is complete: its size and BLAKE3 hash as read by the sender.
+    FileEnd {
+        /// Manifest index.
+        idx: u32,
+        /// Bytes sent.
+        size: u64,
+        /// BLAKE3 of the content.
+        blake3: [u8; 32],
+    },
+    /// The receiver has everything; the session ends.
+    Done,
+    /// A fatal error, with a message for the other side's user.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The stream failed or ended.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame longer than [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    /// The payload is not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A path that is absolute, empty, or has `.`/`..`/empty/NUL components.
+    #[error("refused path {0:?}: must stay beneath the volume root")]
+    Path(String),
+}
+
+/// Checks that `path` names something beneath the root: relative, no empty, `.` or `..`
+/// components, no NUL byte.
+pub fn check_path(path: &[u8]) -> Result<(), WireError> {
+    let bad = path.is_empty()
+        || path.contains(&0)
+        || path
+            .split(|b| *b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..");
+    if bad {
+        return Err(WireError::Path(String::from_utf8_lossy(path).into_owned()));
+    }
+    Ok(())
+}
+
+/// Decodes one frame's payload and validates what it names.
+pub fn decode(payload: &[u8]) -> Result<Message, WireError> {
+    let msg: Message =
+        postcard::from_bytes(payload).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if let Message::Entry(e) = &msg {
+        check_path(&e.path)?;
+        if e.kind == Kind::Symlink && e.target.is_none() {
+            return Err(WireError::Malformed("symlink without a target".into()));
+        }
+        if e.kind == Kind::HardLink && e.link.is_none() {
+            return Err(WireError::Malformed("hard link without its file".into()));
+        }
+    }
+    Ok(msg)
+}
+
+/// Encodes one frame (length prefix included).
+pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
+    let payload = postcard::to_stdvec(msg).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if payload.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(payload.len()));
+    }
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Reads one frame; `None` at a clean end of stream.
+pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Message>, WireError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    decode(&payload).map(Some)
+}
+
+/// Writes one frame.
+pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), WireError> {
+    w.write_all(&encode(msg)?).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_path_table() {
+        let cases: [(&[u8], bool); 12] = [
+            (b"a", true),
+            (b"a/b/c.txt", true),
+            (b"caf\xc3\xa9/\xff\xfe", true),
+            (b"..a/b..", true),
+            (b"", false),
+            (b"/etc/passwd", false),
+            (b"../x", false),
+            (b"a/../../x", false),
+            (b"a/./b", false),
+            (b"a//b", false),
+            (b"a/", false),
+            (b"a\0b", false),
+        ];
+        for (path, ok) in cases {
+            assert_eq!(
+                check_path(path).is_ok(),
+                ok,
+                "{:?}",
+                String::from_utf8_lossy(path)
+            );
+        }
+    }
+
+    #[test]
+    fn decode_refuses_crafted_frames() {
+        let entry = |path: &[u8]| {
+            Message::Entry(Entry {
+                path: path.to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: 1,
+                mtime_s: 0,
+                mtime_ns: 0,
+                target: None,
+                link: None,
+            })
+        };
+        for path in [
+            &b"../../etc/shadow"[..],
+            b"/root/.ssh/authorized_keys",
+            b"a/../../b",
+        ] {
+            let frame = encode(&entry(path)).unwrap();
+            assert!(
+                matches!(decode(&frame[4..]), Err(WireError::Path(_))),
+                "{path:?}"
+            );
+        }
+        assert!(matches!(
+            decode(&[0xff, 0xff, 0xff]),
+            Err(WireError::Malformed(_))
+        ));
+        let ok = encode(&entry(b"fine/name")).unwrap();
+        assert_eq!(decode(&ok[4..]).unwrap(), entry(b"fine/name"));
+    }
+
+    #[tokio::test]
+    async fn read_refuses_oversized_frames() {
+        let mut bytes: &[u8] = &((MAX_FRAME as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            read(&mut bytes).await,
+            Err(WireError::TooLarge(_))
+        ));
+        let mut empty: &[u8] = &[];
+        assert!(read(&mut empty).await.unwrap().is_none());
+    }
+}

@@ -53,13 +53,20 @@ impl Recipients {
 pub struct Identities(Vec<Box<dyn age::Identity + Send + Sync>>);
 
 impl Identities {
-    /// Reads an age identity file (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes).
+    /// Reads an age identity file (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes;
+    /// `#` comments and blank lines allowed). Only X25519 identities exist in dr-syncer's
+    /// world: Secrets are encrypted for X25519 recipients.
     pub fn from_file_contents(text: &str) -> Result<Self, SopsError> {
-        let file = age::IdentityFile::from_buffer(text.as_bytes())
-            .map_err(|e| SopsError::Format(format!("identity file: {e}")))?;
-        let ids = file
-            .into_identities()
-            .map_err(|e| SopsError::Format(format!("identity file: {e}")))?;
+        let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let id = age::x25519::Identity::from_str(line)
+                .map_err(|e| SopsError::Format(format!("identity file line {}: {e}", i + 1)))?;
+            ids.push(Box::new(id));
+        }
         if ids.is_empty() {
             return Err(SopsError::Format("identity file holds no identity".into()));
         }

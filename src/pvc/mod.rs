@@ -7,6 +7,7 @@ pub mod delta;
 pub mod manifest;
 pub mod receiver;
 pub mod sender;
+pub mod ssh;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! Every flag can also be set from an environment variable (`DR_SYNCER_*`), which is how
 //! the Helm chart configures the controller.
 
+mod agent;
 mod bootstrap;
 pub mod client;
 mod controller;
@@ -11,6 +12,7 @@ pub mod export;
 mod export_git;
 mod failover;
 mod logging;
+mod pvc_sync;
 
 use std::process::ExitCode;
 
@@ -50,6 +52,10 @@ pub enum Command {
     Failover(failover::FailoverArgs),
     /// Return the DR side to standby: workloads at zero, CronJobs suspended.
     Failback(failover::FailoverArgs),
+    /// Source-side PVC agent: the volume server and the bastion (SSH).
+    Agent(agent::AgentArgs),
+    /// Sync a volume from an agent into a local directory (the DR side of PVC data).
+    PvcSync(pvc_sync::PvcSyncArgs),
 }
 
 /// Runs a parsed command line; the exit code tells scripts what happened.
@@ -63,5 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bootstrap(args) => bootstrap::run(&args),
         Command::Failover(args) => failover::run(&args, failover::Direction::Failover).await,
         Command::Failback(args) => failover::run(&args, failover::Direction::Failback).await,
+        Command::Agent(args) => agent::run(&args).await,
+        Command::PvcSync(args) => pvc_sync::run(&args).await,
     }
 }

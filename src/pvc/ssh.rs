@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
-use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey,
+};
 use russh::{Channel, ChannelId, ChannelMsg, client, server};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,13 +50,15 @@ impl From<russh::Error> for SshError {
 
 /// Loads an OpenSSH private key (unencrypted).
 pub fn load_key(path: &Path) -> Result<PrivateKey, SshError> {
-    russh::keys::load_secret_key(path, None).map_err(|e| SshError::Key(path.to_path_buf(), e.to_string()))
+    russh::keys::load_secret_key(path, None)
+        .map_err(|e| SshError::Key(path.to_path_buf(), e.to_string()))
 }
 
 /// Parses an `authorized_keys` file: `type base64 [comment]` lines; options are not
 /// supported and such lines are refused rather than silently widened.
 pub fn load_authorized_keys(path: &Path) -> Result<Vec<PublicKey>, SshError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SshError::Key(path.to_path_buf(), e.to_string()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SshError::Key(path.to_path_buf(), e.to_string()))?;
     let mut keys = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -64,9 +68,18 @@ pub fn load_authorized_keys(path: &Path) -> Result<Vec<PublicKey>, SshError> {
         let mut parts = line.split_whitespace();
         let (kind, b64) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         if !kind.starts_with("ssh-") && !kind.starts_with("ecdsa-") {
-            return Err(SshError::Key(path.to_path_buf(), format!("line {}: options are not supported; only `type key [comment]`", i + 1)));
+            return Err(SshError::Key(
+                path.to_path_buf(),
+                format!(
+                    "line {}: options are not supported; only `type key [comment]`",
+                    i + 1
+                ),
+            ));
         }
-        keys.push(russh::keys::parse_public_key_base64(b64).map_err(|e| SshError::Key(path.to_path_buf(), format!("line {}: {e}", i + 1)))?);
+        keys.push(
+            russh::keys::parse_public_key_base64(b64)
+                .map_err(|e| SshError::Key(path.to_path_buf(), format!("line {}: {e}", i + 1)))?,
+        );
     }
     Ok(keys)
 }
@@ -103,14 +116,23 @@ struct Gate {
 
 impl Gate {
     fn allows(&self, key: &PublicKey) -> bool {
-        self.authorized.iter().any(|k| k.key_data() == key.key_data())
+        self.authorized
+            .iter()
+            .any(|k| k.key_data() == key.key_data())
     }
 }
 
 /// Serves the volume at `root` on `listener` until the process ends.
-pub async fn serve_volume(listener: TcpListener, root: PathBuf, host_key: PrivateKey, authorized: Vec<PublicKey>) -> Result<(), SshError> {
+pub async fn serve_volume(
+    listener: TcpListener,
+    root: PathBuf,
+    host_key: PrivateKey,
+    authorized: Vec<PublicKey>,
+) -> Result<(), SshError> {
     let mut srv = VolumeServer {
-        gate: Gate { authorized: Arc::new(authorized) },
+        gate: Gate {
+            authorized: Arc::new(authorized),
+        },
         root: Arc::new(root),
     };
     srv.run_on_socket(server_config(host_key), &listener)
@@ -128,7 +150,11 @@ impl server::Server for VolumeServer {
     type Handler = VolumeSession;
     fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> VolumeSession {
         tracing::info!(?peer, "connection");
-        VolumeSession { gate: self.gate.clone(), root: self.root.clone(), channels: HashMap::new() }
+        VolumeSession {
+            gate: self.gate.clone(),
+            root: self.root.clone(),
+            channels: HashMap::new(),
+        }
     }
 }
 
@@ -148,21 +174,47 @@ fn refuse(session: &mut Session, channel: ChannelId, what: &str) -> Result<(), r
 impl server::Handler for VolumeSession {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
-        Ok(if self.gate.allows(offer.public_key) { Auth::Accept } else { Auth::reject() })
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.gate.allows(offer.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
     }
 
-    async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        Ok(if self.gate.allows(key.public_key) { Auth::Accept } else { Auth::reject() })
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.gate.allows(key.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
     }
 
-    async fn channel_open_session(&mut self, channel: Channel<Msg>, reply: ChannelOpenHandle, _: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
     }
 
-    async fn exec_request(&mut self, id: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        id: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         if data != SERVE_COMMAND {
             return refuse(session, id, "command");
         }
@@ -187,36 +239,83 @@ impl server::Handler for VolumeSession {
         Ok(())
     }
 
-    async fn shell_request(&mut self, id: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         refuse(session, id, "shell")
     }
 
-    async fn pty_request(&mut self, id: ChannelId, _: &str, _: u32, _: u32, _: u32, _: u32, _: &[(russh::Pty, u32)], session: &mut Session) -> Result<(), Self::Error> {
+    async fn pty_request(
+        &mut self,
+        id: ChannelId,
+        _: &str,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         refuse(session, id, "pty")
     }
 
-    async fn env_request(&mut self, id: ChannelId, _: &str, _: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        _: &str,
+        _: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         // Refused without closing: OpenSSH clients send LANG before their command.
         session.channel_failure(id)
     }
 
-    async fn subsystem_request(&mut self, id: ChannelId, _: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        id: ChannelId,
+        _: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         refuse(session, id, "subsystem")
     }
 
-    async fn x11_request(&mut self, id: ChannelId, _: bool, _: &str, _: &str, _: u32, session: &mut Session) -> Result<(), Self::Error> {
+    async fn x11_request(
+        &mut self,
+        id: ChannelId,
+        _: bool,
+        _: &str,
+        _: &str,
+        _: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         refuse(session, id, "x11")
     }
 
-    async fn agent_request(&mut self, id: ChannelId, session: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         session.channel_failure(id)?;
         Ok(false)
     }
 }
 
 /// Runs the bastion: `direct-tcpip` to the `allow`ed `host:port` targets only.
-pub async fn bastion(listener: TcpListener, host_key: PrivateKey, authorized: Vec<PublicKey>, allow: Vec<(String, u16)>) -> Result<(), SshError> {
-    let mut srv = Bastion { gate: Gate { authorized: Arc::new(authorized) }, allow: Arc::new(allow) };
+pub async fn bastion(
+    listener: TcpListener,
+    host_key: PrivateKey,
+    authorized: Vec<PublicKey>,
+    allow: Vec<(String, u16)>,
+) -> Result<(), SshError> {
+    let mut srv = Bastion {
+        gate: Gate {
+            authorized: Arc::new(authorized),
+        },
+        allow: Arc::new(allow),
+    };
     srv.run_on_socket(server_config(host_key), &listener)
         .await
         .map_err(|e| SshError::Transport(e.to_string()))
@@ -238,19 +337,47 @@ impl server::Server for Bastion {
 impl server::Handler for Bastion {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
-        Ok(if self.gate.allows(offer.public_key) { Auth::Accept } else { Auth::reject() })
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.gate.allows(offer.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
     }
 
-    async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        Ok(if self.gate.allows(key.public_key) { Auth::Accept } else { Auth::reject() })
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.gate.allows(key.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
     }
 
-    async fn channel_open_direct_tcpip(&mut self, channel: Channel<Msg>, host: &str, port: u32, _: &str, _: u32, reply: ChannelOpenHandle, _: &mut Session) -> Result<(), Self::Error> {
-        let allowed = u16::try_from(port).is_ok_and(|p| self.allow.iter().any(|(h, ap)| h == host && *ap == p));
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _: &str,
+        _: u32,
+        reply: ChannelOpenHandle,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = u16::try_from(port)
+            .is_ok_and(|p| self.allow.iter().any(|(h, ap)| h == host && *ap == p));
         if !allowed {
             tracing::warn!(host, port, "forwarding refused: not allow-listed");
-            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         match TcpStream::connect((host, port as u16)).await {
@@ -284,13 +411,18 @@ pub struct SshUrl {
 impl std::str::FromStr for SshUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let rest = s.strip_prefix("ssh://").ok_or_else(|| format!("{s}: expected ssh://HOST:PORT"))?;
+        let rest = s
+            .strip_prefix("ssh://")
+            .ok_or_else(|| format!("{s}: expected ssh://HOST:PORT"))?;
         let (user, hostport) = match rest.split_once('@') {
             Some((u, h)) => (u.to_string(), h),
             None => ("drsync".to_string(), rest),
         };
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.trim_matches(['[', ']']).to_string(), p.parse().map_err(|_| format!("{s}: bad port"))?),
+            Some((h, p)) => (
+                h.trim_matches(['[', ']']).to_string(),
+                p.parse().map_err(|_| format!("{s}: bad port"))?,
+            ),
             None => (hostport.to_string(), 22),
         };
         if host.is_empty() {
@@ -310,12 +442,18 @@ struct Pinned {
 impl client::Handler for Pinned {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            *self.failure.lock().expect("not poisoned") = Some(format!("{}: host certificates are not accepted", self.host));
+            *self.failure.lock().expect("not poisoned") =
+                Some(format!("{}: host certificates are not accepted", self.host));
             return Ok(false);
         };
-        let blob = key.to_bytes().map_err(|e| russh::Error::from(russh::keys::Error::from(e)))?;
+        let blob = key
+            .to_bytes()
+            .map_err(|e| russh::Error::from(russh::keys::Error::from(e)))?;
         match self.known.check(&self.host, self.port, &blob) {
             Ok(()) => Ok(true),
             Err(e) => {
@@ -333,12 +471,22 @@ pub struct Connection {
     _sessions: Vec<client::Handle<Pinned>>,
 }
 
-async fn handshake<S>(stream: Option<S>, url: &SshUrl, known: &Arc<KnownHosts>, key: &Arc<PrivateKey>) -> Result<client::Handle<Pinned>, SshError>
+async fn handshake<S>(
+    stream: Option<S>,
+    url: &SshUrl,
+    known: &Arc<KnownHosts>,
+    key: &Arc<PrivateKey>,
+) -> Result<client::Handle<Pinned>, SshError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let failure = Arc::new(std::sync::Mutex::new(None));
-    let handler = Pinned { known: known.clone(), host: url.host.clone(), port: url.port, failure: failure.clone() };
+    let handler = Pinned {
+        known: known.clone(),
+        host: url.host.clone(),
+        port: url.port,
+        failure: failure.clone(),
+    };
     let connected = match stream {
         Some(s) => client::connect_stream(client_config(), s, handler).await,
         None => client::connect(client_config(), (url.host.as_str(), url.port), handler).await,
@@ -363,7 +511,12 @@ where
 
 /// Connects to the volume server at `to` (through `jump` when given) and starts the sync
 /// command.
-pub async fn connect(to: &SshUrl, key: PrivateKey, known: KnownHosts, jump: Option<&SshUrl>) -> Result<Connection, SshError> {
+pub async fn connect(
+    to: &SshUrl,
+    key: PrivateKey,
+    known: KnownHosts,
+    jump: Option<&SshUrl>,
+) -> Result<Connection, SshError> {
     let known = Arc::new(known);
     let key = Arc::new(key);
     let mut sessions = Vec::new();
@@ -373,7 +526,12 @@ pub async fn connect(to: &SshUrl, key: PrivateKey, known: KnownHosts, jump: Opti
             let ch = bastion
                 .channel_open_direct_tcpip(to.host.clone(), u32::from(to.port), "127.0.0.1", 0)
                 .await
-                .map_err(|e| SshError::Refused(format!("bastion {}:{} refused forwarding to {}:{}: {e}", j.host, j.port, to.host, to.port)))?;
+                .map_err(|e| {
+                    SshError::Refused(format!(
+                        "bastion {}:{} refused forwarding to {}:{}: {e}",
+                        j.host, j.port, to.host, to.port
+                    ))
+                })?;
             let inner = handshake(Some(ch.into_stream()), to, &known, &key).await?;
             sessions.push(bastion);
             inner
@@ -386,11 +544,17 @@ pub async fn connect(to: &SshUrl, key: PrivateKey, known: KnownHosts, jump: Opti
         match channel.wait().await {
             Some(ChannelMsg::Success) => break,
             Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | None => {
-                return Err(SshError::Refused(format!("{}:{} refused the sync command", to.host, to.port)));
+                return Err(SshError::Refused(format!(
+                    "{}:{} refused the sync command",
+                    to.host, to.port
+                )));
             }
             Some(_) => {}
         }
     }
     sessions.push(target);
-    Ok(Connection { stream: channel.into_stream(), _sessions: sessions })
+    Ok(Connection {
+        stream: channel.into_stream(),
+        _sessions: sessions,
+    })
 }

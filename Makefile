@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt static envtest-up envtest-down release bench-export bench-gitops bench-controller
+.PHONY: test deps envtest crds lint fmt static fuzz bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller
 
 ## test: install missing dependencies, build the test control plane, run every test
 test: deps envtest
@@ -29,6 +29,15 @@ crds:
 ## static: the static (musl) binary of the container image; CI builds it to prove it links
 static:
 	scripts/build-static.sh
+
+## fuzz: the PVC frame decoder under libFuzzer for FUZZ_SECONDS (installs nightly + cargo-fuzz)
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## bench-pvc: pvc-sync vs rsync -aHS --delete -e ssh, scenarios (a)-(e); BENCH_SCALE=0.1 for a quick run
+bench-pvc: deps
+	$(CARGO) bench --bench pvc
 
 ## lint: formatting and clippy, as CI runs them
 lint:

@@ -105,6 +105,12 @@ fn world() -> World {
     std::fs::write(src.join("data/a.txt"), b"volume data").unwrap();
     std::fs::write(src.join("big.bin"), vec![7u8; 3 << 20]).unwrap();
     std::os::unix::fs::symlink("/etc/shadow", src.join("escape")).unwrap();
+    // Enough files that requests queue up while the server is busy writing: a server that
+    // stopped reading its channel then would stall the whole SSH session.
+    std::fs::create_dir_all(src.join("many")).unwrap();
+    for i in 0..300u32 {
+        std::fs::write(src.join(format!("many/{i}.bin")), i.to_le_bytes().repeat(8 << 10)).unwrap();
+    }
     let (volume, bastion) = (free_addr(), free_addr());
     let ak = dir.join("authorized_keys");
     let servers = vec![
@@ -182,7 +188,7 @@ fn pvc_sync_over_ssh_direct_and_through_the_bastion() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["filesTransferred"], 2, "{summary}");
+    assert_eq!(summary["filesTransferred"], 302, "{summary}");
     assert_eq!(
         std::fs::read(to.join("data/a.txt")).unwrap(),
         b"volume data"

@@ -22,6 +22,9 @@ use super::manifest::STATE_DIR;
 use super::wire::{self, Basis, Entry, Kind, Message};
 use super::{PvcError, Summary};
 
+/// Files requested ahead of their answers (keeps the link busy across round trips).
+const PIPELINE: usize = 256;
+
 /// Files smaller than this are sent whole: a delta would not pay for its round trip.
 const DELTA_MIN: u64 = 64 << 10;
 
@@ -310,8 +313,16 @@ where
     // The writer task sends requests (and signatures) while this task reads the answers.
     let (order_tx, mut order_rx) = mpsc::unbounded_channel::<(u32, Option<PathBuf>, bool)>();
     let (redo_tx, mut redo_rx) = mpsc::unbounded_channel::<u32>();
+    // At most this many files requested ahead of the answers: bounds the sender's queue.
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(PIPELINE));
+    let permits = window.clone();
     let writer = tokio::spawn(async move {
         for (idx, basis, path) in requests {
+            permits
+                .acquire()
+                .await
+                .map_err(|_| PvcError::Protocol("pipeline closed".into()))?
+                .forget();
             let _ = order_tx.send((idx, path.clone(), false));
             wire::write(&mut wr, &Message::Request { idx, basis }).await?;
             if let (Basis::Signature { block_size }, Some(p)) = (basis, &path) {
@@ -474,6 +485,7 @@ where
                         .map_err(|e| PvcError::io(&cur.tmp, e))?;
                     let ok = cur.written == size && *cur.hasher.finalize().as_bytes() == expected;
                     outstanding -= 1;
+                    window.add_permits(1);
                     if !ok {
                         drop(cur.file);
                         let _ = fs::remove_file(&cur.tmp);
@@ -634,6 +646,11 @@ fn finish(to: &Path, entries: &[Entry], summary: &mut Summary) -> Result<(), Pvc
         };
         r.map_err(|err| PvcError::io(&path, err))?;
         summary.deleted += 1;
+    }
+    // The state directory only stays while it holds partial files to resume from.
+    let state = to.join(STATE_DIR);
+    for d in [state.join("tmp"), state.join("partial"), state] {
+        let _ = fs::remove_dir(d);
     }
     for e in entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
         set_metadata(&to.join(os(&e.path)), e, false)?;

@@ -61,7 +61,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
 /// Serves one sync session of `root` over `stream`.
 pub async fn serve<S>(root: &Path, stream: S) -> Result<(), PvcError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(stream);
     let hello = wire::read(&mut rd).await?;
@@ -113,29 +113,50 @@ where
     })
     .await?;
     out.w.flush().await.map_err(wire::WireError::Io)?;
-    loop {
-        match wire::read(&mut rd).await? {
-            Some(Message::Request { idx, basis }) => {
-                let entry = entries
-                    .get(idx as usize)
-                    .filter(|e| e.kind == Kind::File)
-                    .ok_or_else(|| {
-                        PvcError::Protocol(format!("request for entry {idx}, not a file"))
-                    })?;
-                match basis {
-                    Basis::Whole => send_whole(&dir, idx, entry, &mut out).await?,
-                    Basis::Signature { block_size } => {
-                        let sig = read_signature(&mut rd, idx, block_size).await?;
-                        send_delta(&dir, idx, entry, &sig, &mut out).await?;
-                    }
-                }
-                out.w.flush().await.map_err(wire::WireError::Io)?;
+    // Requests are read by their own task: an SSH channel delivers incoming data through
+    // a bounded buffer on the same event loop that sends ours, so a sender that stopped
+    // reading while writing a large file would stall both. The receiver bounds how many
+    // requests it has outstanding, which bounds this queue.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let msg = wire::read(&mut rd).await;
+            let end = !matches!(msg, Ok(Some(_)));
+            if tx.send(msg).is_err() || end {
+                break;
             }
-            Some(Message::Done) | None => break,
-            Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
-            Some(other) => return Err(PvcError::Protocol(format!("unexpected {other:?}"))),
+        }
+    });
+    let result = async {
+        loop {
+            match next(&mut rx).await? {
+                Some(Message::Request { idx, basis }) => {
+                    let entry = entries
+                        .get(idx as usize)
+                        .filter(|e| e.kind == Kind::File)
+                        .ok_or_else(|| {
+                            PvcError::Protocol(format!("request for entry {idx}, not a file"))
+                        })?;
+                    match basis {
+                        Basis::Whole => send_whole(&dir, idx, entry, &mut out).await?,
+                        Basis::Signature { block_size } => {
+                            let sig = read_signature(&mut rx, idx, block_size).await?;
+                            send_delta(&dir, idx, entry, &sig, &mut out).await?;
+                        }
+                    }
+                    out.w.flush().await.map_err(wire::WireError::Io)?;
+                }
+                Some(Message::Done) | None => return Ok(()),
+                Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
+                Some(other) => {
+                    return Err(PvcError::Protocol(format!("unexpected {other:?}")));
+                }
+            }
         }
     }
+    .await;
+    reader.abort();
+    result?;
     out.w.shutdown().await.map_err(wire::WireError::Io)?;
     Ok(())
 }
@@ -143,8 +164,17 @@ where
 /// Signatures are bounded by the block-size rule; refuse anything far larger.
 const MAX_SIGNATURE: usize = 64 << 20;
 
-async fn read_signature<R: AsyncRead + Unpin>(
-    rd: &mut R,
+type Incoming = tokio::sync::mpsc::UnboundedReceiver<Result<Option<Message>, wire::WireError>>;
+
+async fn next(rx: &mut Incoming) -> Result<Option<Message>, PvcError> {
+    match rx.recv().await {
+        Some(r) => Ok(r?),
+        None => Ok(None),
+    }
+}
+
+async fn read_signature(
+    rx: &mut Incoming,
     idx: u32,
     block_size: u32,
 ) -> Result<Signature, PvcError> {
@@ -155,7 +185,7 @@ async fn read_signature<R: AsyncRead + Unpin>(
     }
     let mut sig = delta::signature_header(block_size);
     loop {
-        match wire::read(rd).await? {
+        match next(rx).await? {
             Some(Message::Sig { idx: i, bytes }) if i == idx => {
                 sig.extend(bytes);
                 if sig.len() > MAX_SIGNATURE {

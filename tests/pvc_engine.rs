@@ -397,3 +397,112 @@ async fn pvc_engine_refuses_a_sender_naming_paths_outside_the_root() {
     assert!(!tmp.path().join("escaped").exists());
     let _ = evil.await;
 }
+
+/// A sender whose first copy of a file fails verification: the receiver asks for it whole
+/// once more and publishes only the verified copy; a second failure is an error and
+/// nothing is published.
+#[tokio::test]
+async fn pvc_engine_resends_a_file_that_fails_verification_once() {
+    use dr_syncer::pvc::wire::{self, Basis, Entry, Kind, Message};
+    for bad_copies in [1usize, 2] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("dst");
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let content = b"the real content".to_vec();
+        let good = *blake3::hash(&content).as_bytes();
+        let fake = tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(a);
+            let _ = wire::read(&mut rd).await;
+            wire::write(
+                &mut wr,
+                &Message::Hello {
+                    min: 1,
+                    max: 1,
+                    features: vec![],
+                },
+            )
+            .await
+            .unwrap();
+            let entry = Entry {
+                path: b"f.txt".to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: content.len() as u64,
+                mtime_s: 1_600_000_000,
+                mtime_ns: 0,
+                target: None,
+                link: None,
+            };
+            wire::write(&mut wr, &Message::Entry(entry)).await.unwrap();
+            wire::write(&mut wr, &Message::ManifestEnd { entries: 1 })
+                .await
+                .unwrap();
+            let mut served = 0;
+            loop {
+                match wire::read(&mut rd).await {
+                    Ok(Some(Message::Request {
+                        idx: 0,
+                        basis: Basis::Whole,
+                    })) => {
+                        let bad = served < bad_copies;
+                        served += 1;
+                        let bytes = if bad {
+                            b"corrupted content".to_vec()
+                        } else {
+                            content.clone()
+                        };
+                        wire::write(
+                            &mut wr,
+                            &Message::Data {
+                                idx: 0,
+                                offset: 0,
+                                bytes: bytes.clone(),
+                            },
+                        )
+                        .await
+                        .unwrap();
+                        let hash = if bad {
+                            good
+                        } else {
+                            *blake3::hash(&bytes).as_bytes()
+                        };
+                        wire::write(
+                            &mut wr,
+                            &Message::FileEnd {
+                                idx: 0,
+                                size: bytes.len() as u64,
+                                blake3: hash,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    _ => break,
+                }
+            }
+            served
+        });
+        let result = receiver::sync(b, &dst, &receiver::Options::default()).await;
+        match bad_copies {
+            1 => {
+                let s = result.unwrap();
+                assert_eq!(s.files_redone, 1);
+                assert_eq!(fs::read(dst.join("f.txt")).unwrap(), b"the real content");
+            }
+            _ => {
+                let err = result.unwrap_err();
+                assert!(
+                    err.to_string().contains("failed verification twice"),
+                    "{err}"
+                );
+                assert!(
+                    !dst.join("f.txt").exists(),
+                    "an unverified file was published"
+                );
+            }
+        }
+        drop(fake);
+    }
+}

@@ -109,7 +109,11 @@ fn world() -> World {
     // stopped reading its channel then would stall the whole SSH session.
     std::fs::create_dir_all(src.join("many")).unwrap();
     for i in 0..300u32 {
-        std::fs::write(src.join(format!("many/{i}.bin")), i.to_le_bytes().repeat(8 << 10)).unwrap();
+        std::fs::write(
+            src.join(format!("many/{i}.bin")),
+            i.to_le_bytes().repeat(8 << 10),
+        )
+        .unwrap();
     }
     let (volume, bastion) = (free_addr(), free_addr());
     let ak = dir.join("authorized_keys");

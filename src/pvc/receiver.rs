@@ -240,6 +240,14 @@ where
         }
         summary.dirs += 1;
     }
+    let partials: std::collections::HashMap<std::ffi::OsString, u64> =
+        fs::read_dir(to.join(STATE_DIR).join("partial"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| Some((e.file_name(), e.metadata().ok()?.len())))
+                    .collect()
+            })
+            .unwrap_or_default();
     // Other names of each hard-linked file.
     let mut members: std::collections::HashMap<u32, Vec<&[u8]>> = std::collections::HashMap::new();
     for e in &entries {
@@ -256,8 +264,16 @@ where
     {
         let dest = to.join(os(&e.path));
         let local = fs::symlink_metadata(&dest).ok();
+        // Partial files are rare: look one up only when the directory has any.
         let partial = partial_path(to, &e.path);
-        let partial_len = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let partial_len = if partials.is_empty() {
+            0
+        } else {
+            partials
+                .get(partial.file_name().unwrap_or_default())
+                .copied()
+                .unwrap_or(0)
+        };
         match plan_file(
             e,
             local.as_ref().map(|m| (dest.as_path(), m)),
@@ -501,7 +517,9 @@ where
                             .map_err(|_| PvcError::Protocol("writer gone".into()))?;
                         continue;
                     }
-                    cur.file.sync_all().map_err(|e| PvcError::io(&cur.tmp, e))?;
+                    cur.file
+                        .sync_data()
+                        .map_err(|e| PvcError::io(&cur.tmp, e))?;
                     drop(cur.file);
                     set_metadata(&cur.tmp, entry, false)?;
                     ensure_parents(to, &entry.path)?;
@@ -666,12 +684,16 @@ fn collect_stale(
 ) -> Result<(), PvcError> {
     let dir = to.join(os(prefix));
     let rd = fs::read_dir(&dir).map_err(|e| PvcError::io(&dir, e))?;
-    let mut names: Vec<Vec<u8>> = rd
+    // The entry's type comes with the directory listing: no stat per file.
+    let mut names: Vec<(Vec<u8>, bool)> = rd
         .filter_map(|e| e.ok())
-        .map(|e| e.file_name().as_bytes().to_vec())
+        .map(|e| {
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            (e.file_name().as_bytes().to_vec(), is_dir)
+        })
         .collect();
     names.sort();
-    for name in names {
+    for (name, is_dir) in names {
         if prefix.is_empty() && name == STATE_DIR.as_bytes() {
             continue;
         }
@@ -684,7 +706,7 @@ fn collect_stale(
             out.push(path);
             continue;
         }
-        if fs::symlink_metadata(to.join(os(&path))).is_ok_and(|m| m.file_type().is_dir()) {
+        if is_dir {
             collect_stale(to, &path, wanted, out)?;
         }
     }

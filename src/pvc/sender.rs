@@ -203,6 +203,12 @@ async fn read_signature(
     Signature::deserialize(sig).map_err(|e| PvcError::Protocol(format!("bad signature: {e:?}")))
 }
 
+/// The block size recorded in a serialized signature's header (bytes 4..8, big-endian).
+fn sig_block_size(sig: &Signature) -> u32 {
+    let h = sig.serialized();
+    u32::from_be_bytes([h[4], h[5], h[6], h[7]])
+}
+
 fn open(dir: &Dir, entry: &Entry) -> Result<cap_std::fs::File, PvcError> {
     let mut opts = OpenOptions::new();
     opts.read(true).follow(FollowSymlinks::No);
@@ -275,7 +281,10 @@ async fn send_delta<W: AsyncWrite + Unpin>(
     let index = sig.index();
     let mut file = open(dir, entry)?;
     let mut hasher = blake3::Hasher::new();
-    let mut window = vec![0u8; WINDOW];
+    // Windows end on block boundaries, so blocks that did not move still match right up to
+    // the end of each window instead of leaving its tail as literal bytes.
+    let block = sig_block_size(sig) as usize;
+    let mut window = vec![0u8; (WINDOW / block).max(1) * block];
     let mut delta = Vec::new();
     let mut offset = 0u64;
     loop {
@@ -299,7 +308,7 @@ async fn send_delta<W: AsyncWrite + Unpin>(
             .await?;
         }
         offset += n as u64;
-        if n < WINDOW {
+        if n < window.len() {
             break;
         }
     }

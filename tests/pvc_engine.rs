@@ -440,47 +440,43 @@ async fn pvc_engine_resends_a_file_that_fails_verification_once() {
                 .await
                 .unwrap();
             let mut served = 0;
-            loop {
-                match wire::read(&mut rd).await {
-                    Ok(Some(Message::Request {
+            while let Ok(Some(Message::Request {
+                idx: 0,
+                basis: Basis::Whole,
+            })) = wire::read(&mut rd).await
+            {
+                let bad = served < bad_copies;
+                served += 1;
+                let bytes = if bad {
+                    b"corrupted content".to_vec()
+                } else {
+                    content.clone()
+                };
+                wire::write(
+                    &mut wr,
+                    &Message::Data {
                         idx: 0,
-                        basis: Basis::Whole,
-                    })) => {
-                        let bad = served < bad_copies;
-                        served += 1;
-                        let bytes = if bad {
-                            b"corrupted content".to_vec()
-                        } else {
-                            content.clone()
-                        };
-                        wire::write(
-                            &mut wr,
-                            &Message::Data {
-                                idx: 0,
-                                offset: 0,
-                                bytes: bytes.clone(),
-                            },
-                        )
-                        .await
-                        .unwrap();
-                        let hash = if bad {
-                            good
-                        } else {
-                            *blake3::hash(&bytes).as_bytes()
-                        };
-                        wire::write(
-                            &mut wr,
-                            &Message::FileEnd {
-                                idx: 0,
-                                size: bytes.len() as u64,
-                                blake3: hash,
-                            },
-                        )
-                        .await
-                        .unwrap();
-                    }
-                    _ => break,
-                }
+                        offset: 0,
+                        bytes: bytes.clone(),
+                    },
+                )
+                .await
+                .unwrap();
+                let hash = if bad {
+                    good
+                } else {
+                    *blake3::hash(&bytes).as_bytes()
+                };
+                wire::write(
+                    &mut wr,
+                    &Message::FileEnd {
+                        idx: 0,
+                        size: bytes.len() as u64,
+                        blake3: hash,
+                    },
+                )
+                .await
+                .unwrap();
             }
             served
         });

@@ -134,6 +134,16 @@ impl Gate {
             .iter()
             .any(|k| k.key_data() == key.key_data())
     }
+
+    /// Accepts authorized keys; everything else is rejected (russh answers in constant
+    /// time).
+    fn verdict(&self, key: &PublicKey) -> Auth {
+        if self.allows(key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        }
+    }
 }
 
 /// Serves the volume at `root` on `listener` until the process ends.
@@ -193,11 +203,7 @@ impl server::Handler for VolumeSession {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.gate.allows(offer.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(self.gate.verdict(offer.public_key))
     }
 
     async fn auth_publickey(
@@ -205,11 +211,7 @@ impl server::Handler for VolumeSession {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.gate.allows(key.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(self.gate.verdict(key.public_key))
     }
 
     async fn channel_open_session(
@@ -356,11 +358,7 @@ impl server::Handler for Bastion {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.gate.allows(offer.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(self.gate.verdict(offer.public_key))
     }
 
     async fn auth_publickey(
@@ -368,11 +366,7 @@ impl server::Handler for Bastion {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.gate.allows(key.public_key) {
-            Auth::Accept
-        } else {
-            Auth::reject()
-        })
+        Ok(self.gate.verdict(key.public_key))
     }
 
     async fn channel_open_direct_tcpip(

@@ -117,6 +117,52 @@ fn chart_lints_and_renders_its_options() {
         "{k:?}"
     );
 
+    // The PVC agent's bastion DaemonSet, on request: non-root, read-only, its allow-list
+    // as arguments, keys from a Secret, no API token.
+    let with_agent = render(
+        "dr",
+        &[
+            "agent.enabled=true",
+            "agent.keysSecret=agent-keys",
+            "agent.allow={10.0.0.5:2223,10.0.0.6:2223}",
+        ],
+    );
+    let ds = with_agent
+        .iter()
+        .find(|o| o["kind"] == "DaemonSet")
+        .expect("agent DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let args = strings(&pod["containers"][0]["args"]);
+    assert!(
+        args.contains(&"--allow=10.0.0.5:2223".to_string())
+            && args.contains(&"--allow=10.0.0.6:2223".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(&args[..2], ["agent", "bastion"]);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "agent-keys");
+    for (sets, message) in [
+        (
+            &["agent.enabled=true", "agent.allow={10.0.0.5:2223}"][..],
+            "agent.keysSecret",
+        ),
+        (
+            &["agent.enabled=true", "agent.keysSecret=k"][..],
+            "agent.allow",
+        ),
+    ] {
+        let mut args = vec!["template", "dr-syncer", CHART];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = helm_run(&args);
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(message),
+            "{sets:?}"
+        );
+    }
+
     // The schema names the bad value.
     let cases = [
         ("replicaCount=-1", "/replicaCount"),
@@ -124,6 +170,7 @@ fn chart_lints_and_renders_its_options() {
         ("watchNamespace=Not_A_Namespace", "/watchNamespace"),
         ("metrics.port=70000", "/metrics/port"),
         ("unknownKey=1", "unknownKey"),
+        ("agent.allow={no-port}", "/agent/allow/0"),
     ];
     for (set, field) in cases {
         let out = helm_run(&["template", "dr-syncer", CHART, "--set", set]);
@@ -164,7 +211,19 @@ async fn chart_installs_and_its_controller_syncs_with_least_privilege() {
     applier
         .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
         .await;
-    let rendered = render(ns, &[&format!("watchNamespace={ns}")]);
+    let rendered = render(
+        ns,
+        &[
+            &format!("watchNamespace={ns}"),
+            "agent.enabled=true",
+            "agent.keysSecret=agent-keys",
+            "agent.allow={10.0.0.5:2223}",
+        ],
+    );
+    assert!(
+        rendered.iter().any(|o| o["kind"] == "DaemonSet"),
+        "the agent is part of the install"
+    );
     for o in &rendered {
         applier.apply(o).await;
     }

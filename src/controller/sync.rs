@@ -86,11 +86,7 @@ pub async fn run(
     let ns = nm.metadata.namespace.clone().unwrap_or_default();
     let name = nm.metadata.name.clone().unwrap_or_default();
     let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
-    let source_cluster = nm
-        .spec
-        .source_cluster
-        .clone()
-        .or_else(|| cm.and_then(|c| c.spec.source_cluster.clone()));
+    let source_cluster = source_cluster(nm, cm);
     let client = match &source_cluster {
         Some(rc) => refs::remote_client(&ctx.client, "spec.sourceCluster", &ns, rc).await?,
         None => ctx.client.clone(),
@@ -205,6 +201,15 @@ pub async fn run(
         duration: start.elapsed(),
         patch: false,
     })
+}
+
+/// The mapping's source RemoteCluster (its own, else the ClusterMapping's); `None` is the
+/// cluster the controller runs in.
+pub fn source_cluster(nm: &NamespaceMapping, cm: Option<&ClusterMapping>) -> Option<String> {
+    nm.spec
+        .source_cluster
+        .clone()
+        .or_else(|| cm.and_then(|c| c.spec.source_cluster.clone()))
 }
 
 /// The git destination of a mapping (its own or the ClusterMapping's default) with

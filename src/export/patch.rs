@@ -74,9 +74,12 @@ pub fn build(
     let old_state = read(secrets::STATE_FILE)?.map(|b| secrets::parse_state(&b));
     let mut state = old_state.clone().unwrap_or_default();
     let mut patch = Patch::new();
+    let namespaces = super::Registry::builtin_shared()
+        .lookup("v1", "Namespace")
+        .expect("built-in Namespace type");
     for change in changes {
         let dest = policy.destination_for(&change.namespace);
-        let ns_file = layout::object_path(&namespace_type(), None, &dest);
+        let ns_file = layout::object_path(namespaces, None, &dest);
         if !committed.contains(&ns_file) {
             return Err(PatchError::NeedsFull(format!(
                 "namespace {dest} is not exported yet"
@@ -149,13 +152,6 @@ fn add_kustomizations(patch: &mut Patch, committed: &dyn Committed, consumer: Co
     for (p, c) in generated {
         patch.insert(p, Some(c));
     }
-}
-
-fn namespace_type() -> ResourceType {
-    super::Registry::builtin()
-        .lookup("v1", "Namespace")
-        .expect("built-in Namespace type")
-        .clone()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use super::builtin::{self, ORIGINAL_SUSPEND};
-use super::resource::Registry;
+use super::resource::{Registry, ResourceType};
 use super::value::{self, get, str_at};
 use crate::api::keys;
 
@@ -29,15 +29,16 @@ pub struct Step {
     pub to: String,
 }
 
-fn workload(obj: &Value) -> Option<(String, String)> {
+/// The type of `obj` when it is a workload failover changes.
+fn workload(obj: &Value) -> Option<&'static ResourceType> {
     let api_version = str_at(obj, &["apiVersion"])?;
     let kind = str_at(obj, &["kind"])?;
-    let rt = Registry::builtin().lookup(api_version, kind)?.clone();
+    let rt = Registry::builtin_shared().lookup(api_version, kind)?;
     matches!(
         (rt.group.as_str(), rt.kind.as_str()),
         ("apps", "Deployment" | "StatefulSet" | "ReplicaSet") | ("batch", "CronJob" | "Job")
     )
-    .then_some((rt.group, rt.kind))
+    .then_some(rt)
 }
 
 fn shown(v: Option<&Value>) -> String {
@@ -47,7 +48,7 @@ fn shown(v: Option<&Value>) -> String {
 /// Restores the source's replicas / suspend and removes the annotations that recorded
 /// them. `None` when the object is not a standby workload.
 pub fn promote(obj: &mut Value) -> Option<Step> {
-    let (_, kind) = workload(obj)?;
+    let kind = workload(obj)?.kind.as_str();
     if kind == "CronJob" || kind == "Job" {
         let original = value::annotations(obj).get(ORIGINAL_SUSPEND)?.clone();
         let restored = original.trim() == "true";
@@ -81,11 +82,9 @@ pub fn promote(obj: &mut Value) -> Option<Step> {
 /// Returns a promoted workload to the standby form (the export's scale-to-zero and
 /// suspend). `None` when it is not a workload or already standing by.
 pub fn demote(obj: &mut Value) -> Option<Step> {
-    let (_, kind) = workload(obj)?;
+    let rt = workload(obj)?;
+    let kind = rt.kind.as_str();
     let annotations = value::annotations(obj);
-    let rt = Registry::builtin()
-        .lookup(str_at(obj, &["apiVersion"])?, &kind)?
-        .clone();
     let (field, already) = if kind == "CronJob" || kind == "Job" {
         ("suspend", annotations.contains_key(ORIGINAL_SUSPEND))
     } else {
@@ -98,7 +97,7 @@ pub fn demote(obj: &mut Value) -> Option<Step> {
         return None;
     }
     let from = shown(get(obj, &["spec", field]));
-    builtin::standby(obj, &rt);
+    builtin::standby(obj, rt);
     Some(Step {
         field,
         from,

@@ -287,6 +287,13 @@ const BUILTIN: &[Builtin] = &[
 impl Registry {
     /// The built-in Kubernetes types (enough to read any `kubectl get -o yaml` dump of
     /// standard objects).
+    /// The built-in registry, built once: lookups in per-object paths (patches, failover)
+    /// must not rebuild it every time.
+    pub fn builtin_shared() -> &'static Registry {
+        static SHARED: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::builtin);
+        &SHARED
+    }
+
     pub fn builtin() -> Self {
         let mut registry = Registry::default();
         for (group, version, kind, plural, shorts, namespaced) in BUILTIN {

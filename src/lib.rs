@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod datasync;
 pub mod export;
 pub mod gitops;
 pub mod pvc;

@@ -43,6 +43,12 @@ pub mod keys {
     pub const ALLOW_MASS_DELETION: &str = "dr-syncer.io/allow-mass-deletion";
     /// Label set on every object applied into a DR cluster; pruning only touches these.
     pub const MANAGED_BY: &str = "dr-syncer.io/managed-by";
+    /// Annotation on a NamespaceMapping: any new value runs one volume data sync of every
+    /// replicated PVC now.
+    pub const SYNC_DATA_NOW: &str = "dr-syncer.io/sync-data-now";
+    /// Annotation on a NamespaceMapping (client key) or RemoteCluster (agent host key): any
+    /// new value rotates the key now; the old one keeps working for the grace period.
+    pub const ROTATE_KEYS: &str = "dr-syncer.io/rotate-keys";
 }
 
 /// Every CRD, in a stable order (the order `dr-syncer crds` prints them).

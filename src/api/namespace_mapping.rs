@@ -490,6 +490,98 @@ pub struct NamespaceMappingStatus {
     /// The `dr-syncer.io/sync-now` value already handled, so one trigger runs one sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_now: Option<String>,
+    /// Volume data replication (`pvcConfig.syncData`); written by the data-sync task only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc_data: Option<PvcDataStatus>,
+}
+
+/// Observed state of a mapping's volume data replication.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcDataStatus {
+    /// SHA-256 fingerprint of the mapping's SSH client key (`SHA256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_fingerprint: Option<String>,
+    /// The previous client key, still accepted until `previousKeyExpires`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_fingerprint: Option<String>,
+    /// End of the previous key's grace window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_expires: Option<Time>,
+    /// When the client key was last generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotated_at: Option<Time>,
+    /// The `dr-syncer.io/rotate-keys` value already handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_keys: Option<String>,
+    /// The `dr-syncer.io/sync-data-now` value already handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_data_now: Option<String>,
+    /// Next scheduled data sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_sync_time: Option<Time>,
+    /// One entry per replicated PVC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<PvcVolumeStatus>,
+}
+
+/// Replication state of one PVC.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcVolumeStatus {
+    /// Source PVC, `namespace/name`.
+    pub source: String,
+    /// Destination PVC, `namespace/name`.
+    pub destination: String,
+    /// Copy method of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_method: Option<CopyMethod>,
+    /// Result of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<PvcSyncResult>,
+    /// Why the last attempt failed or was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Start of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+    /// End of the last successful sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<Time>,
+    /// The source point in time the DR copy now holds (snapshot or clone time; the start
+    /// of the read for `Direct`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<Time>,
+    /// Recovery point objective at the last status write: seconds between the held point
+    /// in time and then (`dr_syncer_pvc_last_success_timestamp_seconds` tracks it live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_seconds: Option<i64>,
+    /// Bytes sent literally by the last successful sync.
+    #[serde(default)]
+    pub bytes_literal: i64,
+    /// Bytes rebuilt from the destination's own data by the last successful sync.
+    #[serde(default)]
+    pub bytes_matched: i64,
+    /// Files transferred by the last successful sync.
+    #[serde(default)]
+    pub files_transferred: i64,
+    /// Wall time of the last attempt in milliseconds.
+    #[serde(default)]
+    pub duration_millis: i64,
+    /// The operation id of the last attempt (labels its temporary objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+/// Result of one PVC sync.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PvcSyncResult {
+    /// Data arrived and was verified.
+    Succeeded,
+    /// The sync failed; see `message`.
+    Failed,
+    /// Another sync of the same PVC was running.
+    Skipped,
 }
 
 /// Summary phase of a mapping.

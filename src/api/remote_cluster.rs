@@ -79,7 +79,7 @@ fn default_kubeconfig_key() -> String {
 }
 
 /// The PVC agent: a DaemonSet serving as SSH bastion on the source cluster.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcSyncSpec {
     /// Deploy the agent into this cluster.
@@ -112,6 +112,30 @@ pub struct PvcSyncSpec {
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: i32,
+    /// Namespace of the agent in this cluster.
+    #[serde(default = "default_agent_namespace")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Run the agent in the node's network namespace, so DR jobs reach it at the node's
+    /// address (no LoadBalancer needed). Needs a PodSecurity level that allows hostNetwork.
+    #[serde(default = "default_true")]
+    pub host_network: bool,
+    /// A fixed `host:port` DR jobs use to reach the bastion (a LoadBalancer or NodePort in
+    /// front of the agent); by default the address of the agent pod on the volume's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 260))]
+    pub endpoint: Option<String>,
+    /// Rotation of the agent's SSH host key (defaults: every 720h, old key pinned 1h more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_keys: Option<super::SshKeySettings>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_agent_namespace() -> String {
+    "dr-syncer-agent".into()
 }
 
 fn default_ssh_port() -> i32 {
@@ -171,6 +195,31 @@ pub struct RemoteClusterStatus {
     /// Generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The PVC agent (with `spec.pvcSync.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStatus>,
+}
+
+/// Observed state of the PVC agent in a cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Agent pods the DaemonSet wants.
+    pub desired: i32,
+    /// Agent pods ready.
+    pub ready: i32,
+    /// SHA-256 fingerprint of the agent's SSH host key (`SHA256:…`); DR jobs pin it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_fingerprint: Option<String>,
+    /// The previous host key, still pinned until `previousHostKeyExpires`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_host_key_fingerprint: Option<String>,
+    /// End of the previous host key's grace window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_host_key_expires: Option<Time>,
+    /// When the host key was last generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_rotated_at: Option<Time>,
 }
 
 /// Health of a RemoteCluster.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::pvc::ssh;
+use crate::pvc::{access, ssh};
 
 /// Arguments of `dr-syncer agent`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +34,9 @@ pub struct ServerArgs {
     /// Ed25519 host key (OpenSSH private key file).
     #[arg(long, env = "DR_SYNCER_HOST_KEY")]
     pub host_key: PathBuf,
-    /// Public keys allowed to connect (`authorized_keys` format, no options).
+    /// Public keys allowed to connect: an `authorized_keys` file or a directory of them (a
+    /// mounted Secret). Re-read at every login, so rotations need no restart. The only
+    /// option understood is `expiry-time="YYYYMMDDHHMMSSZ"`.
     #[arg(long, env = "DR_SYNCER_AUTHORIZED_KEYS")]
     pub authorized_keys: PathBuf,
 }
@@ -52,19 +54,16 @@ pub struct ServeArgs {
 /// `agent bastion`.
 #[derive(Debug, clap::Args)]
 pub struct BastionArgs {
-    /// A `HOST:PORT` forwarding target (repeatable); everything else is refused.
-    #[arg(long = "allow", value_parser = parse_target)]
+    /// A `HOST:PORT` forwarding target (repeatable).
+    #[arg(long = "allow", value_parser = access::parse_target)]
     pub allow: Vec<(String, u16)>,
+    /// Forwarding targets from a file or a directory of files (a mounted ConfigMap), one
+    /// `HOST:PORT [SHA256:client-key-fingerprint] [expires=RFC3339]` per line, re-read for
+    /// every forwarding request. Everything not listed is refused.
+    #[arg(long, env = "DR_SYNCER_ALLOW_FROM", conflicts_with = "allow")]
+    pub allow_from: Option<PathBuf>,
     #[command(flatten)]
     pub server: ServerArgs,
-}
-
-fn parse_target(s: &str) -> Result<(String, u16), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s}: expected HOST:PORT"))?;
-    let port = port.parse().map_err(|_| format!("{s}: bad port"))?;
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
 /// Runs the agent until it is stopped.
@@ -74,11 +73,13 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<ExitCode> {
         Role::Bastion(a) => &a.server,
     };
     let key = ssh::load_key(&server.host_key)?;
-    let authorized = ssh::load_authorized_keys(&server.authorized_keys)?;
+    let keys = access::check_path(&server.authorized_keys, access::parse_authorized_keys)
+        .map_err(|e| anyhow::anyhow!("--authorized-keys {e}"))?;
+    let authorized = access::Source::Path(server.authorized_keys.clone());
     let listener = tokio::net::TcpListener::bind(server.listen)
         .await
         .with_context(|| format!("--listen {}", server.listen))?;
-    tracing::info!(addr = %server.listen, keys = authorized.len(), "listening");
+    tracing::info!(addr = %server.listen, keys, "listening");
     match &args.role {
         Role::ServeVolume(a) => {
             let root = std::fs::canonicalize(&a.root)
@@ -87,11 +88,31 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<ExitCode> {
             ssh::serve_volume(listener, root, key, authorized).await?;
         }
         Role::Bastion(a) => {
-            anyhow::ensure!(
-                !a.allow.is_empty(),
-                "--allow: give at least one HOST:PORT target"
-            );
-            ssh::bastion(listener, key, authorized, a.allow.clone()).await?;
+            let allow = match &a.allow_from {
+                Some(path) => {
+                    access::check_path(path, access::parse_allow)
+                        .map_err(|e| anyhow::anyhow!("--allow-from {e}"))?;
+                    access::Source::Path(path.clone())
+                }
+                None => {
+                    anyhow::ensure!(
+                        !a.allow.is_empty(),
+                        "--allow or --allow-from: give the forwarding targets"
+                    );
+                    access::Source::Fixed(
+                        a.allow
+                            .iter()
+                            .map(|(host, port)| access::AllowEntry {
+                                host: host.clone(),
+                                port: *port,
+                                key: None,
+                                expires: None,
+                            })
+                            .collect(),
+                    )
+                }
+            };
+            ssh::bastion(listener, key, authorized, allow).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -41,6 +41,9 @@ pub struct ControllerArgs {
     /// Lease duration in seconds; a standby takes over this long after the leader dies.
     #[arg(long, env = "DR_SYNCER_LEASE_DURATION", default_value_t = 15)]
     pub lease_duration: u64,
+    /// Image of the PVC agent and the data-sync pods (the chart sets its own image).
+    #[arg(long, env = "DR_SYNCER_IMAGE", default_value = concat!("ghcr.io/dr-syncer/dr-syncer:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -52,6 +55,7 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
         list_concurrency: args.list_concurrency,
         field_manager: "dr-syncer".into(),
         watch_namespace: args.watch_namespace.clone(),
+        image: args.image.clone(),
     };
     tracing::info!(namespace = %args.namespace, instance = %args.instance, "dr-syncer controller starting");
     let opts = controller::RunOptions {

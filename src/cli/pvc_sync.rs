@@ -41,6 +41,15 @@ pub struct PvcSyncArgs {
     /// Bandwidth limit in bytes per second.
     #[arg(long, env = "DR_SYNCER_BWLIMIT")]
     pub bwlimit: Option<u64>,
+    /// Keep retrying for this long (e.g. `3m`) while the server is unreachable or the
+    /// bastion does not forward yet (a fresh allow-list entry reaches the agent with the
+    /// next volume refresh). Host-key and authentication failures are never retried.
+    #[arg(long, env = "DR_SYNCER_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "0s")]
+    pub connect_timeout: std::time::Duration,
+    /// Also write the JSON summary here (a Kubernetes Job uses `/dev/termination-log`, so
+    /// the controller reads it from the pod status).
+    #[arg(long, env = "DR_SYNCER_SUMMARY_FILE")]
+    pub summary_file: Option<PathBuf>,
     /// Summary format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -62,11 +71,24 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
         &std::fs::read_to_string(&args.known_hosts)
             .with_context(|| format!("--known-hosts {}", args.known_hosts.display()))?,
     );
-    let conn = match ssh::connect(&args.from, key, known, args.jump.as_ref()).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(EXIT_CONNECT));
+    let deadline = std::time::Instant::now() + args.connect_timeout;
+    let conn = loop {
+        match ssh::connect(&args.from, key.clone(), known.clone(), args.jump.as_ref()).await {
+            Ok(c) => break c,
+            Err(e @ (ssh::SshError::Transport(_) | ssh::SshError::Refused(_)))
+                if std::time::Instant::now() < deadline =>
+            {
+                eprintln!("retrying: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                write_summary_file(
+                    args,
+                    &serde_json::json!({"error": e.to_string(), "exitCode": EXIT_CONNECT}),
+                );
+                return Ok(ExitCode::from(EXIT_CONNECT));
+            }
         }
     };
     let tty = std::io::stderr().is_terminal() && args.output == Format::Table;
@@ -92,14 +114,20 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
     match result {
         Ok(summary) => {
             print_summary(&summary, args.output)?;
+            write_summary_file(args, &serde_json::to_value(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(match e {
+            let code = match e {
                 PvcError::Verify(_) => EXIT_VERIFY,
                 _ => EXIT_TRANSFER,
-            }))
+            };
+            write_summary_file(
+                args,
+                &serde_json::json!({"error": e.to_string(), "exitCode": code}),
+            );
+            Ok(ExitCode::from(code))
         }
     }
 }
@@ -124,4 +152,19 @@ fn print_summary(s: &Summary, format: Format) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Best effort: the summary file is a report channel, not a result; a failure to write it
+/// must not turn a good sync into a failed one.
+fn write_summary_file(args: &PvcSyncArgs, value: &serde_json::Value) {
+    if let Some(path) = &args.summary_file
+        && let Err(e) = std::fs::write(path, value.to_string())
+    {
+        eprintln!("warning: --summary-file {}: {e}", path.display());
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::controller::schedule::parse_duration(s)
+        .ok_or_else(|| format!("{s:?}: expected a duration such as 90s, 3m or 1h"))
 }

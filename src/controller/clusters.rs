@@ -65,7 +65,12 @@ pub async fn reconcile_cluster(
         .await?
         .and_then(|m| m.metadata.resource_version)
         .unwrap_or_default();
-    let inputs = format!("{generation:?}/{secret_version}");
+    let rotate = rc
+        .annotations()
+        .get(crate::api::keys::ROTATE_KEYS)
+        .cloned()
+        .unwrap_or_default();
+    let inputs = format!("{generation:?}/{secret_version}/{rotate}");
     let key = format!("{ns}/{}", rc.name_any());
     let unchanged = ctx.last_inputs(&key).as_deref() == Some(inputs.as_str());
     if let Some(t) = &prev.last_check_time {
@@ -113,6 +118,7 @@ pub async fn reconcile_cluster(
                 generation,
                 t.clone(),
             );
+            let agent_client = client.clone();
             let version = client.apiserver_version().await;
             let listed = Api::<Namespace>::all(client)
                 .list(&ListParams::default().limit(1))
@@ -150,6 +156,27 @@ pub async fn reconcile_cluster(
                     );
                 }
             }
+            if let Some(spec) = rc.spec.pvc_sync.as_ref().filter(|p| p.enabled) {
+                let (ready, reason, msg) = match deploy_agent(&ctx, &rc, spec, &agent_client).await
+                {
+                    Ok(a) => {
+                        let ok = a.ready > 0 && a.ready >= a.desired;
+                        let msg = format!("{}/{} agent pods ready", a.ready, a.desired);
+                        s.agent = Some(a);
+                        (ok, if ok { "AgentReady" } else { "AgentNotReady" }, msg)
+                    }
+                    Err(e) => (false, "AgentDeployFailed", e),
+                };
+                set_condition(
+                    &mut s.conditions,
+                    "PvcAgentReady",
+                    ready,
+                    reason,
+                    &msg,
+                    generation,
+                    t.clone(),
+                );
+            }
         }
     }
     s.last_check_time = Some(t);
@@ -162,6 +189,25 @@ pub async fn reconcile_cluster(
         )
         .await?;
     Ok(Action::requeue(interval))
+}
+
+/// Generates (or rotates) the agent host key and deploys the agent into the cluster.
+async fn deploy_agent(
+    ctx: &Ctx,
+    rc: &RemoteCluster,
+    spec: &crate::api::PvcSyncSpec,
+    client: &kube::Client,
+) -> Result<crate::api::AgentStatus, String> {
+    use crate::datasync::{agent, rings};
+    let manager = &ctx.settings.field_manager;
+    let secret = agent::host_ring_secret(&rc.name_any());
+    let checked = rings::ensure(&ctx.client, rc, &secret, spec.host_keys.as_ref(), manager)
+        .await
+        .map_err(|e| format!("agent host key Secret {secret}: {e}"))?;
+    let image = agent::image(spec, &ctx.settings.image);
+    agent::deploy(client, rc, spec, &image, &checked.ring, manager)
+        .await
+        .map_err(|e| format!("deploying the agent into namespace {}: {e}", spec.namespace))
 }
 
 /// The ClusterMappings that reference a RemoteCluster.

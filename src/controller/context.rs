@@ -22,6 +22,8 @@ pub struct Settings {
     pub field_manager: String,
     /// Only reconcile NamespaceMappings in this namespace (`None`: all namespaces).
     pub watch_namespace: Option<String>,
+    /// Image of the PVC agent and the data-sync pods (the controller's own image).
+    pub image: String,
 }
 
 /// Shared state of the reconcilers.
@@ -37,6 +39,10 @@ pub struct Ctx {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Continuous-mode watch tasks.
     pub watches: super::continuous::Watches,
+    /// Volume data-sync tasks.
+    pub data_syncs: crate::datasync::DataSyncs,
+    /// This replica's identity (PVC lock holder).
+    pub instance: String,
     /// Prometheus metrics.
     pub metrics: Arc<super::metrics::Metrics>,
     inputs: Mutex<HashMap<String, String>>,
@@ -59,7 +65,7 @@ impl Ctx {
             client.clone(),
             Reporter {
                 controller: "dr-syncer".into(),
-                instance: Some(instance),
+                instance: Some(instance.clone()),
             },
         );
         Ok(Ctx {
@@ -69,6 +75,8 @@ impl Ctx {
             fingerprint_key,
             locks: Mutex::default(),
             watches: Default::default(),
+            data_syncs: Default::default(),
+            instance,
             metrics,
             inputs: Mutex::default(),
             synced: Mutex::default(),

@@ -27,7 +27,15 @@ async fn write_status(
     nm: &NamespaceMapping,
     new: NamespaceMappingStatus,
 ) -> Result<(), ControllerError> {
-    if nm.status.as_ref() == Some(&new) {
+    // `pvcData` belongs to the data-sync task: never compare or write it here (a merge
+    // patch leaves an omitted field alone).
+    let mut new = new;
+    new.pvc_data = None;
+    let mut current = nm.status.clone();
+    if let Some(c) = current.as_mut() {
+        c.pvc_data = None;
+    }
+    if current.as_ref() == Some(&new) {
         return Ok(());
     }
     let api: Api<NamespaceMapping> =
@@ -72,9 +80,11 @@ pub async fn reconcile(
         Api::namespaced(ctx.client.clone(), &nm.namespace().unwrap_or_default());
     let Some(nm) = api.get_opt(&nm.name_any()).await? else {
         ctx.watches.remove(&key);
+        ctx.data_syncs.remove(&key);
         return Ok(Action::await_change());
     };
     ctx.watches.ensure(&ctx, &nm);
+    ctx.data_syncs.ensure(&ctx, &nm);
     let prev = nm.status.clone().unwrap_or_default();
     let resync = nm
         .spec

@@ -3,6 +3,7 @@
 //! between `dr-syncer agent serve-volume` on the source and `dr-syncer pvc-sync` on the DR
 //! side.
 
+pub mod access;
 pub mod delta;
 pub mod manifest;
 pub mod receiver;

@@ -17,6 +17,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelMsg, client, server};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::access::{AllowSource, KeySource, fingerprint, forward_allowed, key_allowed};
 use crate::gitops::KnownHosts;
 
 /// The only command the volume server runs.
@@ -52,36 +53,6 @@ impl From<russh::Error> for SshError {
 pub fn load_key(path: &Path) -> Result<PrivateKey, SshError> {
     russh::keys::load_secret_key(path, None)
         .map_err(|e| SshError::Key(path.to_path_buf(), e.to_string()))
-}
-
-/// Parses an `authorized_keys` file: `type base64 [comment]` lines; options are not
-/// supported and such lines are refused rather than silently widened.
-pub fn load_authorized_keys(path: &Path) -> Result<Vec<PublicKey>, SshError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SshError::Key(path.to_path_buf(), e.to_string()))?;
-    let mut keys = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut parts = line.split_whitespace();
-        let (kind, b64) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        if !kind.starts_with("ssh-") && !kind.starts_with("ecdsa-") {
-            return Err(SshError::Key(
-                path.to_path_buf(),
-                format!(
-                    "line {}: options are not supported; only `type key [comment]`",
-                    i + 1
-                ),
-            ));
-        }
-        keys.push(
-            russh::keys::parse_public_key_base64(b64)
-                .map_err(|e| SshError::Key(path.to_path_buf(), format!("line {}: {e}", i + 1)))?,
-        );
-    }
-    Ok(keys)
 }
 
 /// AES-256-GCM first: with AES-NI it is several times faster than ChaCha20-Poly1305,
@@ -125,14 +96,12 @@ fn client_config() -> Arc<client::Config> {
 /// What the volume server and the bastion share: who may log in.
 #[derive(Clone)]
 struct Gate {
-    authorized: Arc<Vec<PublicKey>>,
+    authorized: Arc<KeySource>,
 }
 
 impl Gate {
     fn allows(&self, key: &PublicKey) -> bool {
-        self.authorized
-            .iter()
-            .any(|k| k.key_data() == key.key_data())
+        key_allowed(&self.authorized, key, jiff::Timestamp::now())
     }
 
     /// Accepts authorized keys; everything else is rejected (russh answers in constant
@@ -151,7 +120,7 @@ pub async fn serve_volume(
     listener: TcpListener,
     root: PathBuf,
     host_key: PrivateKey,
-    authorized: Vec<PublicKey>,
+    authorized: KeySource,
 ) -> Result<(), SshError> {
     let mut srv = VolumeServer {
         gate: Gate {
@@ -323,14 +292,15 @@ impl server::Handler for VolumeSession {
 pub async fn bastion(
     listener: TcpListener,
     host_key: PrivateKey,
-    authorized: Vec<PublicKey>,
-    allow: Vec<(String, u16)>,
+    authorized: KeySource,
+    allow: AllowSource,
 ) -> Result<(), SshError> {
     let mut srv = Bastion {
         gate: Gate {
             authorized: Arc::new(authorized),
         },
         allow: Arc::new(allow),
+        client: None,
     };
     srv.run_on_socket(server_config(host_key), &listener)
         .await
@@ -340,7 +310,10 @@ pub async fn bastion(
 #[derive(Clone)]
 struct Bastion {
     gate: Gate,
-    allow: Arc<Vec<(String, u16)>>,
+    allow: Arc<AllowSource>,
+    /// Fingerprint of the key this connection authenticated with: allow-list entries can
+    /// be bound to one client key.
+    client: Option<String>,
 }
 
 impl server::Server for Bastion {
@@ -366,7 +339,11 @@ impl server::Handler for Bastion {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.gate.verdict(key.public_key))
+        let verdict = self.gate.verdict(key.public_key);
+        if matches!(verdict, Auth::Accept) {
+            self.client = Some(fingerprint(key.public_key));
+        }
+        Ok(verdict)
     }
 
     async fn channel_open_direct_tcpip(
@@ -379,8 +356,15 @@ impl server::Handler for Bastion {
         reply: ChannelOpenHandle,
         _: &mut Session,
     ) -> Result<(), Self::Error> {
-        let allowed = u16::try_from(port)
-            .is_ok_and(|p| self.allow.iter().any(|(h, ap)| h == host && *ap == p));
+        let allowed = u16::try_from(port).is_ok_and(|p| {
+            forward_allowed(
+                &self.allow,
+                host,
+                p,
+                self.client.as_deref(),
+                jiff::Timestamp::now(),
+            )
+        });
         if !allowed {
             tracing::warn!(host, port, "forwarding refused: not allow-listed");
             reply

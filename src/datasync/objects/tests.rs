@@ -1,0 +1,231 @@
+use super::*;
+use crate::api::NamespaceMappingSpec;
+
+fn source() -> PersistentVolumeClaim {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "namespace": "shop", "uid": "u-1", "resourceVersion": "7",
+                     "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                 "resources": {"requests": {"storage": "5Gi"}}, "volumeName": "pv-1"},
+        "status": {"phase": "Bound"},
+    }))
+    .unwrap()
+}
+
+fn op(method: CopyMethod, root: bool) -> Operation {
+    Operation {
+        id: "ab12cd34ef".into(),
+        mapping: "dr.shop".into(),
+        method,
+        source: source(),
+        dest_namespace: "shop-dr".into(),
+        image: "registry.example/dr-syncer:1.0".into(),
+        pull_policy: None,
+        run_as_root: root,
+        node: (method == CopyMethod::Direct).then(|| "node-2".to_string()),
+        snapshot_class: Some("csi-snap".into()),
+        timeout: Duration::from_secs(600),
+        bwlimit_kib: Some(1024),
+    }
+}
+
+fn v<T: serde::Serialize>(x: &T) -> Value {
+    serde_json::to_value(x).unwrap()
+}
+
+#[test]
+fn serve_pod_by_copy_method() {
+    let cases = [
+        (CopyMethod::Snapshot, "dr-syncer-ab12cd34ef-src", None),
+        (CopyMethod::Clone, "dr-syncer-ab12cd34ef-src", None),
+        (CopyMethod::Direct, "data", Some("node-2")),
+    ];
+    for (method, claim, node) in cases {
+        let pod = v(&op(method, false).serve_pod());
+        let spec = &pod["spec"];
+        assert_eq!(pod["metadata"]["namespace"], "shop", "{method:?}");
+        assert_eq!(spec["nodeName"].as_str(), node, "{method:?}");
+        assert_eq!(
+            spec["volumes"][0]["persistentVolumeClaim"],
+            json!({"claimName": claim, "readOnly": true})
+        );
+        assert_eq!(
+            spec["volumes"][1]["secret"]["secretName"],
+            "dr-syncer-ab12cd34ef-serve"
+        );
+        let c = &spec["containers"][0];
+        assert_eq!(c["image"], "registry.example/dr-syncer:1.0");
+        assert_eq!(
+            c["volumeMounts"][0],
+            json!({"name": "data", "mountPath": "/data", "readOnly": true})
+        );
+        assert_eq!(
+            c["args"],
+            json!([
+                "agent",
+                "serve-volume",
+                "--root",
+                "/data",
+                "--listen",
+                "0.0.0.0:2223",
+                "--host-key",
+                "/etc/dr-syncer/keys/host_key",
+                "--authorized-keys",
+                "/etc/dr-syncer/keys/authorized_keys"
+            ])
+        );
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(spec["securityContext"]["runAsUser"], USER);
+        assert!(
+            spec["securityContext"].get("fsGroup").is_none(),
+            "never chown a source volume"
+        );
+        assert_eq!(c["securityContext"]["privileged"], false);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(
+            c["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
+        );
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(pod["metadata"]["labels"][OPERATION], "ab12cd34ef");
+        assert_eq!(pod["metadata"]["labels"][TEMPORARY], "true");
+    }
+}
+
+#[test]
+fn run_as_root_is_explicit_and_minimal() {
+    let pod = v(&op(CopyMethod::Clone, true).serve_pod());
+    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 0);
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"]["capabilities"],
+        json!({"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]})
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"]["privileged"],
+        false
+    );
+}
+
+#[test]
+fn temp_claim_by_copy_method() {
+    let snap = v(&op(CopyMethod::Snapshot, false).temp_claim(Some("6Gi")));
+    assert_eq!(
+        snap["spec"]["dataSource"],
+        json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "dr-syncer-ab12cd34ef-snap"})
+    );
+    assert_eq!(snap["spec"]["resources"]["requests"]["storage"], "6Gi");
+    assert_eq!(snap["spec"]["storageClassName"], "fast");
+    let clone = v(&op(CopyMethod::Clone, false).temp_claim(None));
+    assert_eq!(
+        clone["spec"]["dataSource"],
+        json!({"kind": "PersistentVolumeClaim", "name": "data"})
+    );
+    assert_eq!(clone["spec"]["resources"]["requests"]["storage"], "5Gi");
+    let vs = v(&op(CopyMethod::Snapshot, false).source_snapshot());
+    assert_eq!(
+        vs["spec"],
+        json!({"source": {"persistentVolumeClaimName": "data"}, "volumeSnapshotClassName": "csi-snap"})
+    );
+}
+
+#[test]
+fn sync_job_mounts_destination_and_keys() {
+    let job =
+        v(&op(CopyMethod::Clone, false).sync_job("data", "10.1.0.9:2223", "192.168.0.4:2222"));
+    assert_eq!(job["metadata"]["namespace"], "shop-dr");
+    assert_eq!(job["spec"]["backoffLimit"], 0);
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "data"
+    );
+    assert_eq!(
+        pod["volumes"][1]["secret"]["secretName"],
+        "dr-syncer-ab12cd34ef-job"
+    );
+    assert_eq!(pod["securityContext"]["fsGroup"], USER);
+    let c = &pod["containers"][0];
+    assert_eq!(c["volumeMounts"][0]["readOnly"], false);
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &args[..5],
+        [
+            "pvc-sync",
+            "--from",
+            "ssh://10.1.0.9:2223",
+            "--jump",
+            "ssh://192.168.0.4:2222"
+        ]
+    );
+    assert!(args.windows(2).any(|w| w == ["--bwlimit", "1048576"]));
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--summary-file", "/dev/termination-log"])
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"][OPERATION],
+        "ab12cd34ef"
+    );
+}
+
+#[test]
+fn known_hosts_and_allow_line() {
+    let kh = known_hosts(
+        "192.168.0.4:2222",
+        &["ssh-ed25519 AAAA1".into(), "ssh-ed25519 AAAA0".into()],
+        "[fd00::9]:2223",
+        "ssh-ed25519 BBBB c",
+    );
+    assert_eq!(
+        kh,
+        "[192.168.0.4]:2222 ssh-ed25519 AAAA1\n[192.168.0.4]:2222 ssh-ed25519 AAAA0\n[fd00::9]:2223 ssh-ed25519 BBBB c\n"
+    );
+    let line = allow_line(
+        "10.1.0.9:2223",
+        "SHA256:x",
+        "2026-11-26T10:00:00Z".parse().unwrap(),
+    );
+    let parsed = crate::pvc::access::parse_allow(&line).unwrap();
+    assert_eq!(parsed[0].key.as_deref(), Some("SHA256:x"));
+    assert_eq!(parsed[0].port, 2223);
+}
+
+#[test]
+fn destination_claim_uses_the_export_rules() {
+    let spec: NamespaceMappingSpec = serde_json::from_value(json!({
+        "sourceNamespace": "shop", "destinationNamespace": "shop-dr",
+        "pvcConfig": {"storageClassMappings": [{"from": "fast", "to": "dr-fast"}],
+                      "accessModeMappings": [{"from": "ReadWriteOnce", "to": "ReadWriteMany"}]},
+        "destination": {"git": {"url": "ssh://git@example/x.git"}},
+    }))
+    .unwrap();
+    let policy = Policy::from_spec(&spec).unwrap();
+    let claim = v(&destination_claim(&source(), "shop-dr", &policy));
+    assert_eq!(claim["metadata"]["namespace"], "shop-dr");
+    assert_eq!(claim["spec"]["storageClassName"], "dr-fast");
+    assert_eq!(claim["spec"]["accessModes"], json!(["ReadWriteMany"]));
+    assert!(
+        claim["spec"].get("volumeName").is_none(),
+        "binding is cluster-specific"
+    );
+    assert!(claim.get("status").is_none());
+    assert!(claim["metadata"].get("uid").is_none());
+    assert_eq!(
+        claim["metadata"]["labels"][crate::api::keys::MANAGED_BY],
+        "dr-syncer"
+    );
+}
+
+#[test]
+fn mapping_label_fits() {
+    assert_eq!(mapping_label("ns", "m"), "ns.m");
+    let long = mapping_label(&"n".repeat(40), &"m".repeat(40));
+    assert!(long.len() <= 63, "{long}");
+    assert_ne!(long, mapping_label(&"n".repeat(40), &"m".repeat(41)));
+}

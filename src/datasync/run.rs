@@ -1,0 +1,447 @@
+//! One PVC sync operation: lock → point-in-time source → volume server pod → allow-list
+//! entry → destination PVC → `pvc-sync` Job → report → cleanup (always) → unlock. The
+//! waits poll the objects the kubelet, the snapshot controller and the Job controller move
+//! forward; every step has the operation's deadline.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use super::keys::KeyRing;
+use super::objects::{self, Operation};
+use super::plan::{self, Report};
+use super::{agent, lock};
+use crate::api::{CopyMethod, PvcSyncResult};
+use crate::export::policy::Policy;
+
+/// What an operation needs besides its own description.
+pub struct Env {
+    /// The controller's cluster (PVC locks).
+    pub ctl: Client,
+    /// The source cluster.
+    pub source: Client,
+    /// The DR cluster.
+    pub dest: Client,
+    /// Namespace of the PVC locks.
+    pub lease_namespace: String,
+    /// This controller replica.
+    pub holder: String,
+    /// The source cluster's identity in lock names (`namespace/RemoteCluster`).
+    pub cluster_id: String,
+    /// The agent's namespace in the source cluster.
+    pub agent_namespace: String,
+    /// The bastion port.
+    pub agent_port: i32,
+    /// A fixed bastion address instead of the agent pod's.
+    pub endpoint: Option<String>,
+    /// The mapping's client key ring.
+    pub client: KeyRing,
+    /// The agent's host key ring.
+    pub host: KeyRing,
+    /// The mapping's export policy (destination PVC shape).
+    pub policy: Policy,
+    /// VolumeSnapshots of the destination to keep (0: none).
+    pub keep_snapshots: i32,
+    /// VolumeSnapshotClass for destination snapshots.
+    pub snapshot_class: Option<String>,
+}
+
+/// The result of one operation.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Succeeded, failed or skipped.
+    pub result: PvcSyncResult,
+    /// Why it failed or was skipped.
+    pub message: Option<String>,
+    /// What `pvc-sync` reported.
+    pub report: Option<Report>,
+    /// The point in time the DR copy now holds.
+    pub point_in_time: Option<Timestamp>,
+    /// When the operation started.
+    pub started: Timestamp,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// The VolumeSnapshot API.
+pub fn snapshot_resource() -> ApiResource {
+    ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshot".into(),
+        plural: "volumesnapshots".into(),
+    }
+}
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// Runs one operation to its end; never leaves temporary objects or the lock behind.
+pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
+    let started = Timestamp::now();
+    let clock = Instant::now();
+    let outcome = |result, message: Option<String>, report, pit| Outcome {
+        result,
+        message,
+        report,
+        point_in_time: pit,
+        started,
+        duration: clock.elapsed(),
+    };
+    let lease = lock::lease_name(&env.cluster_id, &op.source_namespace(), &op.pvc_name());
+    let holder = format!("{}/{}", env.holder, op.id);
+    let hold_for = op.timeout + Duration::from_secs(300);
+    let held = match lock::acquire(
+        &env.ctl,
+        &env.lease_namespace,
+        &lease,
+        &holder,
+        &op.mapping,
+        hold_for,
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(other)) => {
+            let msg = format!("another sync of this PVC is running ({other}); skipped");
+            return outcome(PvcSyncResult::Skipped, Some(msg), None, None);
+        }
+        Err(e) => {
+            return outcome(
+                PvcSyncResult::Failed,
+                Some(format!("PVC lock: {e}")),
+                None,
+                None,
+            );
+        }
+    };
+    let result = match tokio::time::timeout(op.timeout, steps(env, op)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {}s", op.timeout.as_secs())),
+    };
+    if let Err(e) = cleanup(env, op).await {
+        tracing::warn!(operation = %op.id, error = %e, "cleanup incomplete; the next sweep retries");
+    }
+    if let Err(e) = lock::release(&env.ctl, &env.lease_namespace, held).await {
+        tracing::warn!(operation = %op.id, error = %e, "cannot release the PVC lock; it expires");
+    }
+    match result {
+        Ok((report, pit)) => outcome(PvcSyncResult::Succeeded, None, Some(report), Some(pit)),
+        Err(e) => outcome(PvcSyncResult::Failed, Some(e), None, None),
+    }
+}
+
+fn kube_err(what: &str) -> impl Fn(kube::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+async fn wait<T, F, Fut>(what: &str, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    tracing::debug!(what, "waiting");
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String> {
+    let src_ns = op.source_namespace();
+    let snapshots: Api<DynamicObject> =
+        Api::namespaced_with(env.source.clone(), &src_ns, &snapshot_resource());
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.source.clone(), &src_ns);
+    let pp = PostParams::default();
+    // 1. The point in time.
+    let point_in_time = match op.method {
+        CopyMethod::Snapshot => {
+            let snap = op.source_snapshot();
+            snapshots
+                .create(&pp, &snap)
+                .await
+                .map_err(kube_err("create VolumeSnapshot"))?;
+            let name = op.name("snap");
+            let (pit, size) = wait("VolumeSnapshot readyToUse", || async {
+                let s = snapshots
+                    .get(&name)
+                    .await
+                    .map_err(kube_err("read VolumeSnapshot"))?;
+                let status = &s.data["status"];
+                if let Some(msg) = status["error"]["message"].as_str() {
+                    return Err(format!("VolumeSnapshot {name}: {msg}"));
+                }
+                Ok((status["readyToUse"] == json!(true)).then(|| {
+                    let pit = status["creationTime"].as_str().and_then(|t| t.parse().ok());
+                    (
+                        pit.unwrap_or_else(Timestamp::now),
+                        status["restoreSize"].as_str().map(String::from),
+                    )
+                }))
+            })
+            .await?;
+            claims
+                .create(&pp, &op.temp_claim(size.as_deref()))
+                .await
+                .map_err(kube_err("create temporary PVC"))?;
+            pit
+        }
+        CopyMethod::Clone => {
+            let pit = Timestamp::now();
+            claims
+                .create(&pp, &op.temp_claim(None))
+                .await
+                .map_err(kube_err("create clone PVC"))?;
+            pit
+        }
+        CopyMethod::Direct => Timestamp::now(),
+    };
+    // 2. The volume server with a one-off host key.
+    let (serve_key, serve_pub) = super::keys::generate(&format!("dr-syncer-op-{}", op.id));
+    let authorized = env.client.authorized_keys(Timestamp::now());
+    Api::<Secret>::namespaced(env.source.clone(), &src_ns)
+        .create(&pp, &op.serve_secret(&serve_key, &authorized))
+        .await
+        .map_err(kube_err("create server Secret"))?;
+    let pods: Api<Pod> = Api::namespaced(env.source.clone(), &src_ns);
+    pods.create(&pp, &op.serve_pod())
+        .await
+        .map_err(kube_err("create server pod"))?;
+    let pod_name = op.name("serve");
+    let (ip, node) = wait("server pod running", || async {
+        let p = pods
+            .get(&pod_name)
+            .await
+            .map_err(kube_err("read server pod"))?;
+        let st = p.status.clone().unwrap_or_default();
+        match st.phase.as_deref() {
+            Some("Failed") | Some("Succeeded") => Err(format!(
+                "server pod {pod_name} ended: {}",
+                st.message.or(st.reason).unwrap_or_default()
+            )),
+            Some("Running") => Ok(st.pod_ip.map(|ip| (ip, p.spec.and_then(|s| s.node_name)))),
+            _ => Ok(None),
+        }
+    })
+    .await?;
+    let server = plan::address(&ip, i32::from(objects::SERVE_PORT));
+    // 3. The bastion and its allow-list entry for this operation only.
+    let bastion = match &env.endpoint {
+        Some(e) => e.clone(),
+        None => {
+            let agents: Api<Pod> = Api::namespaced(env.source.clone(), &env.agent_namespace);
+            let sel = format!("app.kubernetes.io/name={}", agent::NAME);
+            let list = agents
+                .list(&ListParams::default().labels(&sel))
+                .await
+                .map_err(kube_err("list agent pods"))?;
+            plan::agent_address(&list.items, node.as_deref(), env.agent_port).ok_or_else(|| {
+                format!("no ready agent pod in namespace {} of the source cluster (is spec.pvcSync.enabled set and the DaemonSet running?)", env.agent_namespace)
+            })?
+        }
+    };
+    let deadline =
+        Timestamp::now() + jiff::SignedDuration::try_from(op.timeout).unwrap_or_default();
+    let entry = objects::allow_line(&server, &env.client.fingerprint(), deadline);
+    agent::set_entry(
+        &env.source,
+        &env.agent_namespace,
+        false,
+        &allow_key(op),
+        Some(&entry),
+    )
+    .await
+    .map_err(kube_err("add allow-list entry"))?;
+    // 4. The destination PVC.
+    ensure_namespace(&env.dest, &op.dest_namespace).await?;
+    let dest_claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(env.dest.clone(), &op.dest_namespace);
+    let dest_pvc = op.pvc_name();
+    if dest_claims
+        .get_opt(&dest_pvc)
+        .await
+        .map_err(kube_err("read destination PVC"))?
+        .is_none()
+    {
+        let claim = objects::destination_claim(&op.source, &op.dest_namespace, &env.policy);
+        match dest_claims.create(&pp, &claim).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(format!("create destination PVC: {e}")),
+        }
+    }
+    // 5. The Job.
+    let known = objects::known_hosts(
+        &bastion,
+        &env.host.pins(Timestamp::now()),
+        &server,
+        &serve_pub,
+    );
+    Api::<Secret>::namespaced(env.dest.clone(), &op.dest_namespace)
+        .create(&pp, &op.job_secret(&env.client.private, &known))
+        .await
+        .map_err(kube_err("create job Secret"))?;
+    let jobs: Api<Job> = Api::namespaced(env.dest.clone(), &op.dest_namespace);
+    jobs.create(&pp, &op.sync_job(&dest_pvc, &server, &bastion))
+        .await
+        .map_err(kube_err("create Job"))?;
+    let job_name = op.name("job");
+    let succeeded = wait("Job finished", || async {
+        let j = jobs.get(&job_name).await.map_err(kube_err("read Job"))?;
+        let st = j.status.unwrap_or_default();
+        let cond = |t: &str| {
+            st.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == t && c.status == "True")
+        };
+        Ok(if st.succeeded.unwrap_or(0) > 0 || cond("Complete") {
+            Some(true)
+        } else if st.failed.unwrap_or(0) > 0 || cond("Failed") {
+            Some(false)
+        } else {
+            None
+        })
+    })
+    .await?;
+    let job_pods: Api<Pod> = Api::namespaced(env.dest.clone(), &op.dest_namespace);
+    let sel = format!("{}={}", objects::OPERATION, op.id);
+    let listed = job_pods
+        .list(&ListParams::default().labels(&sel))
+        .await
+        .map_err(kube_err("list Job pods"))?;
+    let report = listed.items.iter().find_map(plan::report);
+    if !succeeded {
+        let why = report
+            .and_then(|r| {
+                r.error
+                    .map(|e| format!("{e} (exit code {})", r.exit_code.unwrap_or(1)))
+            })
+            .unwrap_or_else(|| {
+                "the pvc-sync Job failed (no report in its termination message)".into()
+            });
+        return Err(why);
+    }
+    let report = report.unwrap_or_default();
+    if env.keep_snapshots > 0 {
+        keep_image(env, op, &dest_pvc).await?;
+    }
+    Ok((report, point_in_time))
+}
+
+/// Key of an operation's allow-list entry (prefixed with the mapping, for the sweep).
+pub fn allow_key(op: &Operation) -> String {
+    format!("{}.{}", op.mapping, op.id)
+}
+
+async fn ensure_namespace(client: &Client, name: &str) -> Result<(), String> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api
+        .get_opt(name)
+        .await
+        .map_err(kube_err("read destination namespace"))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let ns: Namespace = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {crate::api::keys::MANAGED_BY: "dr-syncer"}}}))
+    .expect("valid Namespace");
+    agent::create_missing(&api, &ns)
+        .await
+        .map_err(kube_err("create destination namespace"))
+}
+
+/// A VolumeSnapshot of the destination after a good sync (the last-known-good image), and
+/// the oldest ones beyond `keepSnapshots` deleted.
+async fn keep_image(env: &Env, op: &Operation, pvc: &str) -> Result<(), String> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(env.dest.clone(), &op.dest_namespace, &snapshot_resource());
+    let stamp = Timestamp::now().strftime("%Y%m%d%H%M%S").to_string();
+    let mut spec = json!({"source": {"persistentVolumeClaimName": pvc}});
+    if let Some(c) = &env.snapshot_class {
+        spec["volumeSnapshotClassName"] = json!(c);
+    }
+    let labels =
+        json!({objects::PVC: pvc, objects::MAPPING: op.mapping, "dr-syncer.io/image": "true"});
+    let snap: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": format!("{}-{stamp}", pvc.chars().take(200).collect::<String>()), "labels": labels},
+        "spec": spec,
+    }))
+    .expect("valid VolumeSnapshot");
+    api.create(&PostParams::default(), &snap)
+        .await
+        .map_err(kube_err("create destination VolumeSnapshot"))?;
+    let sel = format!("{}={pvc},dr-syncer.io/image=true", objects::PVC);
+    let mut list = api
+        .list(&ListParams::default().labels(&sel))
+        .await
+        .map_err(kube_err("list destination VolumeSnapshots"))?
+        .items;
+    list.sort_by_key(|s| s.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let excess = list
+        .len()
+        .saturating_sub(env.keep_snapshots.max(0) as usize);
+    for old in list.iter().take(excess) {
+        if let Some(n) = &old.metadata.name {
+            let _ = api.delete(n, &DeleteParams::default()).await;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every object labelled with `selector` in `namespace` (pods, Secrets, PVCs,
+/// VolumeSnapshots, Jobs); types a cluster does not serve are skipped.
+pub async fn delete_labeled(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<(), kube::Error> {
+    let kinds = [
+        ApiResource::erase::<Job>(&()),
+        ApiResource::erase::<Pod>(&()),
+        ApiResource::erase::<Secret>(&()),
+        ApiResource::erase::<PersistentVolumeClaim>(&()),
+        snapshot_resource(),
+    ];
+    let lp = ListParams::default().labels(selector);
+    for ar in kinds {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+        match api
+            .delete_collection(&DeleteParams::background(), &lp)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Removes an operation's temporary objects on both sides and its allow-list entry.
+pub async fn cleanup(env: &Env, op: &Operation) -> Result<(), kube::Error> {
+    let sel = format!("{}={}", objects::OPERATION, op.id);
+    let removed = agent::set_entry(
+        &env.source,
+        &env.agent_namespace,
+        false,
+        &allow_key(op),
+        None,
+    )
+    .await;
+    delete_labeled(&env.source, &op.source_namespace(), &sel).await?;
+    delete_labeled(&env.dest, &op.dest_namespace, &sel).await?;
+    match removed {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,617 @@
+//! One task per NamespaceMapping with `pvcConfig.syncData`: it keeps the mapping's client
+//! key (creating, rotating, publishing it to the agent), sweeps what an earlier process
+//! left behind, and runs the data syncs on the schedule or the `dr-syncer.io/sync-data-now`
+//! trigger, recording status, Events and metrics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::objects::{self, Operation, mapping_label};
+use super::run::{self, Env, Outcome};
+use super::{agent, lock, plan, rings};
+use crate::api::{
+    ClusterMapping, NamespaceMapping, PvcSyncResult, PvcVolumeStatus, RemoteCluster, keys,
+};
+use crate::controller::context::Ctx;
+use crate::controller::{refs, schedule, sync};
+use crate::export::policy::Policy;
+
+/// The running data-sync tasks, by mapping key.
+#[derive(Default)]
+pub struct DataSyncs {
+    tasks: Mutex<HashMap<String, (tokio::task::JoinHandle<()>, Arc<Notify>)>>,
+}
+
+impl DataSyncs {
+    /// Starts the task of a mapping that replicates volume data, or wakes it to look at
+    /// the mapping again (a trigger, a schedule or key-setting change).
+    pub fn ensure(&self, ctx: &Arc<Ctx>, nm: &NamespaceMapping) {
+        let wanted = nm.spec.pvc_config.as_ref().is_some_and(|p| p.sync_data);
+        let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+        let mut tasks = self.tasks.lock().expect("not poisoned");
+        if let Some((handle, notify)) = tasks.get(&key) {
+            if !handle.is_finished() {
+                notify.notify_one();
+                return;
+            }
+        }
+        if !wanted {
+            tasks.remove(&key);
+            return;
+        }
+        let notify = Arc::new(Notify::new());
+        let handle = tokio::spawn(run_mapping(
+            ctx.clone(),
+            nm.namespace().unwrap_or_default(),
+            nm.name_any(),
+            notify.clone(),
+        ));
+        tasks.insert(key, (handle, notify));
+    }
+
+    /// Stops the task of a deleted mapping.
+    pub fn remove(&self, key: &str) {
+        if let Some((handle, _)) = self.tasks.lock().expect("not poisoned").remove(key) {
+            handle.abort();
+        }
+    }
+}
+
+/// What a mapping's data syncs need, resolved from its references.
+struct Setup {
+    cm: Option<ClusterMapping>,
+    rc: RemoteCluster,
+    source: Client,
+    dest: Client,
+    policy: Policy,
+}
+
+async fn resolve(ctx: &Ctx, nm: &NamespaceMapping) -> Result<Setup, String> {
+    let ns = nm.namespace().unwrap_or_default();
+    let cm = refs::cluster_mapping(&ctx.client, nm)
+        .await
+        .map_err(|e| e.to_string())?;
+    let source_name = sync::source_cluster(nm, cm.as_ref()).ok_or(
+        "spec.pvcConfig.syncData: volume data replication needs a source RemoteCluster (spec.sourceCluster or the ClusterMapping's) with spec.pvcSync.enabled",
+    )?;
+    let rc = Api::<RemoteCluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&source_name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("spec.sourceCluster: RemoteCluster {ns}/{source_name} not found"))?;
+    if !rc.spec.pvc_sync.as_ref().is_some_and(|p| p.enabled) {
+        return Err(format!(
+            "RemoteCluster {source_name}: spec.pvcSync.enabled must be true to replicate volume data"
+        ));
+    }
+    let source = refs::remote_client(&ctx.client, "spec.sourceCluster", &ns, &source_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let target = nm
+        .spec
+        .destination
+        .as_ref()
+        .and_then(|d| d.cluster.as_ref())
+        .map(|c| {
+            (
+                c.remote_cluster_ref.name.clone(),
+                "spec.destination.cluster.remoteClusterRef",
+            )
+        })
+        .or_else(|| {
+            cm.as_ref()
+                .and_then(|c| c.spec.target_cluster.clone())
+                .map(|t| (t, "ClusterMapping spec.targetCluster"))
+        });
+    let dest = match target {
+        Some((name, field)) => refs::remote_client(&ctx.client, field, &ns, &name)
+            .await
+            .map_err(|e| e.to_string())?,
+        // Without a target cluster the controller runs in the DR cluster.
+        None => ctx.client.clone(),
+    };
+    let policy = Policy::from_spec(&nm.spec).map_err(|e| e.to_string())?;
+    Ok(Setup {
+        cm,
+        rc,
+        source,
+        dest,
+        policy,
+    })
+}
+
+async fn run_mapping(ctx: Arc<Ctx>, ns: String, name: String, notify: Arc<Notify>) {
+    let api: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut swept = false;
+    let mut last_run = Timestamp::now();
+    loop {
+        let nm = match api.get_opt(&name).await {
+            Ok(Some(nm)) => nm,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(mapping = %name, error = %e, "data sync: cannot read the mapping");
+                idle(&notify, Duration::from_secs(10)).await;
+                continue;
+            }
+        };
+        let Some(cfg) = nm.spec.pvc_config.clone().filter(|p| p.sync_data) else {
+            return;
+        };
+        if nm.spec.paused {
+            idle(&notify, Duration::from_secs(3600)).await;
+            continue;
+        }
+        let wake = match step(&ctx, &nm, &cfg, &mut swept, &mut last_run).await {
+            Ok(until) => until,
+            Err(msg) => {
+                tracing::warn!(mapping = %name, error = %msg, "data sync");
+                publish(&ctx, &nm, true, "PvcSyncFailed", msg).await;
+                Timestamp::now() + jiff::SignedDuration::from_secs(30)
+            }
+        };
+        let wait = Duration::try_from(wake - Timestamp::now()).unwrap_or_default();
+        idle(&notify, wait.max(Duration::from_millis(200))).await;
+    }
+}
+
+async fn idle(notify: &Notify, d: Duration) {
+    let _ = tokio::time::timeout(d, notify.notified()).await;
+}
+
+/// One pass: keys, sweep, and the syncs that are due. Returns when to look again.
+async fn step(
+    ctx: &Ctx,
+    nm: &NamespaceMapping,
+    cfg: &crate::api::PvcConfig,
+    swept: &mut bool,
+    last_run: &mut Timestamp,
+) -> Result<Timestamp, String> {
+    let setup = resolve(ctx, nm).await?;
+    let pvc_spec = setup.rc.spec.pvc_sync.clone().expect("checked by resolve");
+    let mapping = mapping_label(&nm.namespace().unwrap_or_default(), &nm.name_any());
+    let key_settings = setup.cm.as_ref().and_then(|c| c.spec.ssh_keys.as_ref());
+    let manager = &ctx.settings.field_manager;
+    let checked = rings::ensure(
+        &ctx.client,
+        nm,
+        &format!("dr-syncer-pvc-{}", nm.name_any()),
+        key_settings,
+        manager,
+    )
+    .await
+    .map_err(|e| format!("client key Secret: {e}"))?;
+    if let Some(why) = checked.rotated {
+        publish(
+            ctx,
+            nm,
+            false,
+            "KeysRotated",
+            format!(
+                "SSH client key rotated ({why:?}); new fingerprint {}",
+                checked.ring.fingerprint()
+            ),
+        )
+        .await;
+    }
+    let ring = checked.ring;
+    let now = Timestamp::now();
+    // The agent's client list: this mapping's entry, refreshed every pass so an expired
+    // previous key leaves it.
+    agent::set_entry(
+        &setup.source,
+        &pvc_spec.namespace,
+        true,
+        &mapping,
+        Some(&ring.authorized_keys(now)),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "agent client keys in {}/{}: {e} (has the agent been deployed?)",
+            pvc_spec.namespace,
+            agent::CLIENTS_SECRET
+        )
+    })?;
+    let host = rings::read(
+        &ctx.client,
+        &setup.rc.namespace().unwrap_or_default(),
+        &agent::host_ring_secret(&setup.rc.name_any()),
+    )
+    .await?
+    .ok_or_else(|| {
+        format!(
+            "RemoteCluster {}: the agent host key is not generated yet",
+            setup.rc.name_any()
+        )
+    })?;
+    let source_namespaces = source_namespaces(&setup.source, nm).await?;
+    let dests: Vec<(String, String)> = source_namespaces
+        .iter()
+        .map(|s| (s.clone(), setup.policy.destination_for(s)))
+        .collect();
+    if !*swept {
+        sweep(ctx, &setup, &pvc_spec.namespace, &mapping, &dests).await;
+        *swept = true;
+    }
+    let prev = nm
+        .status
+        .clone()
+        .unwrap_or_default()
+        .pvc_data
+        .unwrap_or_default();
+    let trigger = nm.annotations().get(keys::SYNC_DATA_NOW).cloned();
+    let triggered = trigger.is_some() && trigger != prev.last_sync_data_now;
+    let dsc = cfg.data_sync_config.clone().unwrap_or_default();
+    let cron = dsc.schedule.clone().or_else(|| nm.spec.schedule.clone());
+    let next = match &cron {
+        Some(c) => Some(
+            schedule::next_run(c, *last_run)
+                .map_err(|e| format!("dataSyncConfig.schedule: {e}"))?,
+        ),
+        None => None,
+    };
+    let due = triggered || next.is_some_and(|t| t <= now);
+    let mut status = prev.clone();
+    status.client_key_fingerprint = Some(ring.fingerprint());
+    status.key_rotated_at = Some(Time(ring.rotated_at));
+    status.previous_key_fingerprint = ring
+        .live_previous(now)
+        .map(|(p, _)| super::keys::fingerprint_of(p));
+    status.previous_key_expires = ring.live_previous(now).map(|(_, t)| Time(*t));
+    status.last_rotate_keys = ring.token.clone();
+    if due {
+        *last_run = now;
+        let env_base = EnvParts {
+            ring: ring.clone(),
+            host,
+            setup: &setup,
+            mapping: mapping.clone(),
+        };
+        let outcomes = run_all(ctx, nm, &env_base, &dests, cfg).await?;
+        merge(&mut status.volumes, outcomes, Timestamp::now());
+        if triggered {
+            status.last_sync_data_now = trigger;
+        }
+    }
+    let next = match &cron {
+        Some(c) => Some(
+            schedule::next_run(c, *last_run)
+                .map_err(|e| format!("dataSyncConfig.schedule: {e}"))?,
+        ),
+        None => None,
+    };
+    status.next_sync_time = next.map(Time);
+    if Some(&status) != nm.status.as_ref().and_then(|s| s.pvc_data.as_ref()) {
+        Api::<NamespaceMapping>::namespaced(
+            ctx.client.clone(),
+            &nm.namespace().unwrap_or_default(),
+        )
+        .patch_status(
+            &nm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"pvcData": status}})),
+        )
+        .await
+        .map_err(|e| format!("status: {e}"))?;
+    }
+    let check = rings::next_check(&ring, key_settings, now);
+    Ok(next.map_or(check, |n| n.min(check)))
+}
+
+struct EnvParts<'a> {
+    ring: super::keys::KeyRing,
+    host: super::keys::KeyRing,
+    setup: &'a Setup,
+    mapping: String,
+}
+
+async fn source_namespaces(source: &Client, nm: &NamespaceMapping) -> Result<Vec<String>, String> {
+    if let Some(ns) = &nm.spec.source_namespace {
+        return Ok(vec![ns.clone()]);
+    }
+    let Some(sel) = &nm.spec.namespace_selector else {
+        return Ok(Vec::new());
+    };
+    let selector = kube::core::Selector::try_from(sel.clone())
+        .map_err(|e| format!("spec.namespaceSelector: {e}"))?
+        .to_string();
+    let list = Api::<Namespace>::all(source.clone())
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| format!("list namespaces: {e}"))?;
+    Ok(list.items.iter().map(|n| n.name_any()).collect())
+}
+
+async fn run_all(
+    ctx: &Ctx,
+    nm: &NamespaceMapping,
+    parts: &EnvParts<'_>,
+    dests: &[(String, String)],
+    cfg: &crate::api::PvcConfig,
+) -> Result<Vec<(String, String, crate::api::CopyMethod, String, Outcome)>, String> {
+    let setup = parts.setup;
+    let pvc_spec = setup.rc.spec.pvc_sync.clone().expect("checked by resolve");
+    let dsc = cfg.data_sync_config.clone().unwrap_or_default();
+    let method = plan::copy_method(cfg.data_sync_config.as_ref());
+    let timeout = dsc
+        .timeout
+        .as_deref()
+        .and_then(schedule::parse_duration)
+        .unwrap_or(Duration::from_secs(6 * 3600));
+    let image = agent::image(&pvc_spec, &ctx.settings.image);
+    let env = Env {
+        ctl: ctx.client.clone(),
+        source: setup.source.clone(),
+        dest: setup.dest.clone(),
+        lease_namespace: ctx.settings.namespace.clone(),
+        holder: ctx.instance.clone(),
+        cluster_id: format!(
+            "{}/{}",
+            setup.rc.namespace().unwrap_or_default(),
+            setup.rc.name_any()
+        ),
+        agent_namespace: pvc_spec.namespace.clone(),
+        agent_port: pvc_spec.port,
+        endpoint: pvc_spec.endpoint.clone(),
+        client: parts.ring.clone(),
+        host: parts.host.clone(),
+        policy: setup.policy.clone(),
+        keep_snapshots: dsc.keep_snapshots.unwrap_or(0),
+        snapshot_class: dsc.volume_snapshot_class_name.clone(),
+    };
+    let mut ops = Vec::new();
+    for (src, dst) in dests {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(setup.source.clone(), src);
+        let list = claims
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("list PVCs in {src}: {e}"))?;
+        let (pods, vas) = if method == crate::api::CopyMethod::Direct {
+            let pods =
+                Api::<k8s_openapi::api::core::v1::Pod>::namespaced(setup.source.clone(), src)
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| format!("list pods in {src}: {e}"))?
+                    .items;
+            let vas =
+                Api::<k8s_openapi::api::storage::v1::VolumeAttachment>::all(setup.source.clone())
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default();
+            (pods, vas)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        for pvc in list.items {
+            if let Err(why) = plan::eligible(&pvc) {
+                tracing::debug!(pvc = %pvc.name_any(), ?why, "not replicated");
+                continue;
+            }
+            let node = (method == crate::api::CopyMethod::Direct)
+                .then(|| plan::mount_node(&pvc, &pods, &vas))
+                .flatten();
+            ops.push(Operation {
+                id: op_id(),
+                mapping: parts.mapping.clone(),
+                method,
+                source: pvc,
+                dest_namespace: dst.clone(),
+                image: image.clone(),
+                pull_policy: pvc_spec
+                    .image
+                    .as_ref()
+                    .and_then(|i| i.pull_policy)
+                    .map(|p| format!("{p:?}")),
+                run_as_root: pvc_spec.run_as_root,
+                node,
+                snapshot_class: dsc.volume_snapshot_class_name.clone(),
+                timeout,
+                bwlimit_kib: dsc.bandwidth_limit_kib,
+            });
+        }
+    }
+    let concurrency = usize::try_from(pvc_spec.concurrency).unwrap_or(1).max(1);
+    let env = &env;
+    let results: Vec<_> = futures::stream::iter(ops)
+        .map(|op| async move {
+            tracing::info!(operation = %op.id, pvc = %op.pvc_name(), method = ?op.method, "PVC sync started");
+            let out = run::sync_one(env, &op).await;
+            (op, out)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut recorded = Vec::new();
+    for (op, out) in results {
+        record(ctx, nm, &op, &out).await;
+        let source = format!("{}/{}", op.source_namespace(), op.pvc_name());
+        let dest = format!("{}/{}", op.dest_namespace, op.pvc_name());
+        recorded.push((source, dest, op.method, op.id.clone(), out));
+    }
+    Ok(recorded)
+}
+
+fn op_id() -> String {
+    let mut b = [0u8; 5];
+    getrandom::fill(&mut b).expect("OS random generator");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Metrics and an Event for one operation.
+async fn record(ctx: &Ctx, nm: &NamespaceMapping, op: &Operation, out: &Outcome) {
+    let m = &ctx.metrics;
+    let mapping = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+    let result = format!("{:?}", out.result);
+    m.pvc_syncs
+        .get_or_create(&crate::controller::metrics::ResultLabel {
+            mapping: mapping.clone(),
+            result,
+        })
+        .inc();
+    m.pvc_duration
+        .get_or_create(&crate::controller::metrics::MappingLabel {
+            mapping: mapping.clone(),
+        })
+        .observe(out.duration.as_secs_f64());
+    let pvc = format!("{}/{}", op.source_namespace(), op.pvc_name());
+    let (warning, reason, note) = match out.result {
+        PvcSyncResult::Succeeded => {
+            let r = out.report.clone().unwrap_or_default();
+            for (kind, v) in [("literal", r.bytes_literal), ("matched", r.bytes_matched)] {
+                m.pvc_bytes
+                    .get_or_create(&crate::controller::metrics::KindLabel {
+                        mapping: mapping.clone(),
+                        kind: kind.into(),
+                    })
+                    .inc_by(u64::try_from(v).unwrap_or(0));
+            }
+            if let Some(pit) = out.point_in_time {
+                m.pvc_last_success
+                    .get_or_create(&crate::controller::metrics::PvcLabel {
+                        mapping: mapping.clone(),
+                        pvc: pvc.clone(),
+                    })
+                    .set(pit.as_millisecond() as f64 / 1000.0);
+            }
+            (
+                false,
+                "PvcSynced",
+                format!(
+                    "{pvc} synced with {:?} in {:.1}s: {} files, {} bytes literal, {} matched",
+                    op.method,
+                    out.duration.as_secs_f64(),
+                    r.files_transferred,
+                    r.bytes_literal,
+                    r.bytes_matched
+                ),
+            )
+        }
+        PvcSyncResult::Skipped => (
+            false,
+            "PvcSyncSkipped",
+            format!("{pvc}: {}", out.message.clone().unwrap_or_default()),
+        ),
+        PvcSyncResult::Failed => (
+            true,
+            "PvcSyncFailed",
+            format!("{pvc}: {}", out.message.clone().unwrap_or_default()),
+        ),
+    };
+    publish(ctx, nm, warning, reason, note).await;
+}
+
+async fn publish(ctx: &Ctx, nm: &NamespaceMapping, warning: bool, reason: &str, note: String) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "SyncData".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &nm.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+/// Folds outcomes into the per-PVC status list (pure).
+pub fn merge(
+    volumes: &mut Vec<PvcVolumeStatus>,
+    outcomes: Vec<(String, String, crate::api::CopyMethod, String, Outcome)>,
+    now: Timestamp,
+) {
+    for (source, destination, method, id, out) in outcomes {
+        let pos = volumes.iter().position(|v| v.source == source);
+        let v = match pos {
+            Some(i) => &mut volumes[i],
+            None => {
+                volumes.push(PvcVolumeStatus {
+                    source: source.clone(),
+                    ..Default::default()
+                });
+                volumes.last_mut().expect("just pushed")
+            }
+        };
+        v.destination = destination;
+        v.copy_method = Some(method);
+        v.result = Some(out.result);
+        v.message = out.message.clone();
+        v.last_attempt_time = Some(Time(out.started));
+        v.duration_millis = i64::try_from(out.duration.as_millis()).unwrap_or(i64::MAX);
+        v.operation = Some(id);
+        if out.result == PvcSyncResult::Succeeded {
+            let r = out.report.clone().unwrap_or_default();
+            v.last_success_time = Some(Time(now));
+            v.point_in_time = out.point_in_time.map(Time);
+            v.bytes_literal = r.bytes_literal;
+            v.bytes_matched = r.bytes_matched;
+            v.files_transferred = r.files_transferred;
+        }
+        v.rpo_seconds = v.point_in_time.as_ref().map(|t| (now - t.0).get_seconds());
+    }
+    volumes.sort_by(|a, b| a.source.cmp(&b.source));
+}
+
+/// Removes what an earlier process of this controller left behind for this mapping:
+/// temporary objects on both sides, allow-list entries and PVC locks. Runs once per task
+/// start, before the task's first operation, so nothing of its own is live yet.
+async fn sweep(
+    ctx: &Ctx,
+    setup: &Setup,
+    agent_ns: &str,
+    mapping: &str,
+    dests: &[(String, String)],
+) {
+    let sel = format!("{}={mapping},{}=true", objects::MAPPING, objects::TEMPORARY);
+    for (src, dst) in dests {
+        for (client, ns) in [(&setup.source, src), (&setup.dest, dst)] {
+            if let Err(e) = run::delete_labeled(client, ns, &sel).await {
+                tracing::warn!(namespace = %ns, error = %e, "sweep");
+            }
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(setup.source.clone(), agent_ns);
+    if let Ok(Some(cm)) = cms.get_opt(agent::ALLOW_CONFIGMAP).await {
+        let prefix = format!("{mapping}.");
+        let stale: BTreeMap<String, Value> = cm
+            .data
+            .unwrap_or_default()
+            .into_keys()
+            .filter(|k| k.starts_with(&prefix))
+            .map(|k| (k, Value::Null))
+            .collect();
+        if !stale.is_empty() {
+            let _ = cms
+                .patch(
+                    agent::ALLOW_CONFIGMAP,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": stale})),
+                )
+                .await;
+        }
+    }
+    match lock::release_all(&ctx.client, &ctx.settings.namespace, mapping).await {
+        Ok(n) if n > 0 => tracing::info!(
+            mapping,
+            locks = n,
+            "released PVC locks left by an earlier run"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(mapping, error = %e, "sweep of PVC locks"),
+    }
+}

@@ -27,10 +27,28 @@ use crate::controller::context::Ctx;
 use crate::controller::{refs, schedule, sync};
 use crate::export::policy::Policy;
 
+/// A running task and the bell that wakes it.
+type Task = (tokio::task::JoinHandle<()>, Arc<Notify>);
+
 /// The running data-sync tasks, by mapping key.
 #[derive(Default)]
 pub struct DataSyncs {
-    tasks: Mutex<HashMap<String, (tokio::task::JoinHandle<()>, Arc<Notify>)>>,
+    tasks: Mutex<HashMap<String, Task>>,
+}
+
+/// One finished operation, as the status records it.
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// Source PVC, `namespace/name`.
+    pub source: String,
+    /// Destination PVC, `namespace/name`.
+    pub destination: String,
+    /// Copy method used.
+    pub method: crate::api::CopyMethod,
+    /// Operation id.
+    pub operation: String,
+    /// What happened.
+    pub outcome: Outcome,
 }
 
 impl DataSyncs {
@@ -40,11 +58,11 @@ impl DataSyncs {
         let wanted = nm.spec.pvc_config.as_ref().is_some_and(|p| p.sync_data);
         let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
         let mut tasks = self.tasks.lock().expect("not poisoned");
-        if let Some((handle, notify)) = tasks.get(&key) {
-            if !handle.is_finished() {
-                notify.notify_one();
-                return;
-            }
+        if let Some((handle, notify)) = tasks.get(&key)
+            && !handle.is_finished()
+        {
+            notify.notify_one();
+            return;
         }
         if !wanted {
             tasks.remove(&key);
@@ -339,7 +357,7 @@ async fn run_all(
     parts: &EnvParts<'_>,
     dests: &[(String, String)],
     cfg: &crate::api::PvcConfig,
-) -> Result<Vec<(String, String, crate::api::CopyMethod, String, Outcome)>, String> {
+) -> Result<Vec<Done>, String> {
     let setup = parts.setup;
     let pvc_spec = setup.rc.spec.pvc_sync.clone().expect("checked by resolve");
     let dsc = cfg.data_sync_config.clone().unwrap_or_default();
@@ -438,7 +456,13 @@ async fn run_all(
         record(ctx, nm, &op, &out).await;
         let source = format!("{}/{}", op.source_namespace(), op.pvc_name());
         let dest = format!("{}/{}", op.dest_namespace, op.pvc_name());
-        recorded.push((source, dest, op.method, op.id.clone(), out));
+        recorded.push(Done {
+            source,
+            destination: dest,
+            method: op.method,
+            operation: op.id.clone(),
+            outcome: out,
+        });
     }
     Ok(recorded)
 }
@@ -530,12 +554,15 @@ async fn publish(ctx: &Ctx, nm: &NamespaceMapping, warning: bool, reason: &str, 
 }
 
 /// Folds outcomes into the per-PVC status list (pure).
-pub fn merge(
-    volumes: &mut Vec<PvcVolumeStatus>,
-    outcomes: Vec<(String, String, crate::api::CopyMethod, String, Outcome)>,
-    now: Timestamp,
-) {
-    for (source, destination, method, id, out) in outcomes {
+pub fn merge(volumes: &mut Vec<PvcVolumeStatus>, done: Vec<Done>, now: Timestamp) {
+    for Done {
+        source,
+        destination,
+        method,
+        operation: id,
+        outcome: out,
+    } in done
+    {
         let pos = volumes.iter().position(|v| v.source == source);
         let v = match pos {
             Some(i) => &mut volumes[i],
@@ -562,7 +589,10 @@ pub fn merge(
             v.bytes_matched = r.bytes_matched;
             v.files_transferred = r.files_transferred;
         }
-        v.rpo_seconds = v.point_in_time.as_ref().map(|t| (now - t.0).get_seconds());
+        v.rpo_seconds = v
+            .point_in_time
+            .as_ref()
+            .map(|t| t.0.duration_until(now).as_secs());
     }
     volumes.sort_by(|a, b| a.source.cmp(&b.source));
 }
@@ -613,5 +643,66 @@ async fn sweep(
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(mapping, error = %e, "sweep of PVC locks"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CopyMethod;
+
+    fn done(source: &str, result: PvcSyncResult, literal: i64) -> Done {
+        let t: Timestamp = "2026-11-26T10:00:00Z".parse().unwrap();
+        Done {
+            source: source.into(),
+            destination: format!("{source}-dr"),
+            method: CopyMethod::Clone,
+            operation: "op".into(),
+            outcome: Outcome {
+                result,
+                message: (result != PvcSyncResult::Succeeded).then(|| "why".into()),
+                report: Some(plan::Report {
+                    bytes_literal: literal,
+                    ..Default::default()
+                }),
+                point_in_time: Some(t),
+                started: t,
+                duration: Duration::from_secs(2),
+            },
+        }
+    }
+
+    #[test]
+    fn merge_keeps_last_success_through_failures() {
+        let now: Timestamp = "2026-11-26T10:05:00Z".parse().unwrap();
+        let mut volumes = Vec::new();
+        merge(
+            &mut volumes,
+            vec![
+                done("b/x", PvcSyncResult::Succeeded, 10),
+                done("a/y", PvcSyncResult::Skipped, 0),
+            ],
+            now,
+        );
+        assert_eq!(
+            volumes
+                .iter()
+                .map(|v| v.source.as_str())
+                .collect::<Vec<_>>(),
+            ["a/y", "b/x"]
+        );
+        assert_eq!(volumes[1].rpo_seconds, Some(300));
+        assert_eq!(volumes[0].last_success_time, None);
+        merge(
+            &mut volumes,
+            vec![done("b/x", PvcSyncResult::Failed, 99)],
+            now,
+        );
+        let b = &volumes[1];
+        assert_eq!(b.result, Some(PvcSyncResult::Failed));
+        assert_eq!(b.message.as_deref(), Some("why"));
+        assert_eq!(b.bytes_literal, 10, "numbers of the last good sync stay");
+        assert!(b.last_success_time.is_some());
+        assert_eq!(volumes.len(), 2);
     }
 }

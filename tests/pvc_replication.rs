@@ -1,0 +1,1238 @@
+//! PVC data replication driven by the controller against a real apiserver. There is no
+//! kubelet, scheduler, snapshot or Job controller: the test plays them, setting snapshot,
+//! pod and Job status the way they would, and checks every object the controller creates.
+//! The end-to-end test runs the real agent, bastion and `pvc-sync` binaries with the keys,
+//! pins and allow-lists the controller generated, written to files as a kubelet would mount
+//! them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Running, free_addr, install_crds};
+use dr_syncer::api::NamespaceMapping;
+use dr_syncer::datasync::keys::KeyRing;
+use dr_syncer_testkit::envtest::{self, ControlPlane};
+use dr_syncer_testkit::objects::Applier;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+const TEMP: &str = "dr-syncer.io/temporary=true";
+
+fn snapshot_ar() -> ApiResource {
+    dr_syncer::datasync::run::snapshot_resource()
+}
+
+/// Installs the CSI VolumeSnapshot CRDs (from external-snapshotter's module) once.
+async fn snapshot_crds(plane: &ControlPlane) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let dir = dr_syncer_testkit::tools::helm_dir().join("crds/snapshot");
+        let out = plane
+            .kubectl()
+            .unwrap()
+            .args(["apply", "--server-side", "-f"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = plane
+            .kubectl()
+            .unwrap()
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/volumesnapshots.snapshot.storage.k8s.io",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
+}
+
+fn start_controller(plane: &ControlPlane, ns: &str, name: &str, http: &str) -> Running {
+    let dir = dr_syncer_testkit::target_dir().join("test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let cache = tempfile::tempdir().unwrap().keep();
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+            .args(["controller", "--kubeconfig"])
+            .arg(plane.kubeconfig_path())
+            .args([
+                "--namespace",
+                ns,
+                "--watch-namespace",
+                ns,
+                "--http-addr",
+                http,
+                "--instance",
+                name,
+            ])
+            .args(["--image", "registry.test/dr-syncer:e2e", "--cache-dir"])
+            .arg(cache)
+            .env("DR_SYNCER_LOG", "dr_syncer=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Polls `f` until it returns `Some`.
+async fn until<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not reached within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn labeled<K>(client: &Client, ns: &str, selector: &str) -> Vec<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+}
+
+/// Waits for the one object of kind `K` labelled `selector` in `ns`.
+async fn one<K>(client: &Client, ns: &str, selector: &str, what: &str) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    until(60, what, || async {
+        labeled::<K>(client, ns, selector).await.into_iter().next()
+    })
+    .await
+}
+
+/// Plays the kubelet: the pod runs with `ip` and is Ready.
+async fn run_pod(client: &Client, ns: &str, name: &str, ip: &str) {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": ip,
+            "conditions": [{"type": "Ready", "status": "True"}]}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Plays the Job controller and kubelet: a pod of the Job ended with `message` as its
+/// termination message, and the Job counts it.
+async fn finish_job(client: &Client, job: &Job, ok: bool, message: &str) {
+    let ns = job.namespace().unwrap();
+    let name = job.name_any();
+    let labels = job
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": format!("{name}-pod"), "labels": labels},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "dr-syncer", "image": "x"}]}}),
+    )
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(&format!("{name}-pod"), &PatchParams::default(), &Patch::Merge(json!({"status": {
+        "phase": if ok { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{"name": "dr-syncer", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": if ok { 0 } else { 3 }, "message": message}}}]}})))
+        .await
+        .unwrap();
+    let status = if ok {
+        json!({"startTime": "2026-01-01T00:00:00Z", "succeeded": 1})
+    } else {
+        json!({"startTime": "2026-01-01T00:00:00Z", "failed": 1})
+    };
+    Api::<Job>::namespaced(client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn trigger(client: &Client, ns: &str, mapping: &str, key: &str, value: &str) {
+    Api::<NamespaceMapping>::namespaced(client.clone(), ns)
+        .patch(
+            mapping,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn volume_status(
+    client: &Client,
+    ns: &str,
+    mapping: &str,
+    op: &str,
+) -> Option<dr_syncer::api::PvcVolumeStatus> {
+    let nm = Api::<NamespaceMapping>::namespaced(client.clone(), ns)
+        .get(mapping)
+        .await
+        .ok()?;
+    nm.status?
+        .pvc_data?
+        .volumes
+        .into_iter()
+        .find(|v| v.operation.as_deref() == Some(op))
+}
+
+async fn ring(client: &Client, ns: &str, secret: &str) -> KeyRing {
+    let s = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(secret)
+        .await
+        .unwrap();
+    KeyRing::from_secret(&s).unwrap().unwrap()
+}
+
+fn secret_text(s: &Secret, key: &str) -> String {
+    let data = s.data.clone().unwrap_or_default();
+    if let Some(v) = data.get(key) {
+        return String::from_utf8(v.0.clone()).unwrap();
+    }
+    s.string_data
+        .clone()
+        .unwrap_or_default()
+        .get(key)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Names of the objects of kind `K` labelled `selector` that are not being deleted (the
+/// controller asked for deletion; a kubelet or the PVC-protection controller, absent here,
+/// would finish it).
+async fn live<K>(client: &Client, ns: &str, selector: &str) -> Vec<String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    labeled::<K>(client, ns, selector)
+        .await
+        .into_iter()
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+        .map(|o| format!("{}/{ns}/{}", K::kind(&()), o.name_any()))
+        .collect()
+}
+
+/// Everything temporary is gone on both sides, and so are the allow-list entries and locks.
+async fn assert_clean(client: &Client, namespaces: &[&str], agent_ns: &str, ctl: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut left = Vec::new();
+        for ns in namespaces {
+            let snaps: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), ns, &snapshot_ar());
+            left.extend(live::<Pod>(client, ns, TEMP).await);
+            left.extend(live::<Secret>(client, ns, TEMP).await);
+            left.extend(live::<PersistentVolumeClaim>(client, ns, TEMP).await);
+            left.extend(live::<Job>(client, ns, TEMP).await);
+            left.extend(
+                snaps
+                    .list(&ListParams::default().labels(TEMP))
+                    .await
+                    .unwrap()
+                    .items
+                    .iter()
+                    .filter(|o| o.metadata.deletion_timestamp.is_none())
+                    .map(|o| format!("VolumeSnapshot/{ns}/{}", o.name_any())),
+            );
+        }
+        let allow = Api::<ConfigMap>::namespaced(client.clone(), agent_ns)
+            .get("dr-syncer-agent-allow")
+            .await
+            .unwrap();
+        left.extend(
+            allow
+                .data
+                .unwrap_or_default()
+                .into_keys()
+                .map(|k| format!("allow entry {k}")),
+        );
+        left.extend(live::<Lease>(client, ctl, "dr-syncer.io/mapping").await);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not cleaned up within 60s: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+struct Env {
+    client: Client,
+    ctl: String,
+    agent_ns: String,
+}
+
+/// The shared objects: kubeconfig Secret, source RemoteCluster with the agent, and a
+/// ClusterMapping with the key settings.
+async fn base(plane: &ControlPlane, ctl: &str, port: u16, grace: &str) -> Env {
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    snapshot_crds(plane).await;
+    let applier = Applier::new(client.clone(), "test");
+    let agent_ns = format!("{ctl}-agent");
+    for o in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ctl}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prod-kubeconfig", "namespace": ctl},
+               "stringData": {"kubeconfig": serde_saphyr::to_string(&plane.kubeconfig()).unwrap()}}),
+        json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "RemoteCluster", "metadata": {"name": "prod", "namespace": ctl},
+               "spec": {"kubeconfigSecretRef": {"name": "prod-kubeconfig"}, "healthCheckInterval": "1h",
+                        "pvcSync": {"enabled": true, "namespace": agent_ns, "port": port}}}),
+        json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "ClusterMapping", "metadata": {"name": "cm", "namespace": ctl},
+               "spec": {"sourceCluster": "prod", "sshKeys": {"rotationInterval": "720h", "gracePeriod": grace}}}),
+    ] {
+        applier.apply(&o).await;
+    }
+    Env {
+        client,
+        ctl: ctl.into(),
+        agent_ns,
+    }
+}
+
+/// A source namespace with a bound PVC `data` mounted by a running app pod on `node-b`.
+async fn source_namespace(env: &Env, ns: &str) {
+    let applier = Applier::new(env.client.clone(), "test");
+    for o in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": ns},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "volumeName": format!("pv-{ns}"),
+                        "resources": {"requests": {"storage": "1Gi"}}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "scratch", "namespace": ns,
+               "labels": {"dr-syncer.io/ignore": "true"}},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app", "namespace": ns},
+               "spec": {"nodeName": "node-b", "containers": [{"name": "app", "image": "app"}],
+                        "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}}),
+    ] {
+        applier.apply(&o).await;
+    }
+    for pvc in ["data", "scratch"] {
+        Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), ns)
+            .patch_status(
+                pvc,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+            )
+            .await
+            .unwrap();
+    }
+    run_pod(&env.client, ns, "app", "10.9.9.9").await;
+}
+
+async fn mapping(env: &Env, name: &str, source: &str, data: Value) {
+    Applier::new(env.client.clone(), "test")
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": name, "namespace": env.ctl},
+            "spec": {"replicationMode": "Manual", "sourceNamespace": source, "destinationNamespace": format!("{source}-dr"),
+                     "clusterMappingRef": {"name": "cm"},
+                     "destination": {"git": {"url": "ssh://git@127.0.0.1:9/unused.git"}},
+                     "pvcConfig": {"syncData": true, "storageClassMappings": [{"from": "fast", "to": "dr-fast"}],
+                                   "dataSyncConfig": data}}}))
+        .await;
+}
+
+/// Plays the DaemonSet controller and kubelet: one ready agent pod on `node` at `ip`.
+async fn agent_pod(env: &Env, node: &str, ip: &str) {
+    let ds = until(60, "agent DaemonSet", || async {
+        Api::<DaemonSet>::namespaced(env.client.clone(), &env.agent_ns)
+            .get_opt("dr-syncer-agent")
+            .await
+            .unwrap()
+    })
+    .await;
+    let labels = ds.spec.template.metadata.unwrap().labels;
+    let name = format!("dr-syncer-agent-{node}");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "bastion", "image": "x"}]}}))
+    .unwrap();
+    Api::<Pod>::namespaced(env.client.clone(), &env.agent_ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    run_pod(&env.client, &env.agent_ns, &name, ip).await;
+}
+
+fn op_of(pod: &Pod) -> String {
+    pod.labels()["dr-syncer.io/operation"].clone()
+}
+
+#[tokio::test]
+async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
+    let plane = envtest::shared().await;
+    let env = base(plane, "pvcrep", 2222, "1h").await;
+    let client = env.client.clone();
+    let http = free_addr();
+    let _controller = start_controller(plane, &env.ctl, "pvcrep", &http);
+    // The agent: non-root DaemonSet with the bastion and its lists.
+    let ds = until(60, "agent DaemonSet", || async {
+        Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
+            .get_opt("dr-syncer-agent")
+            .await
+            .unwrap()
+    })
+    .await;
+    let ds = serde_json::to_value(&ds).unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["image"], "registry.test/dr-syncer:e2e");
+    assert_eq!(
+        pod["containers"][0]["args"],
+        json!([
+            "agent",
+            "bastion",
+            "--listen",
+            "0.0.0.0:2222",
+            "--host-key",
+            "/etc/dr-syncer/host/host_key",
+            "--authorized-keys",
+            "/etc/dr-syncer/clients",
+            "--allow-from",
+            "/etc/dr-syncer/allow"
+        ])
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["containers"][0]["securityContext"]["privileged"], false);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let host = ring(&client, &env.ctl, "dr-syncer-agent-prod").await;
+    assert_eq!(
+        ds["spec"]["template"]["metadata"]["annotations"]["dr-syncer.io/host-key"],
+        host.fingerprint()
+    );
+    agent_pod(&env, "node-a", "10.0.0.1").await;
+    agent_pod(&env, "node-b", "10.0.0.2").await;
+
+    let methods = [
+        (
+            "snap",
+            "pvcrep-snap",
+            json!({"copyMethod": "Snapshot", "volumeSnapshotClassName": "csi-snap", "keepSnapshots": 2}),
+            "10.1.0.1",
+        ),
+        (
+            "clone",
+            "pvcrep-clone",
+            json!({"copyMethod": "Clone"}),
+            "10.1.0.2",
+        ),
+        (
+            "direct",
+            "pvcrep-direct",
+            json!({"copyMethod": "Direct"}),
+            "10.1.0.3",
+        ),
+    ];
+    for (name, src, data, _) in &methods {
+        source_namespace(&env, src).await;
+        mapping(&env, name, src, data.clone()).await;
+    }
+    for (name, ..) in &methods {
+        trigger(&client, &env.ctl, name, "dr-syncer.io/sync-data-now", "1").await;
+    }
+    // Snapshot: the VolumeSnapshot first; the snapshot controller makes it ready.
+    let snaps: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "pvcrep-snap", &snapshot_ar());
+    let snap = until(60, "source VolumeSnapshot", || async {
+        snaps
+            .list(&ListParams::default().labels(TEMP))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        snap.data["spec"],
+        json!({"source": {"persistentVolumeClaimName": "data"}, "volumeSnapshotClassName": "csi-snap"})
+    );
+    snaps
+        .patch_status(
+            &snap.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+            "readyToUse": true, "restoreSize": "2Gi", "creationTime": "2026-11-26T08:00:00Z"}})),
+        )
+        .await
+        .unwrap();
+    let mut ops = BTreeMap::new();
+    for (name, src, _, ip) in &methods {
+        let pod: Pod = one(&client, src, TEMP, "server pod").await;
+        let op = op_of(&pod);
+        let p = serde_json::to_value(&pod).unwrap();
+        let claim = &p["spec"]["volumes"][0]["persistentVolumeClaim"];
+        assert_eq!(claim["readOnly"], true, "{name}");
+        assert_eq!(
+            p["spec"]["containers"][0]["volumeMounts"][0]["readOnly"], true,
+            "{name}"
+        );
+        assert_eq!(p["spec"]["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(
+            p["spec"]["containers"][0]["image"],
+            "registry.test/dr-syncer:e2e"
+        );
+        assert_eq!(
+            p["spec"]["volumes"][1]["secret"]["secretName"],
+            format!("dr-syncer-{op}-serve")
+        );
+        match *name {
+            "direct" => {
+                assert_eq!(claim["claimName"], "data");
+                assert_eq!(
+                    p["spec"]["nodeName"], "node-b",
+                    "Direct runs where the volume is mounted"
+                );
+            }
+            _ => {
+                assert_eq!(claim["claimName"], format!("dr-syncer-{op}-src"));
+                assert!(p["spec"].get("nodeName").is_none());
+                let temp = Api::<PersistentVolumeClaim>::namespaced(client.clone(), src)
+                    .get(&format!("dr-syncer-{op}-src"))
+                    .await
+                    .unwrap();
+                let ds = serde_json::to_value(temp.spec.unwrap().data_source.unwrap()).unwrap();
+                let want = if *name == "snap" {
+                    json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": format!("dr-syncer-{op}-snap")})
+                } else {
+                    json!({"kind": "PersistentVolumeClaim", "name": "data"})
+                };
+                assert_eq!(ds, want, "{name}");
+            }
+        }
+        // The server's Secret authorizes exactly the mapping's client key.
+        let client_ring = ring(&client, &env.ctl, &format!("dr-syncer-pvc-{name}")).await;
+        let serve: Secret = Api::namespaced(client.clone(), src)
+            .get(&format!("dr-syncer-{op}-serve"))
+            .await
+            .unwrap();
+        assert_eq!(
+            secret_text(&serve, "authorized_keys").trim(),
+            client_ring.public.trim()
+        );
+        run_pod(&client, src, &pod.name_any(), ip).await;
+        ops.insert(*name, (op, client_ring));
+    }
+    for (name, src, _, ip) in &methods {
+        let (op, client_ring) = &ops[name];
+        let dest = format!("{src}-dr");
+        let job: Job = one(&client, &dest, TEMP, "sync Job").await;
+        let j = serde_json::to_value(&job).unwrap();
+        let args: Vec<String> =
+            serde_json::from_value(j["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+                .unwrap();
+        let bastion = if *name == "direct" {
+            "10.0.0.2:2222"
+        } else {
+            "10.0.0.1:2222"
+        };
+        assert_eq!(
+            &args[..5],
+            [
+                "pvc-sync",
+                "--from",
+                &format!("ssh://{ip}:2223"),
+                "--jump",
+                &format!("ssh://{bastion}")
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            j["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "data"
+        );
+        // Pins: the agent's host key at the bastion, the one-off key at the server.
+        let js: Secret = Api::namespaced(client.clone(), &dest)
+            .get(&format!("dr-syncer-{op}-job"))
+            .await
+            .unwrap();
+        let known = secret_text(&js, "known_hosts");
+        assert!(
+            known.contains(&format!(
+                "[{}]:2222 {}",
+                &bastion[..8],
+                host.pins(jiff::Timestamp::now())[0]
+            )),
+            "{known}"
+        );
+        let serve: Secret = Api::namespaced(client.clone(), src)
+            .get(&format!("dr-syncer-{op}-serve"))
+            .await
+            .unwrap();
+        let serve_pub = russh::keys::PrivateKey::from_openssh(secret_text(&serve, "host_key"))
+            .unwrap()
+            .public_key()
+            .to_openssh()
+            .unwrap();
+        assert!(
+            known.contains(&format!(
+                "[{ip}]:2223 {}",
+                serve_pub
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+            "{known}"
+        );
+        assert_eq!(
+            secret_text(&js, "identity").trim(),
+            client_ring.private.trim()
+        );
+        // The allow-list entry: this server, this client key, until the deadline.
+        let allow = Api::<ConfigMap>::namespaced(client.clone(), &env.agent_ns)
+            .get("dr-syncer-agent-allow")
+            .await
+            .unwrap();
+        let entry = allow.data.unwrap_or_default()[&format!("pvcrep.{name}.{op}")].clone();
+        assert!(
+            entry.starts_with(&format!("{ip}:2223 {} expires=", client_ring.fingerprint())),
+            "{entry}"
+        );
+        // The destination PVC, shaped by the export rules.
+        let dpvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &dest)
+            .get("data")
+            .await
+            .unwrap();
+        assert_eq!(
+            dpvc.spec.unwrap().storage_class_name.as_deref(),
+            Some("dr-fast")
+        );
+        finish_job(
+            &client,
+            &job,
+            true,
+            r#"{"filesTransferred":3,"bytesLiteral":100,"bytesMatched":50,"duration":0.5}"#,
+        )
+        .await;
+    }
+    for (name, ..) in &methods {
+        let (op, _) = &ops[name];
+        let v = until(60, "volume status", || async {
+            volume_status(&client, &env.ctl, name, op)
+                .await
+                .filter(|v| v.result.is_some())
+        })
+        .await;
+        assert_eq!(
+            v.result,
+            Some(dr_syncer::api::PvcSyncResult::Succeeded),
+            "{name}: {:?}",
+            v.message
+        );
+        assert_eq!(
+            (v.bytes_literal, v.bytes_matched, v.files_transferred),
+            (100, 50, 3),
+            "{name}"
+        );
+        assert!(v.rpo_seconds.is_some());
+        if *name == "snap" {
+            assert_eq!(
+                v.point_in_time.unwrap().0.to_string(),
+                "2026-11-26T08:00:00Z"
+            );
+        }
+        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
+            .get(name)
+            .await
+            .unwrap();
+        assert_eq!(
+            nm.status.unwrap().pvc_data.unwrap().volumes.len(),
+            1,
+            "the ignored PVC is not replicated"
+        );
+    }
+    assert_clean(
+        &client,
+        &[
+            "pvcrep-snap",
+            "pvcrep-snap-dr",
+            "pvcrep-clone",
+            "pvcrep-clone-dr",
+            "pvcrep-direct",
+            "pvcrep-direct-dr",
+        ],
+        &env.agent_ns,
+        &env.ctl,
+    )
+    .await;
+    // keepSnapshots: the destination image is kept.
+    let images: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "pvcrep-snap-dr", &snapshot_ar());
+    let kept = images
+        .list(&ListParams::default().labels("dr-syncer.io/image=true"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(kept.len(), 1);
+    let metrics = reqwest_metrics(&http).await;
+    assert!(
+        metrics
+            .contains(r#"dr_syncer_pvc_syncs_total{mapping="pvcrep/clone",result="Succeeded"} 1"#),
+        "{metrics}"
+    );
+
+    // Locking: a second mapping of the same PVC is skipped while the first one's sync runs;
+    // then the first one fails and is cleaned up.
+    mapping(
+        &env,
+        "clone2",
+        "pvcrep-clone",
+        json!({"copyMethod": "Clone"}),
+    )
+    .await;
+    trigger(
+        &client,
+        &env.ctl,
+        "clone",
+        "dr-syncer.io/sync-data-now",
+        "2",
+    )
+    .await;
+    let pod: Pod = one(
+        &client,
+        "pvcrep-clone",
+        TEMP,
+        "server pod of the second run",
+    )
+    .await;
+    let op = op_of(&pod);
+    run_pod(&client, "pvcrep-clone", &pod.name_any(), "10.1.0.4").await;
+    let job: Job = one(&client, "pvcrep-clone-dr", TEMP, "second Job").await;
+    trigger(
+        &client,
+        &env.ctl,
+        "clone2",
+        "dr-syncer.io/sync-data-now",
+        "1",
+    )
+    .await;
+    let skipped = until(60, "clone2 skipped", || async {
+        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
+            .get("clone2")
+            .await
+            .ok()?;
+        nm.status?.pvc_data?.volumes.into_iter().next()
+    })
+    .await;
+    assert_eq!(skipped.result, Some(dr_syncer::api::PvcSyncResult::Skipped));
+    assert!(
+        skipped
+            .message
+            .unwrap()
+            .contains("another sync of this PVC is running")
+    );
+    assert_eq!(
+        labeled::<Pod>(&client, "pvcrep-clone", TEMP).await.len(),
+        1,
+        "never two syncs of one PVC"
+    );
+    finish_job(
+        &client,
+        &job,
+        false,
+        r#"{"error":"ssh: 10.1.0.4:2223: connection refused","exitCode":3}"#,
+    )
+    .await;
+    let failed = until(60, "failure recorded", || async {
+        volume_status(&client, &env.ctl, "clone", &op)
+            .await
+            .filter(|v| v.result == Some(dr_syncer::api::PvcSyncResult::Failed))
+    })
+    .await;
+    assert!(
+        failed
+            .message
+            .unwrap()
+            .contains("connection refused (exit code 3)")
+    );
+    assert_eq!(
+        failed.bytes_literal, 100,
+        "the last good sync's numbers stay"
+    );
+    assert_clean(
+        &client,
+        &["pvcrep-clone", "pvcrep-clone-dr"],
+        &env.agent_ns,
+        &env.ctl,
+    )
+    .await;
+
+    // Rotation on demand: a new client key; the old one stays accepted (with an expiry).
+    let old = ring(&client, &env.ctl, "dr-syncer-pvc-clone").await;
+    trigger(&client, &env.ctl, "clone", "dr-syncer.io/rotate-keys", "r1").await;
+    let data = until(60, "client key rotated", || async {
+        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
+            .get("clone")
+            .await
+            .ok()?;
+        nm.status?
+            .pvc_data
+            .filter(|d| d.last_rotate_keys.as_deref() == Some("r1"))
+    })
+    .await;
+    assert_eq!(
+        data.previous_key_fingerprint.as_deref(),
+        Some(old.fingerprint().as_str())
+    );
+    assert_ne!(
+        data.client_key_fingerprint.as_deref(),
+        Some(old.fingerprint().as_str())
+    );
+    let clients: Secret = Api::namespaced(client.clone(), &env.agent_ns)
+        .get("dr-syncer-agent-clients")
+        .await
+        .unwrap();
+    let lines = secret_text(&clients, "pvcrep.clone");
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert!(lines.lines().nth(1).unwrap().starts_with("expiry-time=\""));
+    // The agent host key rotates too; the DaemonSet rolls to it.
+    Api::<dr_syncer::api::RemoteCluster>::namespaced(client.clone(), &env.ctl)
+        .patch(
+            "prod",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"dr-syncer.io/rotate-keys": "h1"}}})),
+        )
+        .await
+        .unwrap();
+    until(60, "host key rotated", || async {
+        let rc = Api::<dr_syncer::api::RemoteCluster>::namespaced(client.clone(), &env.ctl)
+            .get("prod")
+            .await
+            .ok()?;
+        let a = rc.status?.agent?;
+        (a.previous_host_key_fingerprint.as_deref() == Some(host.fingerprint().as_str()))
+            .then_some(())
+    })
+    .await;
+    let ds = Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
+        .get("dr-syncer-agent")
+        .await
+        .unwrap();
+    let fp =
+        ds.spec.template.metadata.unwrap().annotations.unwrap()["dr-syncer.io/host-key"].clone();
+    assert_ne!(fp, host.fingerprint());
+}
+
+async fn reqwest_metrics(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Plays the kubelet's volume plugin: mirrors a Secret's or ConfigMap's keys into `dir`
+/// (atomically per file; vanished keys removed) until the test ends.
+fn mirror(
+    client: Client,
+    ns: String,
+    name: &'static str,
+    secret: bool,
+    dir: PathBuf,
+) -> tokio::task::JoinHandle<()> {
+    std::fs::create_dir_all(&dir).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let data: BTreeMap<String, String> = if secret {
+                match Api::<Secret>::namespaced(client.clone(), &ns)
+                    .get_opt(name)
+                    .await
+                {
+                    Ok(Some(s)) => s
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+                        .collect(),
+                    _ => BTreeMap::new(),
+                }
+            } else {
+                match Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .get_opt(name)
+                    .await
+                {
+                    Ok(Some(c)) => c.data.unwrap_or_default(),
+                    _ => BTreeMap::new(),
+                }
+            };
+            write_dir(&dir, &data);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+fn write_dir(dir: &Path, data: &BTreeMap<String, String>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with('.') && !data.contains_key(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    for (k, v) in data {
+        let tmp = dir.join(format!(".{k}.tmp"));
+        std::fs::write(&tmp, v).unwrap();
+        std::fs::rename(&tmp, dir.join(k)).unwrap();
+    }
+}
+
+/// Rewrites a pod's arguments for a local process: mount paths → local directories, the
+/// wildcard listen address → the pod's IP.
+fn localize(args: &[String], mounts: &[(&str, &Path)], ip: &str) -> Vec<String> {
+    args.iter()
+        .map(|a| {
+            let mut a = a.replace("0.0.0.0", ip);
+            for (from, to) in mounts {
+                if let Some(rest) = a.strip_prefix(from) {
+                    a = format!("{}{rest}", to.display());
+                }
+            }
+            a
+        })
+        .collect()
+}
+
+fn spawn(args: &[String], log: &str) -> Running {
+    let dir = dr_syncer_testkit::target_dir().join("test-logs");
+    let log = std::fs::File::create(dir.join(log)).unwrap();
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+            .args(args)
+            .env("DR_SYNCER_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Runs `dr-syncer pvc-sync` with `args`; returns (exit code, stderr).
+fn pvc_sync(args: &[String]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_secret(dir: &Path, s: &Secret) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut data = BTreeMap::new();
+    for k in s
+        .data
+        .clone()
+        .unwrap_or_default()
+        .keys()
+        .chain(s.string_data.clone().unwrap_or_default().keys())
+    {
+        data.insert(k.clone(), secret_text(s, k));
+    }
+    write_dir(dir, &data);
+}
+
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .as_bytes()
+                        .to_vec(),
+                );
+            } else if meta.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+#[tokio::test]
+async fn replication_end_to_end_with_real_binaries() {
+    let plane = envtest::shared().await;
+    let bastion_port: u16 = free_addr().rsplit(':').next().unwrap().parse().unwrap();
+    let env = base(plane, "pvce2e", bastion_port, "6s").await;
+    let client = env.client.clone();
+    let (agent_ip, server_ip) = ("127.0.0.71", "127.0.0.72");
+    let work = tempfile::tempdir().unwrap();
+    let (src_dir, dst_dir) = (work.path().join("source"), work.path().join("dest"));
+    std::fs::create_dir_all(src_dir.join("db/wal")).unwrap();
+    std::fs::create_dir_all(&dst_dir).unwrap();
+    let big: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(src_dir.join("db/base.dat"), &big).unwrap();
+    std::fs::write(src_dir.join("db/wal/000001"), b"wal record").unwrap();
+    std::fs::write(src_dir.join("README"), b"hello DR").unwrap();
+    std::os::unix::fs::symlink("db/base.dat", src_dir.join("current")).unwrap();
+    let _controller = start_controller(plane, &env.ctl, "pvce2e", &free_addr());
+    source_namespace(&env, "pvce2e-src").await;
+    mapping(
+        &env,
+        "e2e",
+        "pvce2e-src",
+        json!({"copyMethod": "Clone", "timeout": "5m"}),
+    )
+    .await;
+
+    // The agent: its mounted Secrets/ConfigMap mirrored to files, the bastion started with
+    // the DaemonSet's arguments.
+    let ds = until(60, "agent DaemonSet", || async {
+        Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
+            .get_opt("dr-syncer-agent")
+            .await
+            .unwrap()
+    })
+    .await;
+    let agent_root = work.path().join("agent");
+    let _mirrors = [
+        mirror(
+            client.clone(),
+            env.agent_ns.clone(),
+            "dr-syncer-agent-host",
+            true,
+            agent_root.join("host"),
+        ),
+        mirror(
+            client.clone(),
+            env.agent_ns.clone(),
+            "dr-syncer-agent-clients",
+            true,
+            agent_root.join("clients"),
+        ),
+        mirror(
+            client.clone(),
+            env.agent_ns.clone(),
+            "dr-syncer-agent-allow",
+            false,
+            agent_root.join("allow"),
+        ),
+    ];
+    until(30, "host key mirrored", || async {
+        agent_root.join("host/host_key").exists().then_some(())
+    })
+    .await;
+    let ds_args = ds.spec.template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    let _bastion = spawn(
+        &localize(&ds_args, &[("/etc/dr-syncer", &agent_root)], agent_ip),
+        "pvce2e-bastion.log",
+    );
+    agent_pod(&env, "node-a", agent_ip).await;
+
+    // One sync: the server pod becomes a local serve-volume over the source directory.
+    trigger(&client, &env.ctl, "e2e", "dr-syncer.io/sync-data-now", "1").await;
+    let pod: Pod = one(&client, "pvce2e-src", TEMP, "server pod").await;
+    let op = op_of(&pod);
+    let serve_keys = work.path().join("serve-keys");
+    let serve: Secret = Api::namespaced(client.clone(), "pvce2e-src")
+        .get(&format!("dr-syncer-{op}-serve"))
+        .await
+        .unwrap();
+    write_secret(&serve_keys, &serve);
+    let pod_args = pod.spec.clone().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    let _server = spawn(
+        &localize(
+            &pod_args,
+            &[("/data", &src_dir), ("/etc/dr-syncer/keys", &serve_keys)],
+            server_ip,
+        ),
+        "pvce2e-serve.log",
+    );
+    run_pod(&client, "pvce2e-src", &pod.name_any(), server_ip).await;
+    // The Job becomes a local pvc-sync with its Secret as files.
+    let job: Job = one(&client, "pvce2e-src-dr", TEMP, "sync Job").await;
+    let job_keys = work.path().join("job-keys");
+    let js: Secret = Api::namespaced(client.clone(), "pvce2e-src-dr")
+        .get(&format!("dr-syncer-{op}-job"))
+        .await
+        .unwrap();
+    write_secret(&job_keys, &js);
+    let summary = work.path().join("termination-log");
+    let job_args = job.spec.clone().unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    let mut local = localize(
+        &job_args,
+        &[("/data", &dst_dir), ("/etc/dr-syncer/keys", &job_keys)],
+        "0.0.0.0",
+    );
+    for a in local.iter_mut() {
+        if a == "/dev/termination-log" {
+            *a = summary.display().to_string();
+        }
+    }
+    let (code, stderr) = tokio::task::spawn_blocking({
+        let local = local.clone();
+        move || pvc_sync(&local)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "pvc-sync: {stderr}");
+    assert_eq!(
+        tree(&dst_dir),
+        tree(&src_dir),
+        "the DR volume equals the source"
+    );
+    let report = std::fs::read_to_string(&summary).unwrap();
+    finish_job(&client, &job, true, &report).await;
+    let v = until(60, "sync recorded", || async {
+        volume_status(&client, &env.ctl, "e2e", &op)
+            .await
+            .filter(|v| v.result.is_some())
+    })
+    .await;
+    assert_eq!(
+        v.result,
+        Some(dr_syncer::api::PvcSyncResult::Succeeded),
+        "{:?}",
+        v.message
+    );
+    assert!(v.bytes_literal >= big.len() as i64, "{v:?}");
+    assert_clean(
+        &client,
+        &["pvce2e-src", "pvce2e-src-dr"],
+        &env.agent_ns,
+        &env.ctl,
+    )
+    .await;
+
+    // The operation's allow-list entry is gone: the same Job arguments are now refused by
+    // the bastion (the server process is still up, so only the allow-list stops it).
+    until(10, "allow-list mirrored empty", || async {
+        (std::fs::read_dir(agent_root.join("allow"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let mut no_retry = local.clone();
+    let i = no_retry
+        .iter()
+        .position(|a| a == "--connect-timeout")
+        .unwrap();
+    no_retry[i + 1] = "0s".into();
+    let (code, stderr) = pvc_sync(&no_retry);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("refused forwarding"), "{stderr}");
+
+    // Rotation: the old key still logs in to the bastion during the grace window (and is
+    // then refused only the forwarding), and not at all after it.
+    let old_identity = job_keys.join("identity");
+    trigger(&client, &env.ctl, "e2e", "dr-syncer.io/rotate-keys", "r1").await;
+    let data = until(60, "rotated", || async {
+        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
+            .get("e2e")
+            .await
+            .ok()?;
+        nm.status?
+            .pvc_data
+            .filter(|d| d.last_rotate_keys.as_deref() == Some("r1"))
+    })
+    .await;
+    until(10, "two client keys mirrored", || async {
+        let text = std::fs::read_to_string(agent_root.join("clients/pvce2e.e2e")).ok()?;
+        (text.lines().count() == 2).then_some(())
+    })
+    .await;
+    assert!(old_identity.exists());
+    let (code, stderr) = pvc_sync(&no_retry);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("refused forwarding"),
+        "old key inside the grace window: {stderr}"
+    );
+    let expires = data.previous_key_expires.unwrap().0;
+    let wait = jiff::Timestamp::now()
+        .duration_until(expires)
+        .as_millis()
+        .max(0) as u64
+        + 1000;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let (code, stderr) = pvc_sync(&no_retry);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("authentication refused"),
+        "old key after the grace window: {stderr}"
+    );
+}

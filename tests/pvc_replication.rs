@@ -229,6 +229,26 @@ async fn volume_status(
         .find(|v| v.operation.as_deref() == Some(op))
 }
 
+/// Asks for a client-key rotation and waits until the mapping's status shows it.
+async fn rotate(
+    client: &Client,
+    ns: &str,
+    mapping: &str,
+    token: &str,
+) -> dr_syncer::api::PvcDataStatus {
+    trigger(client, ns, mapping, "dr-syncer.io/rotate-keys", token).await;
+    until(60, "client key rotated", || async {
+        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), ns)
+            .get(mapping)
+            .await
+            .ok()?;
+        nm.status?
+            .pvc_data
+            .filter(|d| d.last_rotate_keys.as_deref() == Some(token))
+    })
+    .await
+}
+
 async fn ring(client: &Client, ns: &str, secret: &str) -> KeyRing {
     let s = Api::<Secret>::namespaced(client.clone(), ns)
         .get(secret)
@@ -815,17 +835,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
 
     // Rotation on demand: a new client key; the old one stays accepted (with an expiry).
     let old = ring(&client, &env.ctl, "dr-syncer-pvc-clone").await;
-    trigger(&client, &env.ctl, "clone", "dr-syncer.io/rotate-keys", "r1").await;
-    let data = until(60, "client key rotated", || async {
-        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
-            .get("clone")
-            .await
-            .ok()?;
-        nm.status?
-            .pvc_data
-            .filter(|d| d.last_rotate_keys.as_deref() == Some("r1"))
-    })
-    .await;
+    let data = rotate(&client, &env.ctl, "clone", "r1").await;
     assert_eq!(
         data.previous_key_fingerprint.as_deref(),
         Some(old.fingerprint().as_str())
@@ -841,7 +851,13 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     let lines = secret_text(&clients, "pvcrep.clone");
     assert_eq!(lines.lines().count(), 2, "{lines}");
     assert!(lines.lines().nth(1).unwrap().starts_with("expiry-time=\""));
-    // The agent host key rotates too; the DaemonSet rolls to it.
+    // The agent host key rotates too; the DaemonSet rolls to it. (Its pods are ready now,
+    // as the DaemonSet controller reports; the ClusterMapping shows the connectivity.)
+    Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
+        .patch_status("dr-syncer-agent", &PatchParams::default(), &Patch::Merge(json!({"status": {
+            "desiredNumberScheduled": 2, "currentNumberScheduled": 2, "numberMisscheduled": 0, "numberReady": 2}})))
+        .await
+        .unwrap();
     Api::<dr_syncer::api::RemoteCluster>::namespaced(client.clone(), &env.ctl)
         .patch(
             "prod",
@@ -858,6 +874,19 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         let a = rc.status?.agent?;
         (a.previous_host_key_fingerprint.as_deref() == Some(host.fingerprint().as_str()))
             .then_some(())
+    })
+    .await;
+    until(60, "ClusterMapping reports the agent", || async {
+        let cm = Api::<dr_syncer::api::ClusterMapping>::namespaced(client.clone(), &env.ctl)
+            .get("cm")
+            .await
+            .ok()?;
+        let c = cm
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "PvcAgentReady")?;
+        (c.status == "True" && c.message == "source prod: 2/2 agent pods ready").then_some(())
     })
     .await;
     let ds = Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
@@ -1199,17 +1228,7 @@ async fn replication_end_to_end_with_real_binaries() {
     // Rotation: the old key still logs in to the bastion during the grace window (and is
     // then refused only the forwarding), and not at all after it.
     let old_identity = job_keys.join("identity");
-    trigger(&client, &env.ctl, "e2e", "dr-syncer.io/rotate-keys", "r1").await;
-    let data = until(60, "rotated", || async {
-        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
-            .get("e2e")
-            .await
-            .ok()?;
-        nm.status?
-            .pvc_data
-            .filter(|d| d.last_rotate_keys.as_deref() == Some("r1"))
-    })
-    .await;
+    let data = rotate(&client, &env.ctl, "e2e", "r1").await;
     until(10, "two client keys mirrored", || async {
         let text = std::fs::read_to_string(agent_root.join("clients/pvce2e.e2e")).ok()?;
         (text.lines().count() == 2).then_some(())

@@ -282,6 +282,30 @@ pub fn mapping_status(
         generation,
         t.clone(),
     );
+    // Agent connectivity of the source cluster, as its RemoteCluster last saw it.
+    if let Some((name, Some(rc))) = clusters
+        .iter()
+        .find(|(n, _)| cm.spec.source_cluster.as_deref() == Some(n.as_str()))
+        && rc.spec.pvc_sync.as_ref().is_some_and(|p| p.enabled)
+    {
+        let seen = rc
+            .status
+            .as_ref()
+            .and_then(|st| st.conditions.iter().find(|c| c.type_ == "PvcAgentReady"));
+        let (ready, reason, msg) = match seen {
+            Some(c) => (c.status == "True", c.reason.clone(), c.message.clone()),
+            None => (false, "Unknown".into(), "not checked yet".into()),
+        };
+        set_condition(
+            &mut s.conditions,
+            "PvcAgentReady",
+            ready,
+            &reason,
+            &format!("source {name}: {msg}"),
+            generation,
+            t.clone(),
+        );
+    }
     s.phase = Some(phase);
     s.message = Some(message);
     // Only a changed verdict moves the timestamp: a steady state writes nothing.

@@ -110,6 +110,33 @@ impl Ctx {
             .insert(key.to_string());
     }
 
+    /// Publishes an Event about `obj`; a failure is logged, never fatal (Events are a
+    /// report, not state).
+    pub async fn publish<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        use kube::runtime::events::{Event, EventType};
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(name = %obj.meta().name.as_deref().unwrap_or(""), error = %e, "cannot publish event");
+        }
+    }
+
     /// The lock of one mapping (`namespace/name`).
     pub fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks

@@ -7,8 +7,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::api::{MappingPhase, NamespaceMapping, NamespaceMappingStatus, ReplicationMode, keys};
@@ -50,20 +49,7 @@ async fn write_status(
 }
 
 async fn event(ctx: &Ctx, nm: &NamespaceMapping, warning: bool, reason: &str, note: String) {
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: "Sync".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &nm.object_ref(&())).await {
-        tracing::warn!(mapping = %nm.name_any(), error = %e, "cannot publish event");
-    }
+    ctx.publish(nm, warning, reason, "Sync", note).await;
 }
 
 /// Reconciles one NamespaceMapping.

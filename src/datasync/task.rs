@@ -12,8 +12,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -537,20 +536,7 @@ async fn record(ctx: &Ctx, nm: &NamespaceMapping, op: &Operation, out: &Outcome)
 }
 
 async fn publish(ctx: &Ctx, nm: &NamespaceMapping, warning: bool, reason: &str, note: String) {
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "SyncData".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &nm.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish event");
-    }
+    ctx.publish(nm, warning, reason, "SyncData", note).await;
 }
 
 /// Folds outcomes into the per-PVC status list (pure).

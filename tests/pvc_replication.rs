@@ -535,6 +535,15 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     for (name, src, _, ip) in &methods {
         let pod: Pod = one(&client, src, TEMP, "server pod").await;
         let op = op_of(&pod);
+        let running = until(30, "running status", || async {
+            volume_status(&client, &env.ctl, name, &op).await
+        })
+        .await;
+        assert_eq!(
+            running.result,
+            Some(dr_syncer::api::PvcSyncResult::Running),
+            "{name}"
+        );
         let p = serde_json::to_value(&pod).unwrap();
         let claim = &p["spec"]["volumes"][0]["persistentVolumeClaim"];
         assert_eq!(claim["readOnly"], true, "{name}");
@@ -686,7 +695,10 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         let v = until(60, "volume status", || async {
             volume_status(&client, &env.ctl, name, op)
                 .await
-                .filter(|v| v.result.is_some())
+                .filter(|v| {
+                    v.result
+                        .is_some_and(|r| r != dr_syncer::api::PvcSyncResult::Running)
+                })
         })
         .await;
         assert_eq!(
@@ -787,7 +799,11 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
             .get("clone2")
             .await
             .ok()?;
-        nm.status?.pvc_data?.volumes.into_iter().next()
+        nm.status?
+            .pvc_data?
+            .volumes
+            .into_iter()
+            .find(|v| v.result != Some(dr_syncer::api::PvcSyncResult::Running))
     })
     .await;
     assert_eq!(skipped.result, Some(dr_syncer::api::PvcSyncResult::Skipped));
@@ -1185,7 +1201,10 @@ async fn replication_end_to_end_with_real_binaries() {
     let v = until(60, "sync recorded", || async {
         volume_status(&client, &env.ctl, "e2e", &op)
             .await
-            .filter(|v| v.result.is_some())
+            .filter(|v| {
+                v.result
+                    .is_some_and(|r| r != dr_syncer::api::PvcSyncResult::Running)
+            })
     })
     .await;
     assert_eq!(

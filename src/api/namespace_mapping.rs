@@ -576,6 +576,8 @@ pub struct PvcVolumeStatus {
 /// Result of one PVC sync.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PvcSyncResult {
+    /// A sync is in progress (`operation` names it).
+    Running,
     /// Data arrived and was verified.
     Succeeded,
     /// The sync failed; see `message`.

@@ -295,7 +295,7 @@ async fn step(
             setup: &setup,
             mapping: mapping.clone(),
         };
-        let outcomes = run_all(ctx, nm, &env_base, &dests, cfg).await?;
+        let outcomes = run_all(ctx, nm, &env_base, &dests, cfg, &prev.volumes).await?;
         merge(&mut status.volumes, outcomes, Timestamp::now());
         if triggered {
             status.last_sync_data_now = trigger;
@@ -356,6 +356,7 @@ async fn run_all(
     parts: &EnvParts<'_>,
     dests: &[(String, String)],
     cfg: &crate::api::PvcConfig,
+    prev: &[PvcVolumeStatus],
 ) -> Result<Vec<Done>, String> {
     let setup = parts.setup;
     let pvc_spec = setup.rc.spec.pvc_sync.clone().expect("checked by resolve");
@@ -437,6 +438,25 @@ async fn run_all(
                 timeout,
                 bwlimit_kib: dsc.bandwidth_limit_kib,
             });
+        }
+    }
+    // Show the syncs as running while they run (a large volume takes a while).
+    let mut volumes = prev.to_vec();
+    mark_running(&mut volumes, &ops, jiff::Timestamp::now());
+    if volumes.as_slice() != prev {
+        let patch = json!({"status": {"pvcData": {"volumes": volumes}}});
+        if let Err(e) = Api::<NamespaceMapping>::namespaced(
+            ctx.client.clone(),
+            &nm.namespace().unwrap_or_default(),
+        )
+        .patch_status(
+            &nm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "cannot record running syncs");
         }
     }
     let concurrency = usize::try_from(pvc_spec.concurrency).unwrap_or(1).max(1);
@@ -521,7 +541,8 @@ async fn record(ctx: &Ctx, nm: &NamespaceMapping, op: &Operation, out: &Outcome)
                 ),
             )
         }
-        PvcSyncResult::Skipped => (
+        // Outcomes are final; `Running` only appears in status while a sync runs.
+        PvcSyncResult::Skipped | PvcSyncResult::Running => (
             false,
             "PvcSyncSkipped",
             format!("{pvc}: {}", out.message.clone().unwrap_or_default()),
@@ -537,6 +558,31 @@ async fn record(ctx: &Ctx, nm: &NamespaceMapping, op: &Operation, out: &Outcome)
 
 async fn publish(ctx: &Ctx, nm: &NamespaceMapping, warning: bool, reason: &str, note: String) {
     ctx.publish(nm, warning, reason, "SyncData", note).await;
+}
+
+/// Marks the PVCs of `ops` as running in the status list (pure); the last results' other
+/// fields stay until the outcome replaces them.
+pub fn mark_running(volumes: &mut Vec<PvcVolumeStatus>, ops: &[Operation], now: Timestamp) {
+    for op in ops {
+        let source = format!("{}/{}", op.source_namespace(), op.pvc_name());
+        let v = match volumes.iter().position(|v| v.source == source) {
+            Some(i) => &mut volumes[i],
+            None => {
+                volumes.push(PvcVolumeStatus {
+                    source,
+                    destination: format!("{}/{}", op.dest_namespace, op.pvc_name()),
+                    ..Default::default()
+                });
+                volumes.last_mut().expect("just pushed")
+            }
+        };
+        v.result = Some(PvcSyncResult::Running);
+        v.message = None;
+        v.copy_method = Some(op.method);
+        v.last_attempt_time = Some(Time(now));
+        v.operation = Some(op.id.clone());
+    }
+    volumes.sort_by(|a, b| a.source.cmp(&b.source));
 }
 
 /// Folds outcomes into the per-PVC status list (pure).

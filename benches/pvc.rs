@@ -318,6 +318,9 @@ async fn main() {
             .unwrap();
         assert!(ok.success(), "rsync is needed: apt-get install rsync");
     }
+    // BENCH_ONLY=b,c runs a subset ((e) needs (a) and (b)).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |s: &str| only.is_empty() || only.split(',').any(|o| o.trim() == s);
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_dr-syncer"));
     let base = dr_syncer_testkit::target_dir().join("bench-pvc");
     let _ = std::fs::remove_dir_all(&base);
@@ -344,160 +347,173 @@ async fn main() {
         "scenario", "ours", "wire", "RSS", "rsync", "wire", "RSS", "goal"
     );
 
-    // (a) initial copy of 1 GiB in 1 000 files.
+    let mut agents = Vec::new();
+    let (mut port_a, mut port_b) = (0, 0);
     let a = dir.join("a-src");
-    let files = ((1000.0 * scale) as usize).max(10);
-    for i in 0..files {
-        let p = a.join(format!("d{:02}/f{i:04}.bin", i % 50));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, pseudo_random(1 << 20, i as u64 + 1)).unwrap();
-    }
-    let (agent_a, port_a) = agent(&bin, &dir, &a);
-    let total = (files << 20) as f64;
-    let ours = env.ours(port_a, &dir.join("a-ours"), None).await;
-    let theirs = env.rsync(sshd.port, &a, &dir.join("a-rsync"), None).await;
-    row(
-        &format!("(a) initial {} MiB, {files} files", files),
-        ours,
-        theirs,
-        "throughput >= rsync",
-        total / ours.0 >= total / theirs.0,
-    );
-    println!(
-        "{:<40} {:>8.0} MB/s vs {:.0} MB/s",
-        "    throughput",
-        total / ours.0 / 1e6,
-        total / theirs.0 / 1e6
-    );
-    let _ = std::fs::remove_dir_all(dir.join("a-ours"));
-    let _ = std::fs::remove_dir_all(dir.join("a-rsync"));
-
-    // (b) 1 % of bytes changed inside large files.
     let b = dir.join("b-src");
-    std::fs::create_dir_all(&b).unwrap();
-    for i in 0..8 {
-        std::fs::write(
-            b.join(format!("large{i}.bin")),
-            pseudo_random(mib(128.0), 100 + i),
-        )
-        .unwrap();
-    }
-    let (agent_b, port_b) = agent(&bin, &dir, &b);
-    env.ours(port_b, &dir.join("b-ours"), None).await;
-    env.rsync(sshd.port, &b, &dir.join("b-rsync"), None).await;
-    for i in 0..8 {
-        scatter(&b.join(format!("large{i}.bin")), 0.01, 7 + i);
-    }
-    let ours = env.ours(port_b, &dir.join("b-ours"), None).await;
-    let theirs = env.rsync(sshd.port, &b, &dir.join("b-rsync"), None).await;
-    row(
-        "(b) 1% changed in 8 large files",
-        ours,
-        theirs,
-        "<=0.8x time, <= wire bytes",
-        ours.0 <= 0.8 * theirs.0 && ours.1 <= theirs.1,
-    );
-
-    // (c) no-change pass over 100 000 small files.
-    let c = dir.join("c-src");
-    let small = ((100_000.0 * scale) as usize).max(1000);
-    for i in 0..small {
-        let p = c.join(format!("d{:03}/f{i}.txt", i % 200));
-        if i < 200 {
+    let files = ((1000.0 * scale) as usize).max(10);
+    let total = (files << 20) as f64;
+    if run("a") {
+        // (a) initial copy of 1 GiB in 1 000 files.
+        for i in 0..files {
+            let p = a.join(format!("d{:02}/f{i:04}.bin", i % 50));
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, pseudo_random(1 << 20, i as u64 + 1)).unwrap();
         }
-        std::fs::write(p, format!("small file {i}\n")).unwrap();
+        let (agent_a, pa) = agent(&bin, &dir, &a);
+        port_a = pa;
+        agents.push(agent_a);
+        let ours = env.ours(port_a, &dir.join("a-ours"), None).await;
+        let theirs = env.rsync(sshd.port, &a, &dir.join("a-rsync"), None).await;
+        row(
+            &format!("(a) initial {} MiB, {files} files", files),
+            ours,
+            theirs,
+            "throughput >= rsync",
+            total / ours.0 >= total / theirs.0,
+        );
+        println!(
+            "{:<40} {:>8.0} MB/s vs {:.0} MB/s",
+            "    throughput",
+            total / ours.0 / 1e6,
+            total / theirs.0 / 1e6
+        );
+        let _ = std::fs::remove_dir_all(dir.join("a-ours"));
+        let _ = std::fs::remove_dir_all(dir.join("a-rsync"));
     }
-    let (agent_c, port_c) = agent(&bin, &dir, &c);
-    env.ours(port_c, &dir.join("c-ours"), None).await;
-    env.rsync(sshd.port, &c, &dir.join("c-rsync"), None).await;
-    let ours = env.ours(port_c, &dir.join("c-ours"), None).await;
-    let theirs = env.rsync(sshd.port, &c, &dir.join("c-rsync"), None).await;
-    row(
-        &format!("(c) no-change pass, {small} files"),
-        ours,
-        theirs,
-        "<=0.5x rsync time",
-        ours.0 <= 0.5 * theirs.0,
-    );
-    let _ = std::fs::remove_dir_all(dir.join("c-rsync"));
-    let _ = std::fs::remove_dir_all(dir.join("c-ours"));
-
-    // (d) one 4 GiB file with scattered changes: peak RSS.
-    let d = dir.join("d-src");
-    std::fs::create_dir_all(&d).unwrap();
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(d.join("disk.img")).unwrap());
-        for i in 0..mib(4096.0) >> 20 {
-            f.write_all(&pseudo_random(1 << 20, 5000 + i as u64))
-                .unwrap();
+    if run("b") {
+        // (b) 1 % of bytes changed inside large files.
+        std::fs::create_dir_all(&b).unwrap();
+        for i in 0..8 {
+            std::fs::write(
+                b.join(format!("large{i}.bin")),
+                pseudo_random(mib(128.0), 100 + i),
+            )
+            .unwrap();
         }
+        let (agent_b, pb) = agent(&bin, &dir, &b);
+        port_b = pb;
+        agents.push(agent_b);
+        env.ours(port_b, &dir.join("b-ours"), None).await;
+        env.rsync(sshd.port, &b, &dir.join("b-rsync"), None).await;
+        for i in 0..8 {
+            scatter(&b.join(format!("large{i}.bin")), 0.01, 7 + i);
+        }
+        let ours = env.ours(port_b, &dir.join("b-ours"), None).await;
+        let theirs = env.rsync(sshd.port, &b, &dir.join("b-rsync"), None).await;
+        row(
+            "(b) 1% changed in 8 large files",
+            ours,
+            theirs,
+            "<=0.8x time, <= wire bytes",
+            ours.0 <= 0.8 * theirs.0 && ours.1 <= theirs.1,
+        );
     }
-    let (mut agent_d, port_d) = agent(&bin, &dir, &d);
-    env.ours(port_d, &dir.join("d-ours"), None).await;
-    scatter(&d.join("disk.img"), 0.001, 99);
-    let _ = agent_d.kill();
-    let _ = agent_d.wait();
-    let (mut agent_d, port_d) = agent(&bin, &dir, &d);
-    let ours = env.ours(port_d, &dir.join("d-ours"), None).await;
-    let agent_rss = hwm_kib(agent_d.id());
-    let _ = std::fs::remove_dir_all(dir.join("d-ours"));
-    env.rsync(sshd.port, &d, &dir.join("d-rsync"), None).await;
-    scatter(&d.join("disk.img"), 0.001, 98);
-    let theirs = env.rsync(sshd.port, &d, &dir.join("d-rsync"), None).await;
-    let peak = ours.2.max(agent_rss);
-    row(
-        &format!("(d) {} MiB file, scattered changes", mib(4096.0) >> 20),
-        ours,
-        theirs,
-        "<=256 MB RSS (both sides)",
-        peak <= 256 * 1024,
-    );
-    println!(
-        "{:<40} receiver {} MB, sender (agent) {} MB",
-        "    peak RSS",
-        ours.2 / 1024,
-        agent_rss / 1024
-    );
-    let _ = agent_d.kill();
-    let _ = std::fs::remove_dir_all(&d);
-    let _ = std::fs::remove_dir_all(dir.join("d-rsync"));
-
-    // (e) (a)+(b) through the shaped link.
-    let shape = Some(Shape {
-        delay: Duration::from_millis(25),
-        bytes_per_sec: 125_000_000,
-    });
-    let ours = env.ours(port_a, &dir.join("e-ours"), shape).await;
-    let theirs = env.rsync(sshd.port, &a, &dir.join("e-rsync"), shape).await;
-    let rate = total / ours.0 / 125e6;
-    row(
-        "(e) (a) via 50 ms RTT, 1 Gbit/s",
-        ours,
-        theirs,
-        ">=80% of link rate",
-        rate >= 0.8,
-    );
-    println!(
-        "{:<40} {:.0}% of link rate (rsync {:.0}%)",
-        "    link use",
-        rate * 100.0,
-        total / theirs.0 / 125e6 * 100.0
-    );
-    for i in 0..8 {
-        scatter(&b.join(format!("large{i}.bin")), 0.01, 70 + i);
+    if run("c") {
+        // (c) no-change pass over 100 000 small files.
+        let c = dir.join("c-src");
+        let small = ((100_000.0 * scale) as usize).max(1000);
+        for i in 0..small {
+            let p = c.join(format!("d{:03}/f{i}.txt", i % 200));
+            if i < 200 {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            }
+            std::fs::write(p, format!("small file {i}\n")).unwrap();
+        }
+        let (agent_c, port_c) = agent(&bin, &dir, &c);
+        agents.push(agent_c);
+        env.ours(port_c, &dir.join("c-ours"), None).await;
+        env.rsync(sshd.port, &c, &dir.join("c-rsync"), None).await;
+        let ours = env.ours(port_c, &dir.join("c-ours"), None).await;
+        let theirs = env.rsync(sshd.port, &c, &dir.join("c-rsync"), None).await;
+        row(
+            &format!("(c) no-change pass, {small} files"),
+            ours,
+            theirs,
+            "<=0.5x rsync time",
+            ours.0 <= 0.5 * theirs.0,
+        );
+        let _ = std::fs::remove_dir_all(dir.join("c-rsync"));
+        let _ = std::fs::remove_dir_all(dir.join("c-ours"));
     }
-    let ours = env.ours(port_b, &dir.join("b-ours"), shape).await;
-    let theirs = env.rsync(sshd.port, &b, &dir.join("b-rsync"), shape).await;
-    row(
-        "(e) (b) via 50 ms RTT, 1 Gbit/s",
-        ours,
-        theirs,
-        "(informational)",
-        true,
-    );
-    for mut a in [agent_a, agent_b, agent_c] {
+    if run("d") {
+        // (d) one 4 GiB file with scattered changes: peak RSS.
+        let d = dir.join("d-src");
+        std::fs::create_dir_all(&d).unwrap();
+        {
+            use std::io::Write;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(d.join("disk.img")).unwrap());
+            for i in 0..mib(4096.0) >> 20 {
+                f.write_all(&pseudo_random(1 << 20, 5000 + i as u64))
+                    .unwrap();
+            }
+        }
+        let (mut agent_d, port_d) = agent(&bin, &dir, &d);
+        env.ours(port_d, &dir.join("d-ours"), None).await;
+        scatter(&d.join("disk.img"), 0.001, 99);
+        let _ = agent_d.kill();
+        let _ = agent_d.wait();
+        let (mut agent_d, port_d) = agent(&bin, &dir, &d);
+        let ours = env.ours(port_d, &dir.join("d-ours"), None).await;
+        let agent_rss = hwm_kib(agent_d.id());
+        let _ = std::fs::remove_dir_all(dir.join("d-ours"));
+        env.rsync(sshd.port, &d, &dir.join("d-rsync"), None).await;
+        scatter(&d.join("disk.img"), 0.001, 98);
+        let theirs = env.rsync(sshd.port, &d, &dir.join("d-rsync"), None).await;
+        let peak = ours.2.max(agent_rss);
+        row(
+            &format!("(d) {} MiB file, scattered changes", mib(4096.0) >> 20),
+            ours,
+            theirs,
+            "<=256 MB RSS (both sides)",
+            peak <= 256 * 1024,
+        );
+        println!(
+            "{:<40} receiver {} MB, sender (agent) {} MB",
+            "    peak RSS",
+            ours.2 / 1024,
+            agent_rss / 1024
+        );
+        let _ = agent_d.kill();
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_dir_all(dir.join("d-rsync"));
+    }
+    if run("a") && run("b") && run("e") {
+        // (e) (a)+(b) through the shaped link.
+        let shape = Some(Shape {
+            delay: Duration::from_millis(25),
+            bytes_per_sec: 125_000_000,
+        });
+        let ours = env.ours(port_a, &dir.join("e-ours"), shape).await;
+        let theirs = env.rsync(sshd.port, &a, &dir.join("e-rsync"), shape).await;
+        let rate = total / ours.0 / 125e6;
+        row(
+            "(e) (a) via 50 ms RTT, 1 Gbit/s",
+            ours,
+            theirs,
+            ">=80% of link rate",
+            rate >= 0.8,
+        );
+        println!(
+            "{:<40} {:.0}% of link rate (rsync {:.0}%)",
+            "    link use",
+            rate * 100.0,
+            total / theirs.0 / 125e6 * 100.0
+        );
+        for i in 0..8 {
+            scatter(&b.join(format!("large{i}.bin")), 0.01, 70 + i);
+        }
+        let ours = env.ours(port_b, &dir.join("b-ours"), shape).await;
+        let theirs = env.rsync(sshd.port, &b, &dir.join("b-rsync"), shape).await;
+        row(
+            "(e) (b) via 50 ms RTT, 1 Gbit/s",
+            ours,
+            theirs,
+            "(informational)",
+            true,
+        );
+    }
+    for mut a in agents {
         let _ = a.kill();
     }
     let _ = std::fs::remove_dir_all(&base);

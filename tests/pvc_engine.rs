@@ -502,3 +502,40 @@ async fn pvc_engine_resends_a_file_that_fails_verification_once() {
         drop(fake);
     }
 }
+
+/// A destination directory that is a symlink (say, to another volume's copy of the same
+/// files) is replaced by a real directory and filled; nothing is compared with, skipped
+/// because of, or written through what the symlink points at.
+#[tokio::test]
+async fn pvc_engine_never_plans_through_a_symlinked_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, outside) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("outside"),
+    );
+    write(&src, "sub/f.txt", b"same content");
+    set_mtime(&src.join("sub/f.txt"), 1_700_000_000, 5);
+    write(&outside, "f.txt", b"same content");
+    set_mtime(&outside.join("f.txt"), 1_700_000_000, 5);
+    fs::create_dir_all(&dst).unwrap();
+    symlink(&outside, dst.join("sub")).unwrap();
+    let s = sync(&src, &dst).await;
+    assert!(
+        fs::symlink_metadata(dst.join("sub"))
+            .unwrap()
+            .file_type()
+            .is_dir()
+    );
+    assert_eq!(fs::read(dst.join("sub/f.txt")).unwrap(), b"same content");
+    assert_eq!(
+        s.files_transferred, 1,
+        "sent, not skipped because of the outside copy"
+    );
+    assert_eq!(tree_hash(&src), tree_hash(&dst));
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        1,
+        "outside untouched"
+    );
+}

@@ -32,76 +32,106 @@ pub fn open_root(root: &Path) -> io::Result<Dir> {
 /// The manifest of `root`: parents before children, names sorted bytewise per directory.
 pub fn walk(root: &Dir) -> io::Result<(Vec<Entry>, Skipped)> {
     let mut out = Vec::new();
-    let mut links = HashMap::new();
-    let mut skipped = Skipped::default();
-    walk_dir(root, &[], &mut out, &mut links, &mut skipped)?;
+    let skipped = walk_each(root, &mut |e| {
+        out.push(e);
+        true
+    })?;
     Ok((out, skipped))
 }
 
-fn walk_dir(
-    dir: &Dir,
-    prefix: &[u8],
-    out: &mut Vec<Entry>,
-    links: &mut HashMap<(u64, u64), u32>,
-    skipped: &mut Skipped,
-) -> io::Result<()> {
-    let mut names: Vec<Vec<u8>> = dir
-        .entries()?
-        .map(|e| e.map(|e| e.file_name().into_vec()))
-        .collect::<io::Result<_>>()?;
-    names.sort();
-    for name in names {
-        if prefix.is_empty() && name == STATE_DIR.as_bytes() {
-            continue;
-        }
-        let path = if prefix.is_empty() {
-            name.clone()
-        } else {
-            [prefix, b"/", &name].concat()
-        };
-        let os = OsStr::from_bytes(&name);
-        let meta = dir.symlink_metadata(os)?;
-        let ft = meta.file_type();
-        let mut entry = Entry {
-            path: path.clone(),
-            kind: Kind::File,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            size: 0,
-            mtime_s: meta.mtime(),
-            mtime_ns: meta.mtime_nsec() as u32,
-            target: None,
-            link: None,
-        };
-        if ft.is_dir() {
-            entry.kind = Kind::Dir;
-            out.push(entry);
-            let sub = dir.open_dir_nofollow(os)?;
-            walk_dir(&sub, &path, out, links, skipped)?;
-        } else if ft.is_symlink() {
-            entry.kind = Kind::Symlink;
-            entry.target = Some(dir.read_link_contents(os)?.into_os_string().into_vec());
-            out.push(entry);
-        } else if ft.is_file() {
-            entry.size = meta.len();
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                match links.get(&key) {
-                    Some(first) => {
-                        entry.kind = Kind::HardLink;
-                        entry.link = Some(*first);
-                        entry.size = 0;
-                    }
-                    None => {
-                        links.insert(key, out.len() as u32);
-                    }
-                }
-            }
-            out.push(entry);
-        } else {
-            skipped.paths.push(path);
+/// Streams the manifest of `root` entry by entry into `sink` (in [`walk`]'s order, hard
+/// links referring to the index of their first name), so the sender can send while it
+/// walks. `sink` returning `false` stops the walk.
+pub fn walk_each(root: &Dir, sink: &mut dyn FnMut(Entry) -> bool) -> io::Result<Skipped> {
+    let mut walk = Walk {
+        sink,
+        count: 0,
+        links: HashMap::new(),
+        skipped: Skipped::default(),
+        stopped: false,
+    };
+    walk.dir(root, &[])?;
+    Ok(walk.skipped)
+}
+
+struct Walk<'a> {
+    sink: &'a mut dyn FnMut(Entry) -> bool,
+    count: u32,
+    links: HashMap<(u64, u64), u32>,
+    skipped: Skipped,
+    stopped: bool,
+}
+
+impl Walk<'_> {
+    fn emit(&mut self, e: Entry) {
+        if !self.stopped {
+            self.stopped = !(self.sink)(e);
+            self.count += 1;
         }
     }
-    Ok(())
+
+    fn dir(&mut self, dir: &Dir, prefix: &[u8]) -> io::Result<()> {
+        let mut names: Vec<Vec<u8>> = dir
+            .entries()?
+            .map(|e| e.map(|e| e.file_name().into_vec()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        for name in names {
+            if self.stopped {
+                return Ok(());
+            }
+            if prefix.is_empty() && name == STATE_DIR.as_bytes() {
+                continue;
+            }
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                [prefix, b"/", &name].concat()
+            };
+            let os = OsStr::from_bytes(&name);
+            let meta = dir.symlink_metadata(os)?;
+            let ft = meta.file_type();
+            let mut entry = Entry {
+                path: path.clone(),
+                kind: Kind::File,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                size: 0,
+                mtime_s: meta.mtime(),
+                mtime_ns: meta.mtime_nsec() as u32,
+                target: None,
+                link: None,
+            };
+            if ft.is_dir() {
+                entry.kind = Kind::Dir;
+                self.emit(entry);
+                let sub = dir.open_dir_nofollow(os)?;
+                self.dir(&sub, &path)?;
+            } else if ft.is_symlink() {
+                entry.kind = Kind::Symlink;
+                entry.target = Some(dir.read_link_contents(os)?.into_os_string().into_vec());
+                self.emit(entry);
+            } else if ft.is_file() {
+                entry.size = meta.len();
+                if meta.nlink() > 1 {
+                    let key = (meta.dev(), meta.ino());
+                    match self.links.get(&key) {
+                        Some(first) => {
+                            entry.kind = Kind::HardLink;
+                            entry.link = Some(*first);
+                            entry.size = 0;
+                        }
+                        None => {
+                            self.links.insert(key, self.count);
+                        }
+                    }
+                }
+                self.emit(entry);
+            } else {
+                self.skipped.paths.push(path);
+            }
+        }
+        Ok(())
+    }
 }

@@ -87,6 +87,35 @@ pub fn plan_file(
     }
 }
 
+/// Plans a file entry against what is at its destination now (read-only).
+fn plan_entry(
+    to: &Path,
+    e: &Entry,
+    partials: &std::collections::HashMap<std::ffi::OsString, u64>,
+    parent_is_dir: bool,
+) -> Plan {
+    let dest = to.join(os(&e.path));
+    let local = if parent_is_dir {
+        fs::symlink_metadata(&dest).ok()
+    } else {
+        None
+    };
+    let partial = partial_path(to, &e.path);
+    let partial_len = if partials.is_empty() {
+        0
+    } else {
+        partials
+            .get(partial.file_name().unwrap_or_default())
+            .copied()
+            .unwrap_or(0)
+    };
+    plan_file(
+        e,
+        local.as_ref().map(|m| (dest.as_path(), m)),
+        Some((&partial, partial_len)),
+    )
+}
+
 fn os(path: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(path))
 }
@@ -177,7 +206,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (rd, wr) = tokio::io::split(stream);
+    // Buffered both ways: small frames (manifest entries, requests) share SSH packets.
+    let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
+    let mut wr = tokio::io::BufWriter::with_capacity(64 << 10, wr);
     let mut features = vec!["sparse".to_string(), "hardlink".to_string()];
     if let Some(rate) = opts.bwlimit {
         features.push(format!("bwlimit={rate}"));
@@ -198,7 +230,20 @@ where
         Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
         other => return Err(PvcError::Protocol(format!("expected hello, got {other:?}"))),
     }
+    // Partial files are rare: look one up only when the directory has any.
+    let partials: std::collections::HashMap<std::ffi::OsString, u64> =
+        fs::read_dir(to.join(STATE_DIR).join("partial"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| Some((e.file_name(), e.metadata().ok()?.len())))
+                    .collect()
+            })
+            .unwrap_or_default();
+    // Files are planned as their entries arrive (a stat each, nothing written), so the
+    // receiver's stats overlap the sender's walk; changes start after the whole manifest.
     let mut entries: Vec<Entry> = Vec::new();
+    let mut plans: Vec<(u32, Plan)> = Vec::new();
+    let mut not_dirs: HashSet<Vec<u8>> = HashSet::new();
     loop {
         match wire::read(&mut rd).await? {
             Some(Message::Entry(e)) => {
@@ -212,6 +257,30 @@ where
                             String::from_utf8_lossy(&e.path)
                         )));
                     }
+                }
+                // A directory that is not a real directory here yet (missing, or a file or
+                // symlink to be replaced) has nothing beneath it to compare with; looking
+                // through a symlink would compare with files outside the volume.
+                let parent = e
+                    .path
+                    .iter()
+                    .rposition(|b| *b == b'/')
+                    .map(|i| &e.path[..i]);
+                let under_new = parent.is_some_and(|p| not_dirs.contains(p));
+                match e.kind {
+                    Kind::Dir => {
+                        let real = !under_new
+                            && fs::symlink_metadata(to.join(os(&e.path)))
+                                .is_ok_and(|m| m.file_type().is_dir());
+                        if !real {
+                            not_dirs.insert(e.path.clone());
+                        }
+                    }
+                    Kind::File => {
+                        let plan = plan_entry(to, &e, &partials, !under_new);
+                        plans.push((entries.len() as u32, plan));
+                    }
+                    _ => {}
                 }
                 entries.push(e);
             }
@@ -240,14 +309,6 @@ where
         }
         summary.dirs += 1;
     }
-    let partials: std::collections::HashMap<std::ffi::OsString, u64> =
-        fs::read_dir(to.join(STATE_DIR).join("partial"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| Some((e.file_name(), e.metadata().ok()?.len())))
-                    .collect()
-            })
-            .unwrap_or_default();
     // Other names of each hard-linked file.
     let mut members: std::collections::HashMap<u32, Vec<&[u8]>> = std::collections::HashMap::new();
     for e in &entries {
@@ -255,30 +316,11 @@ where
             members.entry(l).or_default().push(&e.path);
         }
     }
-    // Plan the files.
     let mut requests: Vec<(u32, Basis, Option<PathBuf>)> = Vec::new();
-    for (i, e) in entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.kind == Kind::File)
-    {
+    for (i, plan) in plans {
+        let e = &entries[i as usize];
         let dest = to.join(os(&e.path));
-        let local = fs::symlink_metadata(&dest).ok();
-        // Partial files are rare: look one up only when the directory has any.
-        let partial = partial_path(to, &e.path);
-        let partial_len = if partials.is_empty() {
-            0
-        } else {
-            partials
-                .get(partial.file_name().unwrap_or_default())
-                .copied()
-                .unwrap_or(0)
-        };
-        match plan_file(
-            e,
-            local.as_ref().map(|m| (dest.as_path(), m)),
-            Some((&partial, partial_len)),
-        ) {
+        match plan {
             Plan::Skip => summary.files_unchanged += 1,
             Plan::Metadata => {
                 set_metadata(&dest, e, false)?;
@@ -288,7 +330,7 @@ where
                 // A new name of a hard-linked file whose other name is already here (a
                 // link was added on the source): link it locally instead of resending.
                 let twin = members
-                    .get(&(i as u32))
+                    .get(&i)
                     .into_iter()
                     .flatten()
                     .map(|m| to.join(os(m)))
@@ -310,13 +352,13 @@ where
                         publish(&tmp, &dest)?;
                         summary.files_metadata += 1;
                     }
-                    None => requests.push((i as u32, Basis::Whole, None)),
+                    None => requests.push((i, Basis::Whole, None)),
                 }
             }
             Plan::Delta(basis) => {
                 let size = fs::metadata(&basis).map(|m| m.len()).unwrap_or(0);
                 requests.push((
-                    i as u32,
+                    i,
                     Basis::Signature {
                         block_size: delta::block_size(size),
                     },
@@ -334,6 +376,10 @@ where
     let permits = window.clone();
     let writer = tokio::spawn(async move {
         for (idx, basis, path) in requests {
+            // About to wait for answers: what is buffered must go out first.
+            if permits.available_permits() == 0 {
+                wr.flush().await.map_err(wire::WireError::Io)?;
+            }
             permits
                 .acquire()
                 .await

@@ -18,6 +18,13 @@ use super::delta::{self, read_full};
 use super::manifest;
 use super::wire::{self, Basis, CHUNK, Entry, Kind, Message};
 
+/// Manifest entries handed from the walking thread at once.
+const WALK_BATCH: usize = 512;
+
+/// Outgoing frames are buffered so that many small ones (manifest entries, small files)
+/// share SSH packets; the buffer is flushed whenever the sender would wait.
+const OUT_BUFFER: usize = 128 << 10;
+
 /// Window of the new file diffed at once: the sender's memory bound per file.
 pub const WINDOW: usize = 8 << 20;
 
@@ -63,7 +70,8 @@ pub async fn serve<S>(root: &Path, stream: S) -> Result<(), PvcError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, wr) = tokio::io::split(stream);
+    let (rd, wr) = tokio::io::split(stream);
+    let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
     let hello = wire::read(&mut rd).await?;
     let features = match hello {
         Some(Message::Hello { min, max, features })
@@ -84,7 +92,7 @@ where
         .iter()
         .find_map(|f| f.strip_prefix("bwlimit=").and_then(|v| v.parse().ok()));
     let mut out = Out {
-        w: wr,
+        w: tokio::io::BufWriter::with_capacity(OUT_BUFFER, wr),
         limiter: Limiter {
             rate,
             start: Instant::now(),
@@ -98,15 +106,46 @@ where
     })
     .await?;
     let dir = manifest::open_root(root).map_err(|e| PvcError::io(root, e))?;
-    let (entries, skipped) = manifest::walk(&dir).map_err(|e| PvcError::io(root, e))?;
+    // The walk runs on a blocking thread and streams entries in batches while this task
+    // sends them: the receiver plans the first files while the last are still stat'ed.
+    let (etx, mut erx) = tokio::sync::mpsc::channel::<Vec<Entry>>(16);
+    let walk_root = dir.try_clone().map_err(|e| PvcError::io(root, e))?;
+    let walker = tokio::task::spawn_blocking(move || {
+        let mut batch = Vec::with_capacity(WALK_BATCH);
+        let skipped = manifest::walk_each(&walk_root, &mut |e| {
+            batch.push(e);
+            batch.len() < WALK_BATCH
+                || etx
+                    .blocking_send(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(WALK_BATCH),
+                    ))
+                    .is_ok()
+        })?;
+        if !batch.is_empty() {
+            let _ = etx.blocking_send(batch);
+        }
+        Ok::<_, std::io::Error>(skipped)
+    });
+    let mut entries = Vec::new();
+    while let Some(batch) = erx.recv().await {
+        for e in batch {
+            let msg = Message::Entry(e);
+            out.send(&msg).await?;
+            if let Message::Entry(e) = msg {
+                entries.push(e);
+            }
+        }
+    }
+    let skipped = walker
+        .await
+        .map_err(|e| PvcError::Protocol(format!("manifest walk: {e}")))?
+        .map_err(|e| PvcError::io(root, e))?;
     if !skipped.paths.is_empty() {
         tracing::warn!(
             count = skipped.paths.len(),
             "special files (sockets, devices, FIFOs) not replicated"
         );
-    }
-    for e in &entries {
-        out.send(&Message::Entry(e.clone())).await?;
     }
     out.send(&Message::ManifestEnd {
         entries: entries.len() as u64,
@@ -144,7 +183,10 @@ where
                             send_delta(&dir, idx, entry, &sig, &mut out).await?;
                         }
                     }
-                    out.w.flush().await.map_err(wire::WireError::Io)?;
+                    // More requests queued: keep filling the buffer.
+                    if rx.is_empty() {
+                        out.w.flush().await.map_err(wire::WireError::Io)?;
+                    }
                 }
                 Some(Message::Done) | None => return Ok(()),
                 Some(Message::Error { message }) => return Err(PvcError::Remote(message)),

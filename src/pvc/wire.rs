@@ -33,6 +33,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Path relative to the root, as raw bytes (`/`-separated; any other byte allowed).
+    #[serde(with = "serde_bytes")]
     pub path: Vec<u8>,
     /// Type.
     pub kind: Kind,
@@ -49,6 +50,7 @@ pub struct Entry {
     /// Nanoseconds of the modification time.
     pub mtime_ns: u32,
     /// Symlink target bytes.
+    #[serde(with = "serde_bytes")]
     pub target: Option<Vec<u8>>,
     /// For `HardLink`: index of the entry that carries the data.
     pub link: Option<u32>,
@@ -66,6 +68,10 @@ pub enum Basis {
         block_size: u32,
     },
 }
+
+// Byte fields go through `serde_bytes`: postcard then copies them in one piece instead of
+// visiting every byte as a sequence element (which cost 30-40 % of both sides' CPU on bulk
+// data). The encoding is the same (length, then the bytes), so the wire is unchanged.
 
 /// Every frame's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +104,7 @@ pub enum Message {
         /// Manifest index.
         idx: u32,
         /// Signature block records.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// The signature of `idx` is complete.
@@ -112,6 +119,7 @@ pub enum Message {
         /// Offset in the file.
         offset: u64,
         /// The bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// A run of zeros (kept sparse by the receiver).
@@ -133,6 +141,7 @@ pub enum Message {
         /// Whether this ends the window's delta.
         last: bool,
         /// Delta bytes (librsync format, copies refer to the receiver's basis).
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// The file is complete: its size and BLAKE3 hash as read by the sender.
@@ -298,6 +307,48 @@ mod tests {
         ));
         let ok = encode(&entry(b"fine/name")).unwrap();
         assert_eq!(decode(&ok[4..]).unwrap(), entry(b"fine/name"));
+    }
+
+    /// The byte fields are plain length + bytes on the wire, exactly what postcard writes
+    /// for a sequence of `u8` (the encoding before `serde_bytes`): old corpora and peers
+    /// of the same protocol version still decode.
+    #[test]
+    fn byte_fields_encode_as_length_then_raw_bytes() {
+        #[derive(Serialize)]
+        struct Plain {
+            path: Vec<u8>,
+            target: Option<Vec<u8>>,
+        }
+        let e = Entry {
+            path: b"d/f".to_vec(),
+            kind: Kind::Symlink,
+            mode: 0o777,
+            uid: 1,
+            gid: 2,
+            size: 0,
+            mtime_s: 3,
+            mtime_ns: 4,
+            target: Some(vec![0xff, 0, 7]),
+            link: None,
+        };
+        let ours = postcard::to_stdvec(&e).unwrap();
+        let plain = postcard::to_stdvec(&Plain {
+            path: e.path.clone(),
+            target: e.target.clone(),
+        })
+        .unwrap();
+        assert_eq!(&ours[..4], &plain[..4], "path: length then bytes");
+        assert!(ours.ends_with(&[1, 3, 0xff, 0, 7, 0]), "{ours:?}");
+        let frame = encode(&Message::Data {
+            idx: 1,
+            offset: 2,
+            bytes: vec![9; 300],
+        })
+        .unwrap();
+        assert_eq!(&frame[frame.len() - 302..frame.len() - 300], &[0xac, 0x02]);
+        assert!(
+            matches!(decode(&frame[4..]).unwrap(), Message::Data { bytes, .. } if bytes == vec![9; 300])
+        );
     }
 
     #[tokio::test]

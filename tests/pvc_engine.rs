@@ -368,8 +368,8 @@ async fn pvc_engine_refuses_a_sender_naming_paths_outside_the_root() {
         wire::write(
             &mut wr,
             &Message::Hello {
-                min: 1,
-                max: 1,
+                min: wire::PROTOCOL_MIN,
+                max: wire::PROTOCOL_MAX,
                 features: vec![],
             },
         )
@@ -416,8 +416,8 @@ async fn pvc_engine_resends_a_file_that_fails_verification_once() {
             wire::write(
                 &mut wr,
                 &Message::Hello {
-                    min: 1,
-                    max: 1,
+                    min: wire::PROTOCOL_MIN,
+                    max: wire::PROTOCOL_MAX,
                     features: vec![],
                 },
             )

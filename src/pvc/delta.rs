@@ -8,41 +8,49 @@ use std::os::unix::fs::FileExt;
 
 use fast_rsync::{Signature, SignatureOptions};
 
-/// Strong-hash bytes per block: MD4 truncated to 8 bytes (2^-64 per false match, and a
-/// false match is caught by the BLAKE3 check and resent whole); 12 signature bytes per
-/// block instead of 20 keeps the signature traffic near rsync's.
-pub const HASH_SIZE: u32 = 8;
 /// Signature header length (magic, block size, hash size).
 pub const SIG_HEADER: usize = 12;
 const DELTA_MAGIC: u32 = 0x7273_0236;
 
-/// Block size for a basis of `size` bytes: about √size (rsync's rule), a multiple of 8,
-/// between 2 KiB and 128 KiB — so a 4 GiB file has 64 K blocks (a few MB of signature).
+/// Block size for a basis of `size` bytes: about √size / 3, a multiple of 8, between
+/// 1 KiB and 128 KiB. A third of rsync's √size: a change dirties fewer literal bytes
+/// (about `change + block`), which with short strong hashes costs less than the larger
+/// signature; a 4 GiB file still has only ~200 K blocks (~15 MB of index).
 pub fn block_size(size: u64) -> u32 {
-    let root = (size as f64).sqrt() as u64;
-    (root.div_ceil(8) * 8).clamp(2048, 128 << 10) as u32
+    let root = (size as f64).sqrt() as u64 / 3;
+    (root.div_ceil(8) * 8).clamp(1024, 128 << 10) as u32
+}
+
+/// Strong-hash bytes per block for a basis of `size` bytes in blocks of `block_size`:
+/// rsync's rule (`sum_sizes_sqroot`) — enough bits that a false match of the 32-bit
+/// rolling sum plus the strong hash over the whole file is unlikely — between 2 and 16.
+/// A false match that slips through is caught by the whole-file BLAKE3 check and the file
+/// is resent whole, as rsync does.
+pub fn hash_len(size: u64, block_size: u32) -> u32 {
+    let bits = 10 + 2 * size.max(1).ilog2() as i64 - i64::from(block_size.max(1).ilog2());
+    ((bits + 1 - 32 + 7) / 8).clamp(2, 16) as u32
 }
 
 /// The signature block records (no header) of `data`, whose length must be a multiple of
 /// `block_size` unless it is the file's last chunk.
-pub fn signature_blocks(data: &[u8], block_size: u32) -> Vec<u8> {
+pub fn signature_blocks(data: &[u8], block_size: u32, hash_len: u32) -> Vec<u8> {
     let sig = Signature::calculate(
         data,
         SignatureOptions {
             block_size,
-            crypto_hash_size: HASH_SIZE,
+            crypto_hash_size: hash_len,
         },
     );
     sig.into_serialized().split_off(SIG_HEADER)
 }
 
 /// The serialized header that turns concatenated block records into a signature.
-pub fn signature_header(block_size: u32) -> Vec<u8> {
+pub fn signature_header(block_size: u32, hash_len: u32) -> Vec<u8> {
     let mut h = Signature::calculate(
         &[],
         SignatureOptions {
             block_size,
-            crypto_hash_size: HASH_SIZE,
+            crypto_hash_size: hash_len,
         },
     )
     .into_serialized();
@@ -180,6 +188,28 @@ mod tests {
             .collect()
     }
 
+    const HASH_SIZE: u32 = 8;
+
+    #[test]
+    fn signature_parameters_table() {
+        // (basis size, block size, strong-hash bytes): rsync's hash rule on our blocks.
+        let cases = [
+            (0u64, 1024u32, 2u32),
+            (64 << 10, 1024, 2),
+            (1 << 20, 1024, 2),
+            (128 << 20, 3864, 3),
+            (4 << 30, 21848, 4),
+            (1 << 40, 128 << 10, 6),
+        ];
+        for (size, bs, hl) in cases {
+            assert_eq!(
+                (block_size(size), hash_len(size, block_size(size))),
+                (bs, hl),
+                "{size}"
+            );
+        }
+    }
+
     #[test]
     fn chunked_signatures_equal_the_whole_file_signature() {
         let data = pseudo_random(100_000, 7);
@@ -191,9 +221,9 @@ mod tests {
                 crypto_hash_size: HASH_SIZE,
             },
         );
-        let mut chunked = signature_header(bs);
+        let mut chunked = signature_header(bs, HASH_SIZE);
         for chunk in data.chunks(bs as usize * 8) {
-            chunked.extend(signature_blocks(chunk, bs));
+            chunked.extend(signature_blocks(chunk, bs, HASH_SIZE));
         }
         assert_eq!(chunked, whole.serialized());
     }
@@ -218,8 +248,9 @@ mod tests {
         std::fs::write(&path, &base).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         let bs = block_size(base.len() as u64);
-        let mut sig = signature_header(bs);
-        sig.extend(signature_blocks(&base, bs));
+        let hl = hash_len(base.len() as u64, bs);
+        let mut sig = signature_header(bs, hl);
+        sig.extend(signature_blocks(&base, bs, hl));
         let sig = Signature::deserialize(sig).unwrap();
         for (case, new) in cases {
             let mut delta = Vec::new();

@@ -227,6 +227,13 @@ where
     match wire::read(&mut rd).await? {
         Some(Message::Hello { min, max, .. })
             if min <= wire::PROTOCOL_MAX && max >= wire::PROTOCOL_MIN => {}
+        Some(Message::Hello { min, max, .. }) => {
+            return Err(PvcError::Protocol(format!(
+                "sender speaks protocol versions {min}..={max}, this receiver {}..={}; run the same dr-syncer version on both sides",
+                wire::PROTOCOL_MIN,
+                wire::PROTOCOL_MAX
+            )));
+        }
         Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
         other => return Err(PvcError::Protocol(format!("expected hello, got {other:?}"))),
     }
@@ -357,10 +364,12 @@ where
             }
             Plan::Delta(basis) => {
                 let size = fs::metadata(&basis).map(|m| m.len()).unwrap_or(0);
+                let block_size = delta::block_size(size);
                 requests.push((
                     i,
                     Basis::Signature {
-                        block_size: delta::block_size(size),
+                        block_size,
+                        hash_len: delta::hash_len(size, block_size),
                     },
                     Some(basis),
                 ));
@@ -387,8 +396,15 @@ where
                 .forget();
             let _ = order_tx.send((idx, path.clone(), false));
             wire::write(&mut wr, &Message::Request { idx, basis }).await?;
-            if let (Basis::Signature { block_size }, Some(p)) = (basis, &path) {
-                send_signature(&mut wr, idx, block_size, p).await?;
+            if let (
+                Basis::Signature {
+                    block_size,
+                    hash_len,
+                },
+                Some(p),
+            ) = (basis, &path)
+            {
+                send_signature(&mut wr, idx, block_size, hash_len, p).await?;
             }
         }
         wr.flush().await.map_err(wire::WireError::Io)?;
@@ -628,6 +644,7 @@ async fn send_signature<W: AsyncWrite + Unpin>(
     wr: &mut W,
     idx: u32,
     block_size: u32,
+    hash_len: u32,
     basis: &Path,
 ) -> Result<(), PvcError> {
     let mut f = File::open(basis).map_err(|e| PvcError::io(basis, e))?;
@@ -639,7 +656,7 @@ async fn send_signature<W: AsyncWrite + Unpin>(
         if n == 0 {
             break;
         }
-        let blocks = delta::signature_blocks(&buf[..n], block_size);
+        let blocks = delta::signature_blocks(&buf[..n], block_size, hash_len);
         for c in blocks.chunks(wire::MAX_FRAME / 2) {
             wire::write(
                 wr,

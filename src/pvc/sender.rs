@@ -178,8 +178,11 @@ where
                         })?;
                     match basis {
                         Basis::Whole => send_whole(&dir, idx, entry, &mut out).await?,
-                        Basis::Signature { block_size } => {
-                            let sig = read_signature(&mut rx, idx, block_size).await?;
+                        Basis::Signature {
+                            block_size,
+                            hash_len,
+                        } => {
+                            let sig = read_signature(&mut rx, idx, block_size, hash_len).await?;
                             send_delta(&dir, idx, entry, &sig, &mut out).await?;
                         }
                     }
@@ -219,13 +222,14 @@ async fn read_signature(
     rx: &mut Incoming,
     idx: u32,
     block_size: u32,
+    hash_len: u32,
 ) -> Result<Signature, PvcError> {
-    if !(512..=(1 << 20)).contains(&block_size) {
+    if !(512..=(1 << 20)).contains(&block_size) || !(1..=16).contains(&hash_len) {
         return Err(PvcError::Protocol(format!(
-            "block size {block_size} out of range"
+            "signature parameters out of range (block {block_size}, hash {hash_len})"
         )));
     }
-    let mut sig = delta::signature_header(block_size);
+    let mut sig = delta::signature_header(block_size, hash_len);
     loop {
         match next(rx).await? {
             Some(Message::Sig { idx: i, bytes }) if i == idx => {
@@ -324,33 +328,58 @@ async fn send_delta<W: AsyncWrite + Unpin>(
     let mut file = open(dir, entry)?;
     let mut hasher = blake3::Hasher::new();
     // Windows end on block boundaries, so blocks that did not move still match right up to
-    // the end of each window instead of leaving its tail as literal bytes.
+    // the end of each window instead of leaving its tail as literal bytes. Two windows are
+    // diffed at once on two threads: the rolling search is the sender's CPU cost.
     let block = sig_block_size(sig) as usize;
-    let mut window = vec![0u8; (WINDOW / block).max(1) * block];
-    let mut delta = Vec::new();
+    let size = (WINDOW / block).max(1) * block;
+    let mut windows = [vec![0u8; size], vec![0u8; size]];
+    let mut deltas = [Vec::new(), Vec::new()];
     let mut offset = 0u64;
+    let path = || Path::new(OsStr::from_bytes(&entry.path));
     loop {
-        let n = read_full(&mut file, &mut window)
-            .map_err(|e| PvcError::io(Path::new(OsStr::from_bytes(&entry.path)), e))?;
-        if n == 0 {
+        let n0 = read_full(&mut file, &mut windows[0]).map_err(|e| PvcError::io(path(), e))?;
+        if n0 == 0 {
             break;
         }
-        hasher.update(&window[..n]);
-        delta.clear();
-        fast_rsync::diff(&index, &window[..n], &mut delta)
-            .map_err(|e| PvcError::Protocol(format!("diff: {e:?}")))?;
-        let mut chunks = delta.chunks(wire::MAX_FRAME / 2).peekable();
-        while let Some(c) = chunks.next() {
-            out.send(&Message::Delta {
-                idx,
-                offset,
-                last: chunks.peek().is_none(),
-                bytes: c.to_vec(),
-            })
-            .await?;
+        let n1 = if n0 == size {
+            read_full(&mut file, &mut windows[1]).map_err(|e| PvcError::io(path(), e))?
+        } else {
+            0
+        };
+        let [w0, w1] = &windows;
+        let [d0, d1] = &mut deltas;
+        d0.clear();
+        d1.clear();
+        let (r0, r1) = std::thread::scope(|s| {
+            let second =
+                (n1 > 0).then(|| s.spawn(|| fast_rsync::diff(&index, &w1[..n1], &mut *d1)));
+            let first = fast_rsync::diff(&index, &w0[..n0], &mut *d0);
+            hasher.update(&w0[..n0]);
+            hasher.update(&w1[..n1]);
+            (first, second.map(|h| h.join()))
+        });
+        r0.map_err(|e| PvcError::Protocol(format!("diff: {e:?}")))?;
+        if let Some(r) = r1 {
+            r.map_err(|_| PvcError::Protocol("diff thread panicked".into()))?
+                .map_err(|e| PvcError::Protocol(format!("diff: {e:?}")))?;
         }
-        offset += n as u64;
-        if n < window.len() {
+        for (delta, n) in [(&deltas[0], n0), (&deltas[1], n1)] {
+            if n == 0 {
+                continue;
+            }
+            let mut chunks = delta.chunks(wire::MAX_FRAME / 2).peekable();
+            while let Some(c) = chunks.next() {
+                out.send(&Message::Delta {
+                    idx,
+                    offset,
+                    last: chunks.peek().is_none(),
+                    bytes: c.to_vec(),
+                })
+                .await?;
+            }
+            offset += n as u64;
+        }
+        if n0 < size || n1 < size {
             break;
         }
     }

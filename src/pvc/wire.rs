@@ -7,10 +7,10 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Protocol versions this build speaks.
-pub const PROTOCOL_MIN: u32 = 1;
+/// Protocol versions this build speaks (2: the receiver chooses the strong-hash length).
+pub const PROTOCOL_MIN: u32 = 2;
 /// Highest protocol version this build speaks.
-pub const PROTOCOL_MAX: u32 = 1;
+pub const PROTOCOL_MAX: u32 = 2;
 /// Largest payload a frame may carry; data is sent in chunks well below it.
 pub const MAX_FRAME: usize = 2 << 20;
 /// File data chunk size.
@@ -61,11 +61,12 @@ pub struct Entry {
 pub enum Basis {
     /// No usable basis: send it whole.
     Whole,
-    /// A delta against the basis whose signature (`block_size`, 16-byte strong hashes)
-    /// follows in `Sig` frames.
+    /// A delta against the basis whose signature follows in `Sig` frames.
     Signature {
         /// Block size of the signature.
         block_size: u32,
+        /// Strong-hash bytes per block (chosen by the receiver from the basis size).
+        hash_len: u32,
     },
 }
 

@@ -350,10 +350,11 @@ async fn send_delta<W: AsyncWrite + Unpin>(
         let [d0, d1] = &mut deltas;
         d0.clear();
         d1.clear();
+        let (o0, o1) = (offset, offset + n0 as u64);
         let (r0, r1) = std::thread::scope(|s| {
-            let second =
-                (n1 > 0).then(|| s.spawn(|| fast_rsync::diff(&index, &w1[..n1], &mut *d1)));
-            let first = fast_rsync::diff(&index, &w0[..n0], &mut *d0);
+            let second = (n1 > 0)
+                .then(|| s.spawn(|| delta::aligned_diff(sig, &index, &w1[..n1], o1, &mut *d1)));
+            let first = delta::aligned_diff(sig, &index, &w0[..n0], o0, &mut *d0);
             hasher.update(&w0[..n0]);
             hasher.update(&w1[..n1]);
             (first, second.map(|h| h.join()))

@@ -426,6 +426,7 @@ where
         Ok::<_, PvcError>(())
     });
     let tmp_dir = to.join(STATE_DIR).join("tmp");
+    let mut publisher = Publisher::start(to.to_path_buf());
     let mut outstanding = total;
     let mut pending: VecDeque<(u32, Option<PathBuf>, bool)> = VecDeque::new();
     let mut current: Option<Incoming> = None;
@@ -579,14 +580,11 @@ where
                             .map_err(|_| PvcError::Protocol("writer gone".into()))?;
                         continue;
                     }
-                    cur.file
-                        .sync_data()
-                        .map_err(|e| PvcError::io(&cur.tmp, e))?;
-                    drop(cur.file);
-                    set_metadata(&cur.tmp, entry, false)?;
-                    ensure_parents(to, &entry.path)?;
-                    publish(&cur.tmp, &to.join(os(&entry.path)))?;
-                    let _ = fs::remove_file(partial_path(to, &entry.path));
+                    publisher.submit(Verified {
+                        file: cur.file,
+                        tmp: cur.tmp,
+                        entry: entry.clone(),
+                    })?;
                     summary.files_transferred += 1;
                     summary.bytes_total += size;
                     done_files += 1;
@@ -605,6 +603,9 @@ where
     }
     .await;
     drop(redo_tx);
+    // Whatever happened, files already verified are published before we go on.
+    let published = publisher.finish();
+    let result = result.and(published);
     if let Err(e) = result {
         // Keep what arrived of an interrupted file: the next run resumes from it.
         if let Some(cur) = current.take() {
@@ -622,6 +623,63 @@ where
     finish(to, &entries, &mut summary)?;
     summary.duration = start.elapsed();
     Ok(summary)
+}
+
+/// A received file whose content passed verification, waiting to be published.
+struct Verified {
+    file: File,
+    tmp: PathBuf,
+    entry: Entry,
+}
+
+/// Publishes verified files on their own thread — fdatasync, owner/mode/times, rename
+/// into place — so the disk flush of one file overlaps receiving the next. Files are
+/// published in the order they were verified; the first failure stops it and is reported.
+struct Publisher {
+    tx: Option<std::sync::mpsc::SyncSender<Verified>>,
+    thread: Option<std::thread::JoinHandle<Result<(), PvcError>>>,
+}
+
+impl Publisher {
+    fn start(to: PathBuf) -> Self {
+        // Bounded: at most this many verified files (and their descriptors) wait.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Verified>(64);
+        let thread = std::thread::spawn(move || {
+            for v in rx {
+                v.file.sync_data().map_err(|e| PvcError::io(&v.tmp, e))?;
+                drop(v.file);
+                set_metadata(&v.tmp, &v.entry, false)?;
+                ensure_parents(&to, &v.entry.path)?;
+                publish(&v.tmp, &to.join(os(&v.entry.path)))?;
+                let _ = fs::remove_file(partial_path(&to, &v.entry.path));
+            }
+            Ok(())
+        });
+        Publisher {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands a file over; if the thread already stopped, its error.
+    fn submit(&mut self, v: Verified) -> Result<(), PvcError> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(v).is_ok());
+        if sent == Some(true) {
+            return Ok(());
+        }
+        self.finish()
+            .and(Err(PvcError::Protocol("publisher stopped".into())))
+    }
+
+    /// Waits until every handed-over file is published.
+    fn finish(&mut self) -> Result<(), PvcError> {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            None => Ok(()),
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(PvcError::Protocol("publisher thread panicked".into())),
+        }
+    }
 }
 
 struct HashingWriter<'a> {

@@ -440,7 +440,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     let env = base(plane, "pvcrep", 2222, "1h").await;
     let client = env.client.clone();
     let http = free_addr();
-    let _controller = start_controller(plane, &env.ctl, "pvcrep", &http);
+    let controller = start_controller(plane, &env.ctl, "pvcrep", &http);
     // The agent: non-root DaemonSet with the bastion and its lists.
     let ds = until(60, "agent DaemonSet", || async {
         Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
@@ -912,6 +912,64 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     let fp =
         ds.spec.template.metadata.unwrap().annotations.unwrap()["dr-syncer.io/host-key"].clone();
     assert_ne!(fp, host.fingerprint());
+
+    // A restart in the middle of an operation: the new process sweeps what the old one
+    // left (temporary objects on both sides, the allow-list entry, the PVC lock) before
+    // it runs the still unanswered trigger again.
+    trigger(
+        &client,
+        &env.ctl,
+        "direct",
+        "dr-syncer.io/sync-data-now",
+        "3",
+    )
+    .await;
+    let pod: Pod = until(60, "server pod before the restart", || async {
+        labeled::<Pod>(&client, "pvcrep-direct", TEMP)
+            .await
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+    })
+    .await;
+    let old = op_of(&pod);
+    run_pod(&client, "pvcrep-direct", &pod.name_any(), "10.1.0.5").await;
+    let _job: Job = one(&client, "pvcrep-direct-dr", TEMP, "Job before the restart").await;
+    let old_entry = format!("pvcrep.direct.{old}");
+    let allow: Api<ConfigMap> = Api::namespaced(client.clone(), &env.agent_ns);
+    let entries = allow
+        .get("dr-syncer-agent-allow")
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default();
+    assert!(entries.contains_key(&old_entry), "{entries:?}");
+    drop(controller);
+    let _controller = start_controller(plane, &env.ctl, "pvcrep-restarted", &free_addr());
+    let sel = format!("dr-syncer.io/operation={old}");
+    until(60, "sweep after the restart", || async {
+        let mut left = Vec::new();
+        for ns in ["pvcrep-direct", "pvcrep-direct-dr"] {
+            left.extend(live::<Pod>(&client, ns, &sel).await);
+            left.extend(live::<Secret>(&client, ns, &sel).await);
+            left.extend(live::<Job>(&client, ns, &sel).await);
+        }
+        let entries = allow
+            .get("dr-syncer-agent-allow")
+            .await
+            .unwrap()
+            .data
+            .unwrap_or_default();
+        let stale_lock = labeled::<Lease>(&client, &env.ctl, "dr-syncer.io/mapping=pvcrep.direct")
+            .await
+            .into_iter()
+            .any(|l| {
+                l.spec
+                    .and_then(|s| s.holder_identity)
+                    .is_some_and(|h| h.ends_with(&old))
+            });
+        (left.is_empty() && !entries.contains_key(&old_entry) && !stale_lock).then_some(())
+    })
+    .await;
 }
 
 async fn reqwest_metrics(addr: &str) -> String {

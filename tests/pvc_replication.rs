@@ -668,7 +668,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
             .get("dr-syncer-agent-allow")
             .await
             .unwrap();
-        let entry = allow.data.unwrap_or_default()[&format!("pvcrep.{name}.{op}")].clone();
+        let entry = allow.data.unwrap_or_default()[&format!("pvcrep.{name}..{op}")].clone();
         assert!(
             entry.starts_with(&format!("{ip}:2223 {} expires=", client_ring.fingerprint())),
             "{entry}"
@@ -934,7 +934,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     let old = op_of(&pod);
     run_pod(&client, "pvcrep-direct", &pod.name_any(), "10.1.0.5").await;
     let _job: Job = one(&client, "pvcrep-direct-dr", TEMP, "Job before the restart").await;
-    let old_entry = format!("pvcrep.direct.{old}");
+    let old_entry = format!("pvcrep.direct..{old}");
     let allow: Api<ConfigMap> = Api::namespaced(client.clone(), &env.agent_ns);
     let entries = allow
         .get("dr-syncer-agent-allow")
@@ -968,6 +968,36 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
                     .is_some_and(|h| h.ends_with(&old))
             });
         (left.is_empty() && !entries.contains_key(&old_entry) && !stale_lock).then_some(())
+    })
+    .await;
+
+    // The re-run waits for its server pod; deleting the mapping now cancels it: its
+    // objects go, and the mapping's key leaves the agent's client list.
+    let pod: Pod = until(60, "server pod of the re-run", || async {
+        labeled::<Pod>(&client, "pvcrep-direct", TEMP)
+            .await
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+    })
+    .await;
+    let rerun = format!("dr-syncer.io/operation={}", op_of(&pod));
+    Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
+        .delete("direct", &Default::default())
+        .await
+        .unwrap();
+    until(60, "cancelled and revoked", || async {
+        let mut left = live::<Pod>(&client, "pvcrep-direct", &rerun).await;
+        left.extend(live::<Secret>(&client, "pvcrep-direct", &rerun).await);
+        let clients: Secret = Api::namespaced(client.clone(), &env.agent_ns)
+            .get("dr-syncer-agent-clients")
+            .await
+            .ok()?;
+        let revoked = !clients
+            .data
+            .unwrap_or_default()
+            .contains_key("pvcrep.direct");
+        let locks = labeled::<Lease>(&client, &env.ctl, "dr-syncer.io/mapping=pvcrep.direct").await;
+        (left.is_empty() && revoked && locks.is_empty()).then_some(())
     })
     .await;
 }

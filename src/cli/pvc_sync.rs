@@ -41,9 +41,10 @@ pub struct PvcSyncArgs {
     /// Bandwidth limit in bytes per second.
     #[arg(long, env = "DR_SYNCER_BWLIMIT")]
     pub bwlimit: Option<u64>,
-    /// Keep retrying for this long (e.g. `3m`) while the server is unreachable or the
-    /// bastion does not forward yet (a fresh allow-list entry reaches the agent with the
-    /// next volume refresh). Host-key and authentication failures are never retried.
+    /// Keep retrying for this long (e.g. `3m`) while the server is unreachable, refuses
+    /// our key or the bastion does not forward yet: a fresh allow-list entry or a new or
+    /// rotated client key reaches the agent with its next volume refresh. A host-key
+    /// mismatch is never retried.
     #[arg(long, env = "DR_SYNCER_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "0s")]
     pub connect_timeout: std::time::Duration,
     /// Also write the JSON summary here (a Kubernetes Job uses `/dev/termination-log`, so
@@ -75,9 +76,11 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
     let conn = loop {
         match ssh::connect(&args.from, key.clone(), known.clone(), args.jump.as_ref()).await {
             Ok(c) => break c,
-            Err(e @ (ssh::SshError::Transport(_) | ssh::SshError::Refused(_)))
-                if std::time::Instant::now() < deadline =>
-            {
+            Err(
+                e @ (ssh::SshError::Transport(_)
+                | ssh::SshError::Refused(_)
+                | ssh::SshError::Auth(_)),
+            ) if std::time::Instant::now() < deadline => {
                 eprintln!("retrying: {e}");
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }

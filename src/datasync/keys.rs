@@ -185,7 +185,7 @@ impl KeyRing {
         token: Option<String>,
     ) -> Self {
         let (private, public) = generate(comment);
-        let until = now + jiff::SignedDuration::try_from(grace).unwrap_or_default();
+        let until = later(now, grace);
         KeyRing {
             private,
             public,
@@ -229,6 +229,15 @@ impl KeyRing {
     pub fn fingerprint(&self) -> String {
         fingerprint_of(&self.public)
     }
+}
+
+/// `t + d`, saturating at the largest time jiff represents (user-supplied durations can
+/// be absurdly long; they must not panic the controller).
+pub fn later(t: Timestamp, d: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
 }
 
 /// SHA-256 fingerprint of a public key line (empty when it does not parse).

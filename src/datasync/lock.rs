@@ -23,6 +23,8 @@ pub fn lease_name(cluster: &str, namespace: &str, pvc: &str) -> String {
 /// A held lock; release it with [`release`].
 pub struct Held {
     name: String,
+    /// The version we wrote: release deletes only that, never a successor's lock.
+    version: Option<String>,
 }
 
 /// Takes the lock, or says who holds it.
@@ -44,7 +46,12 @@ pub async fn acquire(
     }))
     .expect("valid Lease");
     match api.create(&PostParams::default(), &lease).await {
-        Ok(_) => return Ok(Ok(Held { name: name.into() })),
+        Ok(l) => {
+            return Ok(Ok(Held {
+                name: name.into(),
+                version: l.metadata.resource_version,
+            }));
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(e),
     }
@@ -61,21 +68,32 @@ pub async fn acquire(
     let mut taken = lease;
     taken.metadata.resource_version = current.metadata.resource_version;
     match api.replace(name, &PostParams::default(), &taken).await {
-        Ok(_) => {
+        Ok(l) => {
             tracing::warn!(lease = name, previous = %holder_now, "took over an expired PVC lock");
-            Ok(Ok(Held { name: name.into() }))
+            Ok(Ok(Held {
+                name: name.into(),
+                version: l.metadata.resource_version,
+            }))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(holder_now)),
         Err(e) => Err(e),
     }
 }
 
-/// Releases a lock.
+/// Releases a lock — only the version this holder wrote: if it expired and someone else
+/// took it over meanwhile, theirs stays (409 from the precondition).
 pub async fn release(client: &Client, namespace: &str, held: Held) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    match api.delete(&held.name, &DeleteParams::default()).await {
+    let params = DeleteParams {
+        preconditions: held.version.map(|v| kube::api::Preconditions {
+            resource_version: Some(v),
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&held.name, &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -92,7 +110,11 @@ pub async fn release_all(
         .await?;
     for l in &list.items {
         if let Some(n) = &l.metadata.name {
-            release(client, namespace, Held { name: n.clone() }).await?;
+            let held = Held {
+                name: n.clone(),
+                version: None,
+            };
+            release(client, namespace, held).await?;
         }
     }
     Ok(list.items.len())

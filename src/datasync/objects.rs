@@ -62,16 +62,26 @@ pub struct Operation {
     pub bwlimit_kib: Option<i32>,
 }
 
-/// A label value for a mapping: `<namespace>.<name>`, or a hash-suffixed prefix of it when
-/// longer than the 63 characters a label value may have.
+/// A label value for a mapping: `<namespace>.<name>` (see [`label_value`]).
 pub fn mapping_label(namespace: &str, name: &str) -> String {
-    let full = format!("{namespace}.{name}");
-    if full.len() <= 63 {
-        return full;
+    label_value(&format!("{namespace}.{name}"))
+}
+
+/// `s` as a label value: itself when it fits the 63 characters a label value may have,
+/// else a prefix and a hash of the whole (distinct names stay distinct); never ending in
+/// `-`, `_` or `.`, which label values may not.
+pub fn label_value(s: &str) -> String {
+    if s.len() <= 63 && s.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        return s.to_string();
     }
-    let hash = blake3::hash(full.as_bytes()).to_hex();
-    let prefix: String = full.chars().take(54).collect();
-    format!("{}-{}", prefix.trim_end_matches(['.', '-']), &hash[..8])
+    let hash = blake3::hash(s.as_bytes()).to_hex();
+    let prefix: String = s.chars().take(54).collect();
+    let prefix = prefix.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if prefix.is_empty() {
+        hash[..16].to_string()
+    } else {
+        format!("{prefix}-{}", &hash[..8])
+    }
 }
 
 impl Operation {
@@ -98,7 +108,7 @@ impl Operation {
             (TEMPORARY.into(), "true".into()),
             (OPERATION.into(), self.id.clone()),
             (MAPPING.into(), self.mapping.clone()),
-            (PVC.into(), truncate(&self.pvc_name(), 63)),
+            (PVC.into(), label_value(&self.pvc_name())),
         ])
     }
 
@@ -385,10 +395,6 @@ pub fn destination_claim(
         .or_insert_with(|| json!({}));
     labels[crate::api::keys::MANAGED_BY] = json!("dr-syncer");
     serde_json::from_value(value).expect("a cleaned PVC is a PVC")
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
 }
 
 #[cfg(test)]

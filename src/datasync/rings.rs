@@ -15,11 +15,15 @@ use super::keys::{KeyRing, Rotation};
 use crate::api::{SshKeySettings, keys};
 use crate::controller::schedule::parse_duration;
 
-/// Rotation interval and grace window (defaults 720h and 1h).
+/// Shortest rotation interval honoured: a tiny value would rotate on every pass.
+const MIN_ROTATION: Duration = Duration::from_secs(600);
+
+/// Rotation interval (at least 10 minutes) and grace window (defaults 720h and 1h).
 pub fn rotation(settings: Option<&SshKeySettings>) -> (Duration, Duration) {
     let interval = settings
         .and_then(|s| parse_duration(&s.rotation_interval))
-        .unwrap_or(Duration::from_secs(720 * 3600));
+        .unwrap_or(Duration::from_secs(720 * 3600))
+        .max(MIN_ROTATION);
     let grace = settings
         .and_then(|s| parse_duration(&s.grace_period))
         .unwrap_or(Duration::from_secs(3600));
@@ -107,7 +111,7 @@ pub async fn read(client: &Client, namespace: &str, name: &str) -> Result<Option
 /// agent's client list then drops the old key).
 pub fn next_check(ring: &KeyRing, settings: Option<&SshKeySettings>, now: Timestamp) -> Timestamp {
     let (interval, _) = rotation(settings);
-    let rotate = ring.rotated_at + jiff::SignedDuration::try_from(interval).unwrap_or_default();
+    let rotate = super::keys::later(ring.rotated_at, interval);
     match ring.live_previous(now) {
         Some((_, until)) => rotate.min(*until),
         None => rotate,

@@ -49,6 +49,9 @@ pub struct Env {
     pub keep_snapshots: i32,
     /// VolumeSnapshotClass for destination snapshots.
     pub snapshot_class: Option<String>,
+    /// Becomes `true` when the mapping is deleted or stops replicating data: running
+    /// operations stop and clean up.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The result of one operation.
@@ -66,6 +69,8 @@ pub struct Outcome {
     pub started: Timestamp,
     /// Wall time.
     pub duration: Duration,
+    /// Some temporary object could not be removed (the next pass sweeps again).
+    pub cleanup_failed: bool,
 }
 
 /// The VolumeSnapshot API.
@@ -92,6 +97,7 @@ pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
         point_in_time: pit,
         started,
         duration: clock.elapsed(),
+        cleanup_failed: false,
     };
     let lease = lock::lease_name(&env.cluster_id, &op.source_namespace(), &op.pvc_name());
     let holder = format!("{}/{}", env.holder, op.id);
@@ -120,20 +126,27 @@ pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
             );
         }
     };
-    let result = match tokio::time::timeout(op.timeout, steps(env, op)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timed out after {}s", op.timeout.as_secs())),
+    let mut cancel = env.cancel.clone();
+    let result = tokio::select! {
+        r = tokio::time::timeout(op.timeout, steps(env, op)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {}s", op.timeout.as_secs())),
+        },
+        _ = cancel.wait_for(|c| *c) => Err("cancelled: the mapping was deleted or stopped replicating data".into()),
     };
-    if let Err(e) = cleanup(env, op).await {
-        tracing::warn!(operation = %op.id, error = %e, "cleanup incomplete; the next sweep retries");
+    let cleaned = cleanup(env, op).await;
+    if let Err(e) = &cleaned {
+        tracing::warn!(operation = %op.id, error = %e, "cleanup incomplete; swept again on the next pass");
     }
     if let Err(e) = lock::release(&env.ctl, &env.lease_namespace, held).await {
         tracing::warn!(operation = %op.id, error = %e, "cannot release the PVC lock; it expires");
     }
-    match result {
+    let mut out = match result {
         Ok((report, pit)) => outcome(PvcSyncResult::Succeeded, None, Some(report), Some(pit)),
         Err(e) => outcome(PvcSyncResult::Failed, Some(e), None, None),
-    }
+    };
+    out.cleanup_failed = cleaned.is_err();
+    out
 }
 
 fn kube_err(what: &str) -> impl Fn(kube::Error) -> String + '_ {
@@ -247,8 +260,7 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
             })?
         }
     };
-    let deadline =
-        Timestamp::now() + jiff::SignedDuration::try_from(op.timeout).unwrap_or_default();
+    let deadline = super::keys::later(Timestamp::now(), op.timeout);
     let entry = objects::allow_line(&server, &env.client.fingerprint(), deadline);
     agent::set_entry(
         &env.source,
@@ -330,15 +342,19 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
         return Err(why);
     }
     let report = report.unwrap_or_default();
-    if env.keep_snapshots > 0 {
-        keep_image(env, op, &dest_pvc).await?;
+    // The data is in and verified: a failed image snapshot is a warning, not a failed sync.
+    if env.keep_snapshots > 0
+        && let Err(e) = keep_image(env, op, &dest_pvc).await
+    {
+        tracing::warn!(operation = %op.id, error = %e, "destination snapshot not taken");
     }
     Ok((report, point_in_time))
 }
 
-/// Key of an operation's allow-list entry (prefixed with the mapping, for the sweep).
+/// Key of an operation's allow-list entry: the mapping, `..` (which no mapping label
+/// contains, so one mapping's prefix never matches another's), the operation id.
 pub fn allow_key(op: &Operation) -> String {
-    format!("{}.{}", op.mapping, op.id)
+    format!("{}..{}", op.mapping, op.id)
 }
 
 async fn ensure_namespace(client: &Client, name: &str) -> Result<(), String> {
@@ -369,8 +385,8 @@ async fn keep_image(env: &Env, op: &Operation, pvc: &str) -> Result<(), String> 
     if let Some(c) = &env.snapshot_class {
         spec["volumeSnapshotClassName"] = json!(c);
     }
-    let labels =
-        json!({objects::PVC: pvc, objects::MAPPING: op.mapping, "dr-syncer.io/image": "true"});
+    let pvc_label = objects::label_value(pvc);
+    let labels = json!({objects::PVC: pvc_label, objects::MAPPING: op.mapping, "dr-syncer.io/image": "true"});
     let snap: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
         "metadata": {"name": format!("{}-{stamp}", pvc.chars().take(200).collect::<String>()), "labels": labels},
@@ -380,7 +396,7 @@ async fn keep_image(env: &Env, op: &Operation, pvc: &str) -> Result<(), String> 
     api.create(&PostParams::default(), &snap)
         .await
         .map_err(kube_err("create destination VolumeSnapshot"))?;
-    let sel = format!("{}={pvc},dr-syncer.io/image=true", objects::PVC);
+    let sel = format!("{}={pvc_label},dr-syncer.io/image=true", objects::PVC);
     let mut list = api
         .list(&ListParams::default().labels(&sel))
         .await
@@ -413,6 +429,7 @@ pub async fn delete_labeled(
         snapshot_resource(),
     ];
     let lp = ListParams::default().labels(selector);
+    let mut first_error = None;
     for ar in kinds {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
         match api
@@ -421,10 +438,12 @@ pub async fn delete_labeled(
         {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Removes an operation's temporary objects on both sides and its allow-list entry.
@@ -438,10 +457,16 @@ pub async fn cleanup(env: &Env, op: &Operation) -> Result<(), kube::Error> {
         None,
     )
     .await;
-    delete_labeled(&env.source, &op.source_namespace(), &sel).await?;
-    delete_labeled(&env.dest, &op.dest_namespace, &sel).await?;
-    match removed {
+    // Both sides are always attempted (the job Secret holds a private key); the first
+    // error is reported.
+    let source = delete_labeled(&env.source, &op.source_namespace(), &sel).await;
+    let dest = delete_labeled(&env.dest, &op.dest_namespace, &sel).await;
+    let removed = match removed {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         other => other,
+    };
+    match (dest, source, removed) {
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        _ => Ok(()),
     }
 }

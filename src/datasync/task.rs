@@ -26,8 +26,12 @@ use crate::controller::context::Ctx;
 use crate::controller::{refs, schedule, sync};
 use crate::export::policy::Policy;
 
-/// A running task and the bell that wakes it.
-type Task = (tokio::task::JoinHandle<()>, Arc<Notify>);
+/// A running task, the bell that wakes it and the switch that cancels its operations.
+type Task = (
+    tokio::task::JoinHandle<()>,
+    Arc<Notify>,
+    Arc<tokio::sync::watch::Sender<bool>>,
+);
 
 /// The running data-sync tasks, by mapping key.
 #[derive(Default)]
@@ -57,9 +61,12 @@ impl DataSyncs {
         let wanted = nm.spec.pvc_config.as_ref().is_some_and(|p| p.sync_data);
         let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
         let mut tasks = self.tasks.lock().expect("not poisoned");
-        if let Some((handle, notify)) = tasks.get(&key)
+        if let Some((handle, notify, cancel)) = tasks.get(&key)
             && !handle.is_finished()
         {
+            // Turning syncData off stops running operations (they clean up); the task
+            // then revokes the mapping's key at the agent and ends.
+            cancel.send_replace(!wanted);
             notify.notify_one();
             return;
         }
@@ -68,19 +75,24 @@ impl DataSyncs {
             return;
         }
         let notify = Arc::new(Notify::new());
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let cancel = Arc::new(cancel);
         let handle = tokio::spawn(run_mapping(
             ctx.clone(),
             nm.namespace().unwrap_or_default(),
             nm.name_any(),
             notify.clone(),
+            (cancel.clone(), cancelled),
         ));
-        tasks.insert(key, (handle, notify));
+        tasks.insert(key, (handle, notify, cancel));
     }
 
-    /// Stops the task of a deleted mapping.
+    /// Stops the task of a deleted mapping: running operations are cancelled and clean
+    /// up after themselves, then the task revokes the mapping's key at the agent.
     pub fn remove(&self, key: &str) {
-        if let Some((handle, _)) = self.tasks.lock().expect("not poisoned").remove(key) {
-            handle.abort();
+        if let Some((_, notify, cancel)) = self.tasks.lock().expect("not poisoned").remove(key) {
+            cancel.send_replace(true);
+            notify.notify_one();
         }
     }
 }
@@ -148,14 +160,107 @@ async fn resolve(ctx: &Ctx, nm: &NamespaceMapping) -> Result<Setup, String> {
     })
 }
 
-async fn run_mapping(ctx: Arc<Ctx>, ns: String, name: String, notify: Arc<Notify>) {
+/// Where a mapping's client key is published, so it can be revoked when the task ends.
+struct Published {
+    source: Client,
+    agent_namespace: String,
+    mapping: String,
+}
+
+impl Published {
+    /// Removes the mapping's entry from the agent's client list: its key stops working
+    /// at the bastion with the next volume refresh.
+    async fn revoke(self) {
+        match agent::set_entry(
+            &self.source,
+            &self.agent_namespace,
+            true,
+            &self.mapping,
+            None,
+        )
+        .await
+        {
+            Ok(()) => tracing::info!(mapping = %self.mapping, "client key revoked at the agent"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(mapping = %self.mapping, error = %e, "cannot revoke the client key")
+            }
+        }
+    }
+}
+
+/// How often a task checks that its mapping still exists and still replicates data.
+const GONE_POLL: Duration = Duration::from_secs(5);
+
+/// Aborts a helper task when the task that owns it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a task keeps between passes.
+struct State {
+    /// Leftovers of earlier runs were swept (reset when a cleanup failed).
+    swept: bool,
+    /// The last scheduled run (the next follows from it).
+    last_run: Timestamp,
+    /// Where the client key is published.
+    published: Option<Published>,
+    /// Cancels running operations.
+    cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn run_mapping(
+    ctx: Arc<Ctx>,
+    ns: String,
+    name: String,
+    notify: Arc<Notify>,
+    (cancel_tx, cancel): (
+        Arc<tokio::sync::watch::Sender<bool>>,
+        tokio::sync::watch::Receiver<bool>,
+    ),
+) {
     let api: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut swept = false;
-    let mut last_run = Timestamp::now();
+    // A deleted object never reaches the reconciler (it is gone from the store), so the
+    // task looks for itself: a mapping deleted, or no longer replicating data, cancels
+    // the running operations within seconds.
+    let guard = {
+        let (api, name, notify) = (api.clone(), name.clone(), notify.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(GONE_POLL).await;
+                let gone = match api.get_opt(&name).await {
+                    Ok(Some(nm)) => !nm.spec.pvc_config.as_ref().is_some_and(|p| p.sync_data),
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                if gone {
+                    cancel_tx.send_replace(true);
+                    notify.notify_one();
+                    return;
+                }
+            }
+        })
+    };
+    let _guard = AbortOnDrop(guard);
+    let mut state = State {
+        swept: false,
+        last_run: Timestamp::now(),
+        published: None,
+        cancel,
+    };
     loop {
         let nm = match api.get_opt(&name).await {
-            Ok(Some(nm)) => nm,
-            Ok(None) => return,
+            Ok(Some(nm)) if !*state.cancel.borrow() => nm,
+            Ok(_) => {
+                if let Some(p) = state.published.take() {
+                    p.revoke().await;
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(mapping = %name, error = %e, "data sync: cannot read the mapping");
                 idle(&notify, Duration::from_secs(10)).await;
@@ -163,13 +268,16 @@ async fn run_mapping(ctx: Arc<Ctx>, ns: String, name: String, notify: Arc<Notify
             }
         };
         let Some(cfg) = nm.spec.pvc_config.clone().filter(|p| p.sync_data) else {
+            if let Some(p) = state.published.take() {
+                p.revoke().await;
+            }
             return;
         };
         if nm.spec.paused {
             idle(&notify, Duration::from_secs(3600)).await;
             continue;
         }
-        let wake = match step(&ctx, &nm, &cfg, &mut swept, &mut last_run).await {
+        let wake = match step(&ctx, &nm, &cfg, &mut state).await {
             Ok(until) => until,
             Err(msg) => {
                 tracing::warn!(mapping = %name, error = %msg, "data sync");
@@ -191,8 +299,7 @@ async fn step(
     ctx: &Ctx,
     nm: &NamespaceMapping,
     cfg: &crate::api::PvcConfig,
-    swept: &mut bool,
-    last_run: &mut Timestamp,
+    state: &mut State,
 ) -> Result<Timestamp, String> {
     let setup = resolve(ctx, nm).await?;
     let pvc_spec = setup.rc.spec.pvc_sync.clone().expect("checked by resolve");
@@ -240,6 +347,11 @@ async fn step(
             agent::CLIENTS_SECRET
         )
     })?;
+    state.published = Some(Published {
+        source: setup.source.clone(),
+        agent_namespace: pvc_spec.namespace.clone(),
+        mapping: mapping.clone(),
+    });
     let host = rings::read(
         &ctx.client,
         &setup.rc.namespace().unwrap_or_default(),
@@ -257,9 +369,9 @@ async fn step(
         .iter()
         .map(|s| (s.clone(), setup.policy.destination_for(s)))
         .collect();
-    if !*swept {
+    if !state.swept {
         sweep(ctx, &setup, &pvc_spec.namespace, &mapping, &dests).await;
-        *swept = true;
+        state.swept = true;
     }
     let prev = nm
         .status
@@ -273,7 +385,7 @@ async fn step(
     let cron = dsc.schedule.clone().or_else(|| nm.spec.schedule.clone());
     let next = match &cron {
         Some(c) => Some(
-            schedule::next_run(c, *last_run)
+            schedule::next_run(c, state.last_run)
                 .map_err(|e| format!("dataSyncConfig.schedule: {e}"))?,
         ),
         None => None,
@@ -287,15 +399,20 @@ async fn step(
         .map(|(p, _)| super::keys::fingerprint_of(p));
     status.previous_key_expires = ring.live_previous(now).map(|(_, t)| Time(*t));
     status.last_rotate_keys = ring.token.clone();
+    let mut retry_sweep = false;
     if due {
-        *last_run = now;
+        state.last_run = now;
         let env_base = EnvParts {
+            cancel: state.cancel.clone(),
             ring: ring.clone(),
             host,
             setup: &setup,
             mapping: mapping.clone(),
         };
         let outcomes = run_all(ctx, nm, &env_base, &dests, cfg, &prev.volumes).await?;
+        // A cleanup that failed is retried by sweeping again soon.
+        retry_sweep = outcomes.iter().any(|d| d.outcome.cleanup_failed);
+        state.swept = !retry_sweep;
         merge(&mut status.volumes, outcomes, Timestamp::now());
         if triggered {
             status.last_sync_data_now = trigger;
@@ -303,7 +420,7 @@ async fn step(
     }
     let next = match &cron {
         Some(c) => Some(
-            schedule::next_run(c, *last_run)
+            schedule::next_run(c, state.last_run)
                 .map_err(|e| format!("dataSyncConfig.schedule: {e}"))?,
         ),
         None => None,
@@ -322,11 +439,15 @@ async fn step(
         .await
         .map_err(|e| format!("status: {e}"))?;
     }
-    let check = rings::next_check(&ring, key_settings, now);
+    let mut check = rings::next_check(&ring, key_settings, now);
+    if retry_sweep {
+        check = check.min(Timestamp::now() + jiff::SignedDuration::from_secs(60));
+    }
     Ok(next.map_or(check, |n| n.min(check)))
 }
 
 struct EnvParts<'a> {
+    cancel: tokio::sync::watch::Receiver<bool>,
     ring: super::keys::KeyRing,
     host: super::keys::KeyRing,
     setup: &'a Setup,
@@ -387,6 +508,7 @@ async fn run_all(
         policy: setup.policy.clone(),
         keep_snapshots: dsc.keep_snapshots.unwrap_or(0),
         snapshot_class: dsc.volume_snapshot_class_name.clone(),
+        cancel: parts.cancel.clone(),
     };
     let mut ops = Vec::new();
     for (src, dst) in dests {
@@ -649,7 +771,7 @@ async fn sweep(
     }
     let cms: Api<ConfigMap> = Api::namespaced(setup.source.clone(), agent_ns);
     if let Ok(Some(cm)) = cms.get_opt(agent::ALLOW_CONFIGMAP).await {
-        let prefix = format!("{mapping}.");
+        let prefix = format!("{mapping}..");
         let stale: BTreeMap<String, Value> = cm
             .data
             .unwrap_or_default()
@@ -700,6 +822,7 @@ mod tests {
                 point_in_time: Some(t),
                 started: t,
                 duration: Duration::from_secs(2),
+                cleanup_failed: false,
             },
         }
     }

@@ -228,4 +228,16 @@ fn mapping_label_fits() {
     let long = mapping_label(&"n".repeat(40), &"m".repeat(40));
     assert!(long.len() <= 63, "{long}");
     assert_ne!(long, mapping_label(&"n".repeat(40), &"m".repeat(41)));
+    for s in [
+        "a".repeat(62) + "-b-",
+        "x".repeat(80),
+        "data-".into(),
+        "-".repeat(70),
+    ] {
+        let v = label_value(&s);
+        assert!(
+            v.len() <= 63 && v.ends_with(|c: char| c.is_ascii_alphanumeric()),
+            "{s} -> {v}"
+        );
+    }
 }

@@ -204,6 +204,9 @@ pub async fn sync_triggered(
     let _guard = lock.lock().await;
     let api: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(nm) = api.get_opt(name).await? else {
+        // Deleted: the reconciler never sees a deleted object (it is gone from the store),
+        // so the watch that called us stops its own task here.
+        ctx.watches.remove(&format!("{namespace}/{name}"));
         return Ok(());
     };
     if nm.spec.paused {

@@ -5,12 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Running, free_addr, install_crds};
+use common::{Running, free_addr, install_crds, start_controller_with};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer::sops::Identities;
 use dr_syncer_testkit::envtest::{self, ControlPlane};
@@ -29,42 +29,6 @@ fn start_controller(plane: &ControlPlane, cache: &Path, name: &str) -> Running {
         name,
         &free_addr(),
         &[],
-    )
-}
-
-fn start_controller_with(
-    kubeconfig: &Path,
-    ns: &str,
-    cache: &Path,
-    name: &str,
-    http: &str,
-    extra: &[&str],
-) -> Running {
-    let dir = dr_syncer_testkit::target_dir().join("test-logs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    Running(
-        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-            .args(["controller", "--kubeconfig"])
-            .arg(kubeconfig)
-            .args([
-                "--namespace",
-                ns,
-                "--watch-namespace",
-                ns,
-                "--http-addr",
-                http,
-                "--instance",
-                name,
-                "--cache-dir",
-            ])
-            .arg(cache)
-            .args(extra)
-            .env("DR_SYNCER_LOG", "dr_syncer=debug,info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
     )
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Running, free_addr, install_crds};
+use common::{Running, free_addr, install_crds, start_controller_with};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer::datasync::keys::KeyRing;
 use dr_syncer_testkit::envtest::{self, ControlPlane};
@@ -69,31 +69,14 @@ async fn snapshot_crds(plane: &ControlPlane) {
 }
 
 fn start_controller(plane: &ControlPlane, ns: &str, name: &str, http: &str) -> Running {
-    let dir = dr_syncer_testkit::target_dir().join("test-logs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let cache = tempfile::tempdir().unwrap().keep();
-    Running(
-        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-            .args(["controller", "--kubeconfig"])
-            .arg(plane.kubeconfig_path())
-            .args([
-                "--namespace",
-                ns,
-                "--watch-namespace",
-                ns,
-                "--http-addr",
-                http,
-                "--instance",
-                name,
-            ])
-            .args(["--image", "registry.test/dr-syncer:e2e", "--cache-dir"])
-            .arg(cache)
-            .env("DR_SYNCER_LOG", "dr_syncer=debug,info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &cache,
+        name,
+        http,
+        &["--image", "registry.test/dr-syncer:e2e"],
     )
 }
 
@@ -227,6 +210,22 @@ async fn volume_status(
         .volumes
         .into_iter()
         .find(|v| v.operation.as_deref() == Some(op))
+}
+
+/// Waits until the sync `op` of `mapping` has a final result (not `Running`).
+async fn finished(
+    client: &Client,
+    ns: &str,
+    mapping: &str,
+    op: &str,
+) -> dr_syncer::api::PvcVolumeStatus {
+    until(60, "sync result", || async {
+        volume_status(client, ns, mapping, op).await.filter(|v| {
+            v.result
+                .is_some_and(|r| r != dr_syncer::api::PvcSyncResult::Running)
+        })
+    })
+    .await
 }
 
 /// Asks for a client-key rotation and waits until the mapping's status shows it.
@@ -692,15 +691,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     }
     for (name, ..) in &methods {
         let (op, _) = &ops[name];
-        let v = until(60, "volume status", || async {
-            volume_status(&client, &env.ctl, name, op)
-                .await
-                .filter(|v| {
-                    v.result
-                        .is_some_and(|r| r != dr_syncer::api::PvcSyncResult::Running)
-                })
-        })
-        .await;
+        let v = finished(&client, &env.ctl, name, op).await;
         assert_eq!(
             v.result,
             Some(dr_syncer::api::PvcSyncResult::Succeeded),
@@ -1286,15 +1277,7 @@ async fn replication_end_to_end_with_real_binaries() {
     );
     let report = std::fs::read_to_string(&summary).unwrap();
     finish_job(&client, &job, true, &report).await;
-    let v = until(60, "sync recorded", || async {
-        volume_status(&client, &env.ctl, "e2e", &op)
-            .await
-            .filter(|v| {
-                v.result
-                    .is_some_and(|r| r != dr_syncer::api::PvcSyncResult::Running)
-            })
-    })
-    .await;
+    let v = finished(&client, &env.ctl, "e2e", &op).await;
     assert_eq!(
         v.result,
         Some(dr_syncer::api::PvcSyncResult::Succeeded),

@@ -100,19 +100,18 @@ fn plan_entry(
     } else {
         None
     };
-    let partial = partial_path(to, &e.path);
-    let partial_len = if partials.is_empty() {
-        0
-    } else {
+    // Partial files are rare: hash the path to look one up only when there are any.
+    let partial = (!partials.is_empty()).then(|| partial_path(to, &e.path));
+    let partial_len = partial.as_ref().map(|p| {
         partials
-            .get(partial.file_name().unwrap_or_default())
+            .get(p.file_name().unwrap_or_default())
             .copied()
             .unwrap_or(0)
-    };
+    });
     plan_file(
         e,
         local.as_ref().map(|m| (dest.as_path(), m)),
-        Some((&partial, partial_len)),
+        partial.as_deref().zip(partial_len),
     )
 }
 
@@ -237,7 +236,6 @@ where
         Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
         other => return Err(PvcError::Protocol(format!("expected hello, got {other:?}"))),
     }
-    // Partial files are rare: look one up only when the directory has any.
     let partials: std::collections::HashMap<std::ffi::OsString, u64> =
         fs::read_dir(to.join(STATE_DIR).join("partial"))
             .map(|rd| {

@@ -2,7 +2,8 @@
 //! knows nothing of dr-syncer's types).
 #![allow(dead_code)] // each test binary uses a subset
 
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -50,4 +51,42 @@ pub fn free_addr() -> String {
         .unwrap()
         .port();
     format!("127.0.0.1:{port}")
+}
+
+/// Starts the controller on `kubeconfig`, watching and living in `ns`; its log goes to
+/// `target/test-logs/<name>.log` (kept for debugging).
+pub fn start_controller_with(
+    kubeconfig: &Path,
+    ns: &str,
+    cache: &Path,
+    name: &str,
+    http: &str,
+    extra: &[&str],
+) -> Running {
+    let dir = dr_syncer_testkit::target_dir().join("test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+            .args(["controller", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args([
+                "--namespace",
+                ns,
+                "--watch-namespace",
+                ns,
+                "--http-addr",
+                http,
+                "--instance",
+                name,
+                "--cache-dir",
+            ])
+            .arg(cache)
+            .args(extra)
+            .env("DR_SYNCER_LOG", "dr_syncer=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }

@@ -463,6 +463,33 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
         update_latency < Duration::from_secs(10),
         "update took {update_latency:?}"
     );
+    // Deleting the mapping stops its watch although its namespace stays quiet.
+    let watch_gauge = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("dr_syncer_continuous_watch{")
+                    && l.contains("mapping=\"dr-syncer-cont/continuous\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        watch_gauge(&http_get(&http, "/metrics").1).as_deref(),
+        Some("1")
+    );
+    nms.delete("continuous", &Default::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        let metrics = http_get(&http, "/metrics").1;
+        if watch_gauge(&metrics).as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch of a deleted mapping still runs: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The chart's RBAC (charts/dr-syncer/templates/rbac.yaml) for a release namespace.

@@ -26,8 +26,12 @@ use super::context::Ctx;
 use super::schedule::parse_duration;
 use super::tracker::{Batch, Tracker};
 
-/// A running watch task and the mapping generation it was started for.
-type WatchTask = (Option<i64>, JoinHandle<()>);
+/// How often a watch checks that its mapping still exists.
+const MAPPING_CHECK: Duration = Duration::from_secs(30);
+
+/// A running watch task and the mapping (uid, generation) it was started for. The uid tells
+/// a mapping deleted and created again under the same name from an unchanged one.
+type WatchTask = (Option<String>, Option<i64>, JoinHandle<()>);
 
 /// Running watch tasks, by mapping.
 #[derive(Default)]
@@ -45,25 +49,40 @@ impl Watches {
             && !nm.spec.paused
             && (nm.spec.source_namespace.is_some() || nm.spec.namespace_selector.is_some());
         match tasks.get(&key) {
-            Some((generation, handle))
-                if wanted && *generation == nm.metadata.generation && !handle.is_finished() =>
+            Some((uid, generation, handle))
+                if wanted
+                    && *uid == nm.metadata.uid
+                    && *generation == nm.metadata.generation
+                    && !handle.is_finished() =>
             {
                 return;
             }
-            Some((_, handle)) => handle.abort(),
+            Some((_, _, handle)) => handle.abort(),
             None => {}
         }
         tasks.remove(&key);
         if wanted {
             let handle = tokio::spawn(watch_mapping(ctx.clone(), nm.clone()));
-            tasks.insert(key, (nm.metadata.generation, handle));
+            tasks.insert(
+                key,
+                (nm.metadata.uid.clone(), nm.metadata.generation, handle),
+            );
         }
     }
 
     /// Stops the watch of a deleted mapping.
     pub fn remove(&self, key: &str) {
-        if let Some((_, h)) = self.tasks.lock().expect("not poisoned").remove(key) {
+        if let Some((_, _, h)) = self.tasks.lock().expect("not poisoned").remove(key) {
             h.abort();
+        }
+    }
+
+    /// Drops the entry of a watch that is ending by itself (no abort: the caller is that
+    /// task), unless the entry already belongs to a newer mapping of the same name.
+    fn forget(&self, key: &str, uid: &Option<String>) {
+        let mut tasks = self.tasks.lock().expect("not poisoned");
+        if tasks.get(key).is_some_and(|(u, _, _)| u == uid) {
+            tasks.remove(key);
         }
     }
 }
@@ -146,6 +165,19 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
         Scope::Selected(sel) => watcher::Config::default().labels(sel),
     };
     let mut ns_events = watcher(ns_api, ns_config).default_backoff().boxed();
+    // kube-runtime never reconciles a deleted object, so the watch checks for its mapping
+    // itself; otherwise a quiet namespace would keep the watches of a deleted mapping open.
+    let mappings: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut existence = tokio::time::interval(MAPPING_CHECK);
+    existence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let _running = Running::start(
+        ctx.metrics
+            .continuous_watch
+            .get_or_create(&super::metrics::MappingLabel {
+                mapping: format!("{ns}/{name}"),
+            })
+            .clone(),
+    );
     tracing::info!(mapping = %name, types = types.len(), "continuous watch started");
     // Object streams restart when a namespace joins the selection, so its objects are
     // listed (and remembered) too.
@@ -194,6 +226,19 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
                     }
                     changed = tracker.observe(&rt, ev);
                 }
+                _ = existence.tick() => {
+                    let gone = match mappings.get_opt(&name).await {
+                        Ok(None) => true,
+                        Ok(Some(now)) => now.metadata.uid != nm.metadata.uid,
+                        // An unreachable API server is no proof of deletion.
+                        Err(_) => false,
+                    };
+                    if gone {
+                        tracing::info!(mapping = %name, "mapping deleted; continuous watch stopped");
+                        ctx.watches.forget(&format!("{ns}/{name}"), &nm.metadata.uid);
+                        return;
+                    }
+                }
                 _ = fire => {
                     first_change = None;
                     pending.set(0);
@@ -214,6 +259,24 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
                 continue 'streams;
             }
         }
+    }
+}
+
+/// Counts a watch in the mapping's `continuous_watch` gauge for as long as it lives; the
+/// task ending or being aborted drops it. Increments rather than sets, so a restarted watch
+/// and the aborted one it replaces never leave the gauge at 0.
+struct Running(prometheus_client::metrics::gauge::Gauge);
+
+impl Running {
+    fn start(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Running(gauge)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub sync_failures: Family<MappingLabel, Counter>,
     /// Source changes waiting for the debounce window (Continuous mode).
     pub pending_changes: Family<MappingLabel, Gauge>,
+    /// 1 while a Continuous mapping's watch runs (0 after the mapping is paused, switched
+    /// to another mode or deleted).
+    pub continuous_watch: Family<MappingLabel, Gauge>,
     /// 1 while the mass-deletion breaker holds the mapping's batch.
     pub breaker_held: Family<MappingLabel, Gauge>,
     /// Unix time of the last successful sync: `time() - this` is the RPO.
@@ -101,6 +104,7 @@ impl Default for Metrics {
             push_failures: Family::default(),
             sync_failures: Family::default(),
             pending_changes: Family::default(),
+            continuous_watch: Family::default(),
             breaker_held: Family::default(),
             last_success: Family::default(),
             pvc_syncs: Family::default(),
@@ -141,6 +145,11 @@ impl Default for Metrics {
             "pending_changes",
             "Source changes waiting for the debounce window",
             m.pending_changes.clone(),
+        );
+        registry.register(
+            "continuous_watch",
+            "1 while the Continuous watch of a mapping runs",
+            m.continuous_watch.clone(),
         );
         registry.register(
             "breaker_held",

@@ -44,6 +44,9 @@ pub struct ControllerArgs {
     /// Image of the PVC agent and the data-sync pods (the chart sets its own image).
     #[arg(long, env = "DR_SYNCER_IMAGE", default_value = concat!("ghcr.io/dr-syncer/dr-syncer:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
+    /// Milliseconds a Continuous watch waits before it lists (tests only).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub test_watch_start_delay_ms: u64,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -56,6 +59,7 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
         field_manager: "dr-syncer".into(),
         watch_namespace: args.watch_namespace.clone(),
         image: args.image.clone(),
+        watch_start_delay: std::time::Duration::from_millis(args.test_watch_start_delay_ms),
     };
     tracing::info!(namespace = %args.namespace, instance = %args.instance, "dr-syncer controller starting");
     let opts = controller::RunOptions {

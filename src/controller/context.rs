@@ -24,6 +24,9 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Image of the PVC agent and the data-sync pods (the controller's own image).
     pub image: String,
+    /// Pause before a Continuous watch lists its source (tests only: it widens the window
+    /// between the startup export and the watch's first listing).
+    pub watch_start_delay: std::time::Duration,
 }
 
 /// Shared state of the reconcilers.

@@ -157,6 +157,11 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
     let mut ns_hashes: HashMap<String, u64> = HashMap::new();
     let mut first_change: Option<Instant> = None;
     let mut last_change = Instant::now();
+    // The watch's first listing is its baseline, and the export that ran when the mapping
+    // was reconciled listed the source at a slightly different moment: a change between the
+    // two would wait for the next resync. One full sync once every type is listed closes
+    // that gap (it commits nothing when nothing was missed).
+    let mut caught_up = false;
     // The Namespace objects: their labels decide the selection, and a label or annotation
     // change reaches the exported Namespace (a full sync).
     let ns_api: Api<Namespace> = Api::all(client.clone());
@@ -164,6 +169,7 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
         Scope::One(source) => watcher::Config::default().fields(&format!("metadata.name={source}")),
         Scope::Selected(sel) => watcher::Config::default().labels(sel),
     };
+    tokio::time::sleep(ctx.settings.watch_start_delay).await;
     let mut ns_events = watcher(ns_api, ns_config).default_backoff().boxed();
     // kube-runtime never reconciles a deleted object, so the watch checks for its mapping
     // itself; otherwise a quiet namespace would keep the watches of a deleted mapping open.
@@ -225,6 +231,11 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
                         continue;
                     }
                     changed = tracker.observe(&rt, ev);
+                    if !caught_up && tracker.listed_types() >= types.len() {
+                        caught_up = true;
+                        tracker.require_full("the watch started: catching up with its first listing");
+                        changed = true;
+                    }
                 }
                 _ = existence.tick() => {
                     let gone = match mappings.get_opt(&name).await {

@@ -177,6 +177,11 @@ impl Tracker {
         self.hpa.retain(|(n, _), _| n != ns);
     }
 
+    /// How many types have completed their first listing.
+    pub fn listed_types(&self) -> usize {
+        self.ready.len()
+    }
+
     /// Objects remembered.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -14,6 +14,7 @@ use kube::api::DynamicObject;
 use kube::core::Selector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -29,9 +30,20 @@ use super::tracker::{Batch, Tracker};
 /// How often a watch checks that its mapping still exists.
 const MAPPING_CHECK: Duration = Duration::from_secs(30);
 
-/// A running watch task and the mapping (uid, generation) it was started for. The uid tells
-/// a mapping deleted and created again under the same name from an unchanged one.
-type WatchTask = (Option<String>, Option<i64>, JoinHandle<()>);
+/// How long a sync waits for its watch's first listing before it runs anyway.
+const LISTING_WAIT: Duration = Duration::from_secs(120);
+
+/// A running watch task.
+struct WatchTask {
+    /// The mapping's uid: tells a mapping deleted and created again under the same name
+    /// from an unchanged one.
+    uid: Option<String>,
+    /// The mapping generation the watch was started for.
+    generation: Option<i64>,
+    /// Becomes true once every watched type has been listed.
+    listed: watch::Receiver<bool>,
+    handle: JoinHandle<()>,
+}
 
 /// Running watch tasks, by mapping.
 #[derive(Default)]
@@ -41,39 +53,58 @@ pub struct Watches {
 
 impl Watches {
     /// Starts (or restarts after a spec change) the watch of a Continuous mapping; stops it
-    /// for any other mode.
-    pub fn ensure(&self, ctx: &Arc<Ctx>, nm: &NamespaceMapping) {
+    /// for any other mode. For a Continuous mapping it returns a signal that turns true once
+    /// the watch has listed every type (see [`Watches::wait_listed`]).
+    pub fn ensure(&self, ctx: &Arc<Ctx>, nm: &NamespaceMapping) -> Option<watch::Receiver<bool>> {
         let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
         let mut tasks = self.tasks.lock().expect("not poisoned");
         let wanted = nm.spec.replication_mode == ReplicationMode::Continuous
             && !nm.spec.paused
             && (nm.spec.source_namespace.is_some() || nm.spec.namespace_selector.is_some());
         match tasks.get(&key) {
-            Some((uid, generation, handle))
+            Some(t)
                 if wanted
-                    && *uid == nm.metadata.uid
-                    && *generation == nm.metadata.generation
-                    && !handle.is_finished() =>
+                    && t.uid == nm.metadata.uid
+                    && t.generation == nm.metadata.generation
+                    && !t.handle.is_finished() =>
             {
-                return;
+                return Some(t.listed.clone());
             }
-            Some((_, _, handle)) => handle.abort(),
+            Some(t) => t.handle.abort(),
             None => {}
         }
         tasks.remove(&key);
-        if wanted {
-            let handle = tokio::spawn(watch_mapping(ctx.clone(), nm.clone()));
-            tasks.insert(
-                key,
-                (nm.metadata.uid.clone(), nm.metadata.generation, handle),
-            );
+        if !wanted {
+            return None;
         }
+        let (tx, listed) = watch::channel(false);
+        let handle = tokio::spawn(watch_mapping(ctx.clone(), nm.clone(), tx));
+        tasks.insert(
+            key,
+            WatchTask {
+                uid: nm.metadata.uid.clone(),
+                generation: nm.metadata.generation,
+                listed: listed.clone(),
+                handle,
+            },
+        );
+        Some(listed)
+    }
+
+    /// Waits until a watch has listed every type (or ended, or [`LISTING_WAIT`] passed).
+    ///
+    /// The export of a Continuous mapping waits for this: a watch's first listing is its
+    /// baseline, so a change between an earlier export listing and the baseline would be
+    /// seen by neither and wait for the next resync. Listed first, everything after the
+    /// baseline is a change the watch reports, and everything before is in the export.
+    pub async fn wait_listed(mut listed: watch::Receiver<bool>) {
+        let _ = tokio::time::timeout(LISTING_WAIT, listed.wait_for(|done| *done)).await;
     }
 
     /// Stops the watch of a deleted mapping.
     pub fn remove(&self, key: &str) {
-        if let Some((_, _, h)) = self.tasks.lock().expect("not poisoned").remove(key) {
-            h.abort();
+        if let Some(t) = self.tasks.lock().expect("not poisoned").remove(key) {
+            t.handle.abort();
         }
     }
 
@@ -81,7 +112,7 @@ impl Watches {
     /// task), unless the entry already belongs to a newer mapping of the same name.
     fn forget(&self, key: &str, uid: &Option<String>) {
         let mut tasks = self.tasks.lock().expect("not poisoned");
-        if tasks.get(key).is_some_and(|(u, _, _)| u == uid) {
+        if tasks.get(key).is_some_and(|t| &t.uid == uid) {
             tasks.remove(key);
         }
     }
@@ -95,7 +126,7 @@ enum Scope {
     Selected(String),
 }
 
-async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
+async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping, listed: watch::Sender<bool>) {
     let (ns, name) = (nm.namespace().unwrap_or_default(), nm.name_any());
     let cont = nm.spec.continuous.clone();
     let debounce = cont
@@ -157,11 +188,6 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
     let mut ns_hashes: HashMap<String, u64> = HashMap::new();
     let mut first_change: Option<Instant> = None;
     let mut last_change = Instant::now();
-    // The watch's first listing is its baseline, and the export that ran when the mapping
-    // was reconciled listed the source at a slightly different moment: a change between the
-    // two would wait for the next resync. One full sync once every type is listed closes
-    // that gap (it commits nothing when nothing was missed).
-    let mut caught_up = false;
     // The Namespace objects: their labels decide the selection, and a label or annotation
     // change reaches the exported Namespace (a full sync).
     let ns_api: Api<Namespace> = Api::all(client.clone());
@@ -231,10 +257,8 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping) {
                         continue;
                     }
                     changed = tracker.observe(&rt, ev);
-                    if !caught_up && tracker.listed_types() >= types.len() {
-                        caught_up = true;
-                        tracker.require_full("the watch started: catching up with its first listing");
-                        changed = true;
+                    if !*listed.borrow() && tracker.listed_types() >= types.len() {
+                        listed.send_replace(true);
                     }
                 }
                 _ = existence.tick() => {

@@ -69,8 +69,11 @@ pub async fn reconcile(
         ctx.data_syncs.remove(&key);
         return Ok(Action::await_change());
     };
-    ctx.watches.ensure(&ctx, &nm);
+    let listed = ctx.watches.ensure(&ctx, &nm);
     ctx.data_syncs.ensure(&ctx, &nm);
+    if let Some(listed) = listed {
+        super::continuous::Watches::wait_listed(listed).await;
+    }
     let prev = nm.status.clone().unwrap_or_default();
     let resync = nm
         .spec

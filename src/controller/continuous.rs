@@ -40,8 +40,6 @@ struct WatchTask {
     uid: Option<String>,
     /// The mapping generation the watch was started for.
     generation: Option<i64>,
-    /// Becomes true once every watched type has been listed.
-    listed: watch::Receiver<bool>,
     handle: JoinHandle<()>,
 }
 
@@ -53,8 +51,9 @@ pub struct Watches {
 
 impl Watches {
     /// Starts (or restarts after a spec change) the watch of a Continuous mapping; stops it
-    /// for any other mode. For a Continuous mapping it returns a signal that turns true once
-    /// the watch has listed every type (see [`Watches::wait_listed`]).
+    /// for any other mode. When it starts a watch it returns a signal that turns true once
+    /// the watch has listed every type (see [`Watches::wait_listed`]); a running watch was
+    /// listed before, or gave up waiting, so there is nothing to wait for.
     pub fn ensure(&self, ctx: &Arc<Ctx>, nm: &NamespaceMapping) -> Option<watch::Receiver<bool>> {
         let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
         let mut tasks = self.tasks.lock().expect("not poisoned");
@@ -68,7 +67,7 @@ impl Watches {
                     && t.generation == nm.metadata.generation
                     && !t.handle.is_finished() =>
             {
-                return Some(t.listed.clone());
+                return None;
             }
             Some(t) => t.handle.abort(),
             None => {}
@@ -84,7 +83,6 @@ impl Watches {
             WatchTask {
                 uid: nm.metadata.uid.clone(),
                 generation: nm.metadata.generation,
-                listed: listed.clone(),
                 handle,
             },
         );
@@ -211,6 +209,9 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping, listed: watch::Sende
             .clone(),
     );
     tracing::info!(mapping = %name, types = types.len(), "continuous watch started");
+    if types.is_empty() {
+        listed.send_replace(true);
+    }
     // Object streams restart when a namespace joins the selection, so its objects are
     // listed (and remembered) too.
     'streams: loop {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Running, free_addr, install_crds};
+use common::{Running, free_addr, install_crds, start_controller_with};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer::sops::Identities;
 use dr_syncer_testkit::envtest::{self, ControlPlane, kubectl_path};
@@ -54,26 +54,13 @@ async fn world(ns: &str) -> World {
     let url = daemon.url("dr.git");
     let id = age::x25519::Identity::generate();
     let recipient = id.to_public().to_string();
-    let logs = dr_syncer_testkit::target_dir().join("test-logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let controller = Running(
-        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-            .args(["controller", "--kubeconfig"])
-            .arg(plane.kubeconfig_path())
-            .args([
-                "--namespace",
-                ns,
-                "--watch-namespace",
-                ns,
-                "--http-addr",
-                &free_addr(),
-                "--cache-dir",
-            ])
-            .arg(tmp.path().join("cache"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(logs.join(format!("controller-{ns}.log"))).unwrap())
-            .spawn()
-            .unwrap(),
+    let controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        &format!("controller-{ns}"),
+        &free_addr(),
+        &[],
     );
     World {
         ns: ns.to_string(),

@@ -287,6 +287,27 @@ where
         .collect()
 }
 
+/// The agent's allow-list entries, by operation key.
+async fn allow_entries(client: &Client, agent_ns: &str) -> BTreeMap<String, String> {
+    Api::<ConfigMap>::namespaced(client.clone(), agent_ns)
+        .get("dr-syncer-agent-allow")
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default()
+}
+
+/// The data-sync server pod in `ns` that is not being deleted, once there is one.
+async fn server_pod(client: &Client, ns: &str, what: &str) -> Pod {
+    until(60, what, || async {
+        labeled::<Pod>(client, ns, TEMP)
+            .await
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+    })
+    .await
+}
+
 /// Everything temporary is gone on both sides, and so are the allow-list entries and locks.
 async fn assert_clean(client: &Client, namespaces: &[&str], agent_ns: &str, ctl: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -310,14 +331,9 @@ async fn assert_clean(client: &Client, namespaces: &[&str], agent_ns: &str, ctl:
                     .map(|o| format!("VolumeSnapshot/{ns}/{}", o.name_any())),
             );
         }
-        let allow = Api::<ConfigMap>::namespaced(client.clone(), agent_ns)
-            .get("dr-syncer-agent-allow")
-            .await
-            .unwrap();
         left.extend(
-            allow
-                .data
-                .unwrap_or_default()
+            allow_entries(client, agent_ns)
+                .await
                 .into_keys()
                 .map(|k| format!("allow entry {k}")),
         );
@@ -663,11 +679,8 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
             client_ring.private.trim()
         );
         // The allow-list entry: this server, this client key, until the deadline.
-        let allow = Api::<ConfigMap>::namespaced(client.clone(), &env.agent_ns)
-            .get("dr-syncer-agent-allow")
-            .await
-            .unwrap();
-        let entry = allow.data.unwrap_or_default()[&format!("pvcrep.{name}..{op}")].clone();
+        let entry =
+            allow_entries(&client, &env.agent_ns).await[&format!("pvcrep.{name}..{op}")].clone();
         assert!(
             entry.starts_with(&format!("{ip}:2223 {} expires=", client_ring.fingerprint())),
             "{entry}"
@@ -915,24 +928,12 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         "3",
     )
     .await;
-    let pod: Pod = until(60, "server pod before the restart", || async {
-        labeled::<Pod>(&client, "pvcrep-direct", TEMP)
-            .await
-            .into_iter()
-            .find(|p| p.metadata.deletion_timestamp.is_none())
-    })
-    .await;
+    let pod = server_pod(&client, "pvcrep-direct", "server pod before the restart").await;
     let old = op_of(&pod);
     run_pod(&client, "pvcrep-direct", &pod.name_any(), "10.1.0.5").await;
     let _job: Job = one(&client, "pvcrep-direct-dr", TEMP, "Job before the restart").await;
     let old_entry = format!("pvcrep.direct..{old}");
-    let allow: Api<ConfigMap> = Api::namespaced(client.clone(), &env.agent_ns);
-    let entries = allow
-        .get("dr-syncer-agent-allow")
-        .await
-        .unwrap()
-        .data
-        .unwrap_or_default();
+    let entries = allow_entries(&client, &env.agent_ns).await;
     assert!(entries.contains_key(&old_entry), "{entries:?}");
     drop(controller);
     let _controller = start_controller(plane, &env.ctl, "pvcrep-restarted", &free_addr());
@@ -944,12 +945,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
             left.extend(live::<Secret>(&client, ns, &sel).await);
             left.extend(live::<Job>(&client, ns, &sel).await);
         }
-        let entries = allow
-            .get("dr-syncer-agent-allow")
-            .await
-            .unwrap()
-            .data
-            .unwrap_or_default();
+        let entries = allow_entries(&client, &env.agent_ns).await;
         let stale_lock = labeled::<Lease>(&client, &env.ctl, "dr-syncer.io/mapping=pvcrep.direct")
             .await
             .into_iter()
@@ -964,13 +960,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
 
     // The re-run waits for its server pod; deleting the mapping now cancels it: its
     // objects go, and the mapping's key leaves the agent's client list.
-    let pod: Pod = until(60, "server pod of the re-run", || async {
-        labeled::<Pod>(&client, "pvcrep-direct", TEMP)
-            .await
-            .into_iter()
-            .find(|p| p.metadata.deletion_timestamp.is_none())
-    })
-    .await;
+    let pod = server_pod(&client, "pvcrep-direct", "server pod of the re-run").await;
     let rerun = format!("dr-syncer.io/operation={}", op_of(&pod));
     Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
         .delete("direct", &Default::default())

@@ -1,11 +1,14 @@
 //! SOPS files against the real tools: `sops` (built from its Go module) decrypts every file
 //! dr-syncer writes back to the exact Secret, Debian's `age` opens our key stanzas, our
-//! decryptor reads and MAC-verifies files written by `sops -e`, and tampering is caught.
+//! decryptor reads and MAC-verifies files written by `sops -e`, and tampering is caught —
+//! also a Secret file replaced in the repository, which the next `dr-syncer export`
+//! rewrites for our recipients.
 
 use std::path::Path;
 use std::process::Command;
 
 use dr_syncer::sops::{self, Identities, Recipients};
+use dr_syncer_testkit::git::{bare_repo, git};
 use dr_syncer_testkit::tools;
 use serde_json::{Value, json};
 
@@ -202,4 +205,145 @@ fn decrypt_command_prints_the_secret_and_refuses_tampered_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `sops -e` of `secret` (as JSON) for `recipients` (comma-separated), as YAML.
+fn sops_encrypt(secret: &Value, recipients: &str, dir: &Path) -> Vec<u8> {
+    let plain = dir.join("plain.json");
+    std::fs::write(&plain, serde_json::to_vec(secret).unwrap()).unwrap();
+    let out = Command::new(tools::sops())
+        .args([
+            "--encrypt",
+            "--encrypted-regex",
+            "^(data|stringData)$",
+            "--age",
+        ])
+        .arg(recipients)
+        .args(["--input-type", "json", "--output-type", "yaml"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sops -e: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A hostile repository writer (push access, no fingerprint key) replaces a Secret's file
+/// with one written by the real `sops`; the next `dr-syncer export` must rewrite it for our
+/// recipient only, and the export after that must change nothing.
+#[test]
+fn export_rewrites_a_secret_file_replaced_in_the_repository() {
+    const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/source/shop");
+    const FILE: &str = "shop/core/secrets/db-credentials.sops.yaml";
+    let (ours, theirs) = (keygen(), keygen());
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = bare_repo(tmp.path(), "dr.git");
+    let export = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+            .args(["export", "--from", SHOP, "--to"])
+            .arg(&repo)
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .arg("--fingerprint-key")
+            .arg(tmp.path().join("fp.key"))
+            .args(["--mapping-name", "shop", "--age-recipient", &ours.recipient])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let head = || git(&repo, &["rev-parse", "main"]).trim().to_string();
+    let committed = || git(&repo, &["show", &format!("main:{FILE}")]);
+    export();
+    let plaintext = sops_decrypt(&write_temp(tmp.path(), &committed()), &ours);
+    let mut other_values = plaintext.clone();
+    other_values["data"]["password"] = json!("b3duZWQ=");
+    let both = format!("{},{}", ours.recipient, theirs.recipient);
+    // (case, the file the hostile writer commits)
+    let cases = [
+        (
+            "the same Secret for another recipient",
+            sops_encrypt(&plaintext, &theirs.recipient, tmp.path()),
+        ),
+        (
+            "other values for our recipient and theirs",
+            sops_encrypt(&other_values, &both, tmp.path()),
+        ),
+    ];
+    for (i, (case, hostile)) in cases.into_iter().enumerate() {
+        let work = tmp.path().join(format!("hostile-{i}"));
+        git(
+            tmp.path(),
+            &[
+                "clone",
+                "--quiet",
+                repo.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+        );
+        std::fs::write(work.join(FILE), &hostile).unwrap();
+        git(&work, &["commit", "--quiet", "-am", "replace a Secret"]);
+        git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        assert_eq!(committed().as_bytes(), hostile, "{case}: pushed");
+
+        let out = export();
+        assert!(
+            out.contains("0 added, 1 changed, 0 deleted"),
+            "{case}: {out}"
+        );
+        let rewritten = committed();
+        assert_ne!(rewritten.as_bytes(), hostile, "{case}: rewritten");
+        assert_eq!(
+            sops::recipients_of(&rewritten).unwrap(),
+            vec![ours.recipient.clone()],
+            "{case}"
+        );
+        let file = write_temp(tmp.path(), &rewritten);
+        assert_eq!(
+            sops_decrypt(&file, &ours),
+            plaintext,
+            "{case}: sops -d, our key"
+        );
+        let out = Command::new(tools::sops())
+            .args(["--decrypt", "--output-type", "json"])
+            .arg(&file)
+            .env("SOPS_AGE_KEY_FILE", theirs.file.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{case}: their key must not decrypt");
+        // Debian's age opens our stanza with our identity and not with theirs.
+        let doc: Value = serde_saphyr::from_str(&rewritten).unwrap();
+        let stanza = tmp.path().join("stanza.age");
+        std::fs::write(&stanza, doc["sops"]["age"][0]["enc"].as_str().unwrap()).unwrap();
+        for (key, opens) in [(&ours, true), (&theirs, false)] {
+            let out = Command::new(tools::debian("age", "age"))
+                .arg("-d")
+                .arg("-i")
+                .arg(key.file.path())
+                .arg(&stanza)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.success(), opens, "{case}: age -d");
+        }
+
+        // The rewritten file and its fingerprint hold: no commit next time.
+        let before = head();
+        let out = export();
+        assert!(out.contains("no commit"), "{case}: {out}");
+        assert_eq!(head(), before, "{case}");
+    }
+}
+
+fn write_temp(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("committed.sops.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
 }

@@ -54,6 +54,14 @@ pub trait Committed {
     fn contains(&self, path: &str) -> bool;
     /// The content of `path`, if present.
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, String>;
+    /// The git blob id of `path`, if present. A Secret's committed file is kept only if its
+    /// fingerprint verifies against this id. The default hashes what [`Committed::read`]
+    /// returns; an implementation that lists blob ids may answer without reading.
+    fn blob_id(&self, path: &str) -> Result<Option<git2::Oid>, String> {
+        self.read(path)?
+            .map(|bytes| secrets::blob_id(&bytes).map_err(|e| e.to_string()))
+            .transpose()
+    }
 }
 
 /// The patch for `changes`. `hpa` gives each source namespace's HPA targets; `secrets`
@@ -71,7 +79,14 @@ pub fn build(
     if read(secrets::SOPS_CONFIG)? != secrets.sops_config() {
         return Err(PatchError::NeedsFull("the age recipients changed".into()));
     }
-    let old_state = read(secrets::STATE_FILE)?.map(|b| secrets::parse_state(&b));
+    // A state this version cannot trust (an earlier format) re-encrypts every Secret once;
+    // only a full export does that for the Secrets outside this batch.
+    let old_state = match read(secrets::STATE_FILE)? {
+        Some(bytes) => Some(secrets::parse_state(&bytes).ok_or_else(|| {
+            PatchError::NeedsFull("the Secret fingerprints are in another format".into())
+        })?),
+        None => None,
+    };
     let mut state = old_state.clone().unwrap_or_default();
     let mut patch = Patch::new();
     let namespaces = super::Registry::builtin_shared()
@@ -105,13 +120,11 @@ pub fn build(
         } else if secrets.recipients.is_empty() {
             patch.insert(path, None);
         } else {
-            let (fp, content) = secrets.encrypt_one(&obj, state.get(&path))?;
-            // An unchanged fingerprint keeps the committed file only if it is still there.
-            let content = match content {
-                Some(c) => Some(c),
-                None if committed.contains(&path) => None,
-                None => secrets.encrypt_one(&obj, None)?.1,
-            };
+            // The committed file stays only if the stored fingerprint was computed with
+            // its very bytes (a file replaced in the repository is rewritten).
+            let blob = committed.blob_id(&path).map_err(PatchError::Read)?;
+            let stored = state.get(&path).map(String::as_str);
+            let (fp, content) = secrets.encrypt_one(&obj, &path, stored, blob)?;
             if let Some(c) = content {
                 patch.insert(path.clone(), Some(c));
             }
@@ -247,12 +260,19 @@ mod tests {
     }
 
     /// The patched tree must be what a full export of the new state writes; Secrets'
-    /// ciphertext is random, so those files are compared by presence only (their
-    /// fingerprints, which are deterministic, by value).
+    /// ciphertext is random, and so are their fingerprints (they cover the file's blob id),
+    /// so those files are compared by presence only and the state file by its paths.
     fn comparable(tree: &Tree) -> BTreeMap<String, Option<Vec<u8>>> {
         tree.files
             .iter()
             .map(|(p, c)| {
+                if p == secrets::STATE_FILE {
+                    let paths: Vec<String> = secrets::parse_state(c)
+                        .expect("current state format")
+                        .into_keys()
+                        .collect();
+                    return (p.clone(), Some(paths.join("\n").into_bytes()));
+                }
                 let keep = !p.ends_with(".sops.yaml") || p == secrets::SOPS_CONFIG;
                 (p.clone(), keep.then(|| c.clone()))
             })
@@ -397,6 +417,13 @@ mod tests {
                     comparable(&expected),
                     "{case} ({consumer:?})"
                 );
+                // And the patch's fingerprints hold: a full export over the patched tree
+                // keeps every file byte for byte.
+                assert_eq!(
+                    full(&after, &patched, &recipients, consumer).files,
+                    patched.files,
+                    "{case} ({consumer:?}): a full export afterwards changes nothing"
+                );
             }
         }
     }
@@ -454,6 +481,100 @@ mod tests {
                 "{case}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn build_secret_committed_file_table() {
+        let identity = age::x25519::Identity::generate();
+        let recipients = Recipients::from_list(&[identity.to_public().to_string()]).unwrap();
+        let ours = crate::sops::Identities::from_identity(identity);
+        let theirs =
+            Recipients::from_list(&[age::x25519::Identity::generate().to_public().to_string()])
+                .unwrap();
+        let objects = [cm("a", "1"), secret("s", "MQ==")];
+        let base = full(&objects, &Tree::default(), &recipients, Consumer::Flux);
+        let path = "shop/core/secrets/s.sops.yaml";
+        let encrypted = |r: &Recipients| {
+            crate::sops::encrypt(&secret("s", "MQ=="), r, jiff::Timestamp::now())
+                .unwrap()
+                .into_bytes()
+        };
+        let writer = SecretWriter {
+            recipients: recipients.clone(),
+            fingerprint_key: KEY,
+            previous: &Tree::default(),
+        };
+        // The Secret comes by unchanged (a resync, or a change the cleaning drops); the
+        // repository's file is (case) left alone or replaced by a hostile writer.
+        let cases = [
+            ("untouched", None, false),
+            (
+                "replaced for another recipient",
+                Some(encrypted(&theirs)),
+                true,
+            ),
+            (
+                "replaced by another encryption for us",
+                Some(encrypted(&recipients)),
+                true,
+            ),
+        ];
+        for (case, replacement, rewritten) in cases {
+            let mut committed = base.clone();
+            if let Some(bytes) = replacement {
+                committed.insert(path.into(), bytes);
+            }
+            let patch = build(
+                &[change_of(secret("s", "MQ=="))],
+                &Policy::default(),
+                &|_| HpaTargets::default(),
+                &writer,
+                &committed,
+                Consumer::Flux,
+                &mut Summary::default(),
+            )
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+            if !rewritten {
+                assert!(!patch.contains_key(path), "{case}: the file stays");
+                assert!(!patch.contains_key(secrets::STATE_FILE), "{case}");
+                continue;
+            }
+            let file = patch[path].clone().expect("rewritten");
+            assert_ne!(Some(&file), committed.files.get(path), "{case}");
+            let text = String::from_utf8(file).unwrap();
+            assert_eq!(
+                crate::sops::recipients_of(&text).unwrap(),
+                recipients.strings(),
+                "{case}"
+            );
+            let plain = crate::sops::decrypt(&text, &ours).unwrap();
+            assert_eq!(plain["data"], json!({"k": "MQ=="}), "{case}");
+            // A full export over the patched tree keeps what the patch wrote, byte for byte.
+            let patched = apply(&committed, &patch);
+            let expected = full(&objects, &patched, &recipients, Consumer::Flux);
+            assert_eq!(patched.files, expected.files, "{case}");
+        }
+
+        // Fingerprints from an earlier version cannot be trusted: a full export re-encrypts.
+        let mut committed = base.clone();
+        committed.insert(
+            secrets::STATE_FILE.into(),
+            format!("secrets:\n  {path}: hmac-sha256:00\n").into_bytes(),
+        );
+        let err = build(
+            &[change_of(secret("s", "MQ=="))],
+            &Policy::default(),
+            &|_| HpaTargets::default(),
+            &writer,
+            &committed,
+            Consumer::Flux,
+            &mut Summary::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, PatchError::NeedsFull(why) if why.contains("fingerprints")),
+            "{err}"
+        );
     }
 
     fn change_of(v: serde_json::Value) -> Change {

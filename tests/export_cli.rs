@@ -203,9 +203,9 @@ fn export_bad_input_names_file_and_line_and_keeps_previous_output() {
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: shop\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [b\n  namespace: shop\n",
         ),
         (
-            "unknown-kind",
+            "no-name",
             "b.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: shop}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: shop}\n",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: shop}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {namespace: shop}\n",
         ),
         (
             "bad-json",
@@ -244,6 +244,87 @@ fn export_bad_input_names_file_and_line_and_keeps_previous_output() {
         );
         assert!(!stderr.contains("panicked"), "{case}: {stderr}");
         assert_eq!(snapshot(&to), before, "{case}: previous output changed");
+    }
+}
+
+/// A dump of a custom resource whose CRD is not in the input (the usual
+/// `kubectl get all,gateways -n shop -o yaml`): the export succeeds, the object lands where
+/// kubectl's plural guess puts it, and stderr says what was guessed — stdout stays clean
+/// enough for `-o json` to parse.
+#[test]
+fn export_custom_resource_without_crd_is_guessed_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("dump");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(
+        input.join("shop.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: shop}\n\
+         data: {a: b}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {name: edge, namespace: shop}\nspec: {gatewayClassName: public}\n---\n\
+         apiVersion: example.com/v1\nkind: RetryPolicy\n\
+         metadata: {name: patient, namespace: shop}\nspec: {attempts: 3}\n---\n\
+         apiVersion: example.com/v1\nkind: ClusterRetryPolicy\nmetadata: {name: global}\n",
+    )
+    .unwrap();
+    let to = tmp.path().join("out");
+    let out = export(&[
+        "--from",
+        input.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        doc["summary"]["kinds"]["gateways.gateway.networking.k8s.io"]["exported"], 1,
+        "{stdout}"
+    );
+    let files = snapshot(&to);
+    for expected in [
+        "shop/gateway.networking.k8s.io/gateways/edge.yaml",
+        "shop/example.com/retrypolicies/patient.yaml",
+        "shop/core/configmaps/settings.yaml",
+    ] {
+        assert!(
+            files.contains_key(Path::new(expected)),
+            "missing {expected}: {:?}",
+            files.keys()
+        );
+    }
+    // Cluster-scoped objects other than Namespaces are not exported, guessed or not.
+    assert!(
+        !files
+            .keys()
+            .any(|k| k.to_string_lossy().contains("clusterretrypolicies")),
+        "{:?}",
+        files.keys()
+    );
+    let gateway = String::from_utf8_lossy(
+        &files[Path::new("shop/gateway.networking.k8s.io/gateways/edge.yaml")],
+    )
+    .into_owned();
+    assert!(gateway.contains("gatewayClassName: public"), "{gateway}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{stderr}");
+    for (object, resource) in [
+        ("shop/edge", "gateways.gateway.networking.k8s.io"),
+        ("shop/patient", "retrypolicies.example.com"),
+        ("global", "clusterretrypolicies.example.com"),
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("shop.yaml:") && w.contains(object) && w.contains(resource)),
+            "no warning names {object} as {resource}: {stderr}"
+        );
     }
 }
 

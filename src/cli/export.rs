@@ -369,6 +369,10 @@ fn read_offline(
         None => mapping_selector(mapping)?,
     };
     let input = offline::read_dir(dir)?;
+    // On stderr, before the summary: stdout stays the table or the JSON document.
+    for warning in &input.warnings {
+        eprintln!("warning: {warning}");
+    }
     Ok(input.into_namespaces(&wanted_namespaces(args, mapping), selector.as_ref())?)
 }
 

@@ -10,7 +10,7 @@ use kube::core::{Selector, SelectorExt};
 
 use crate::export::NamespaceInput;
 use crate::export::object::{Origin, SourceObject};
-use crate::export::resource::Registry;
+use crate::export::resource::{Registry, ResourceType};
 use crate::export::value::{self, str_at};
 
 /// Errors reading the input; each names where.
@@ -45,18 +45,6 @@ pub enum OfflineError {
     /// A selector matched no Namespace object in the input.
     #[error("no Namespace object in the input matches the selector {0}")]
     NoNamespaceMatches(String),
-    /// A kind that is neither built in nor defined by a CRD in the input.
-    #[error(
-        "{origin}: unknown kind {kind} ({api_version}); add its CustomResourceDefinition to the input directory"
-    )]
-    UnknownKind {
-        /// Where.
-        origin: Origin,
-        /// apiVersion.
-        api_version: String,
-        /// kind.
-        kind: String,
-    },
 }
 
 /// What a directory holds.
@@ -70,6 +58,10 @@ pub struct OfflineInput {
     pub objects: Vec<SourceObject>,
     /// Cluster-scoped objects other than Namespaces and CRDs (not exported; counted).
     pub cluster_scoped: usize,
+    /// Things the user should know but that do not stop the export, one line each: objects
+    /// whose type was guessed because neither the built-in table nor a CRD in the input
+    /// knows their kind. The CLI prints them on stderr.
+    pub warnings: Vec<String>,
 }
 
 /// Reads every `.yaml`, `.yml` and `.json` file below `dir` (sorted, recursively).
@@ -104,18 +96,36 @@ pub fn read_dir(dir: &Path) -> Result<OfflineInput, OfflineError> {
                 message: "not a Kubernetes object: apiVersion and kind are required".into(),
             });
         };
-        let Some(rt) = input.registry.lookup(api_version, kind).cloned() else {
-            return Err(OfflineError::UnknownKind {
-                origin,
-                api_version: api_version.into(),
-                kind: kind.into(),
-            });
-        };
         let Some(name) = str_at(&value, &["metadata", "name"]).map(str::to_string) else {
             return Err(OfflineError::Invalid {
                 origin,
                 message: format!("{kind} without metadata.name"),
             });
+        };
+        let rt = match input.registry.lookup(api_version, kind) {
+            Some(rt) => rt.clone(),
+            None => {
+                // A dump often holds custom resources without their CRDs (`kubectl get all,x
+                // -n ns` never lists CRDs). Failing the whole export for one of them would
+                // lose everything else; guess the type the way kubectl would and say so.
+                let namespace = str_at(&value, &["metadata", "namespace"]);
+                let rt = guessed_type(api_version, kind, namespace.is_some());
+                input.warnings.push(match namespace {
+                    Some(ns) => format!(
+                        "{origin}: {kind} ({api_version}) is neither built in nor defined by a \
+                         CustomResourceDefinition in the input; exporting {ns}/{name} as the \
+                         guessed namespaced resource {} (add the CRD to the input to be exact)",
+                        rt.qualified()
+                    ),
+                    None => format!(
+                        "{origin}: {kind} ({api_version}) is neither built in nor defined by a \
+                         CustomResourceDefinition in the input; {name} has no metadata.namespace, \
+                         so it is taken as the cluster-scoped resource {} and not exported",
+                        rt.qualified()
+                    ),
+                });
+                rt
+            }
         };
         if !rt.namespaced {
             match kind {
@@ -136,6 +146,50 @@ pub fn read_dir(dir: &Path) -> Result<OfflineInput, OfflineError> {
         input.objects.push(SourceObject { rt, value, origin });
     }
     Ok(input)
+}
+
+/// The type of an object whose kind no built-in entry or CRD in the input defines: the
+/// scope from whether the object has `metadata.namespace` (the only hint a dump carries)
+/// and the plural from [`guess_plural`].
+fn guessed_type(api_version: &str, kind: &str, namespaced: bool) -> ResourceType {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    ResourceType {
+        group: group.into(),
+        version: version.into(),
+        kind: kind.into(),
+        plural: guess_plural(kind),
+        singular: kind.to_lowercase(),
+        short_names: Vec::new(),
+        namespaced,
+    }
+}
+
+/// The resource (plural) name kubectl guesses for a kind: apimachinery's
+/// `meta.UnsafeGuessKindToResource`, rule for rule, so a guessed path matches what
+/// `kubectl` and client-go's fakes would use. Lowercase the kind; a kind ending in
+/// `endpoints` stays as is; `s`, `z`, `ch`, `sh`, `x` take `es`; a vowel before a final
+/// `y` takes `s`; another final `y` becomes `ies`; everything else takes `s`.
+fn guess_plural(kind: &str) -> String {
+    let singular = kind.to_lowercase();
+    if singular.is_empty() || singular.ends_with("endpoints") {
+        return singular;
+    }
+    if ["s", "z", "ch", "sh", "x"]
+        .iter()
+        .any(|end| singular.ends_with(end))
+    {
+        return singular + "es";
+    }
+    if ["ay", "ey", "iy", "oy", "uy"]
+        .iter()
+        .any(|end| singular.ends_with(end))
+    {
+        return singular + "s";
+    }
+    match singular.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => singular + "s",
+    }
 }
 
 impl OfflineInput {
@@ -315,6 +369,82 @@ fn yaml_error_line(message: &str) -> (usize, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kubectl's own cases (apimachinery `TestKindToResource`) plus one per branch of the
+    /// rule, including the built-in kinds whose real plural the rule must reproduce.
+    #[test]
+    fn guess_plural_follows_kubectl() {
+        let cases = [
+            ("Pod", "pods"),
+            ("ReplicationController", "replicationcontrollers"),
+            ("ImageRepository", "imagerepositories"),
+            ("Policy", "policies"),
+            ("NetworkPolicy", "networkpolicies"),
+            ("Gateway", "gateways"),
+            ("Key", "keys"),
+            ("Ingress", "ingresses"),
+            ("IngressClass", "ingressclasses"),
+            ("Status", "statuses"),
+            ("miss", "misses"),
+            ("lowercase", "lowercases"),
+            ("Endpoints", "endpoints"),
+            ("MyEndpoints", "myendpoints"),
+            ("Mesh", "meshes"),
+            ("Match", "matches"),
+            ("Box", "boxes"),
+            ("Quiz", "quizes"),
+            ("", ""),
+        ];
+        for (kind, plural) in cases {
+            assert_eq!(guess_plural(kind), plural, "{kind}");
+        }
+    }
+
+    /// The rule agrees with every built-in type, so a guess is right whenever the CRD's
+    /// author followed the usual English plural.
+    #[test]
+    fn guess_plural_matches_builtin_types() {
+        for rt in Registry::builtin().types() {
+            assert_eq!(guess_plural(&rt.kind), rt.plural, "{}", rt.kind);
+        }
+    }
+
+    /// A custom resource without its CRD is read, not refused: namespaced when it has a
+    /// namespace, cluster-scoped (counted, not exported) otherwise, with one warning each.
+    #[test]
+    fn read_dir_guesses_a_custom_resource_without_crd() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("dump.yaml"),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: edge, namespace: shop}\n---\n\
+             apiVersion: example.com/v1alpha1\nkind: ClusterPolicy\nmetadata: {name: strict}\n",
+        )
+        .unwrap();
+        let input = read_dir(dir.path()).unwrap();
+        assert_eq!(input.objects.len(), 1);
+        let rt = &input.objects[0].rt;
+        assert_eq!(
+            (rt.qualified(), rt.version.as_str(), rt.namespaced),
+            ("gateways.gateway.networking.k8s.io".to_string(), "v1", true)
+        );
+        assert_eq!(input.cluster_scoped, 1);
+        assert_eq!(input.warnings.len(), 2, "{:?}", input.warnings);
+        assert!(
+            input.warnings[0].contains("dump.yaml:1:")
+                && input.warnings[0].contains("shop/edge")
+                && input.warnings[0].contains("gateways.gateway.networking.k8s.io"),
+            "{}",
+            input.warnings[0]
+        );
+        assert!(
+            input.warnings[1].contains("strict")
+                && input.warnings[1].contains("clusterpolicies.example.com")
+                && input.warnings[1].contains("not exported"),
+            "{}",
+            input.warnings[1]
+        );
+    }
 
     #[test]
     fn split_documents_tracks_lines() {

@@ -33,13 +33,25 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
-/// A child process killed (SIGKILL) and reaped when dropped.
+/// A child process killed (SIGKILL) and reaped when dropped. Started with
+/// [`Running::spawn`] (or any `Command` with `process_group(0)`), it leads its own process
+/// group and the kill takes every process it started with it; otherwise only the child
+/// itself is killed.
 pub struct Running(pub Child);
+
+impl Running {
+    /// Spawns `cmd` as the leader of its own process group.
+    pub fn spawn(cmd: &mut Command) -> Running {
+        use std::os::unix::process::CommandExt;
+        Running(cmd.process_group(0).spawn().unwrap())
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // SIGKILL, no grace: tests drop a controller to simulate a crash (a leader that
+        // never releases its lease, a batch cut off mid-way).
+        dr_syncer_testkit::process::stop(&mut self.0, dr_syncer_testkit::process::Stop::Kill);
     }
 }
 
@@ -66,7 +78,7 @@ pub fn start_controller_with(
     let dir = dr_syncer_testkit::target_dir().join("test-logs");
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    Running(
+    Running::spawn(
         Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
             .args(["controller", "--kubeconfig"])
             .arg(kubeconfig)
@@ -85,8 +97,6 @@ pub fn start_controller_with(
             .args(extra)
             .env("DR_SYNCER_LOG", "dr_syncer=debug,info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+            .stderr(log),
     )
 }

@@ -1,11 +1,13 @@
 //! Real git servers on loopback: `git daemon` (git://, push enabled) and OpenSSH `sshd`
-//! serving bare repositories to a deploy key. Both stop when dropped.
+//! serving bare repositories to a deploy key. Both stop when dropped, with every process
+//! they started (each runs in its own process group, see [`crate::process`]).
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::process::ProcessGroup;
 use crate::tools::debian;
 
 fn free_port() -> u16 {
@@ -16,11 +18,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+fn wait_for_port(port: u16, server: &ProcessGroup, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early: {status}");
+        // Checked without reaping: the group is stopped (and the leader reaped) on drop.
+        if server.leader_exited() {
+            panic!("{what} exited early");
         }
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
         std::thread::sleep(Duration::from_millis(50));
@@ -59,7 +62,9 @@ pub fn bare_repo(root: &Path, name: &str) -> PathBuf {
 
 /// `git daemon` exporting every repository below `base`, with push enabled.
 pub struct GitDaemon {
-    child: Child,
+    // `git daemon` does not exec `git-daemon`: it runs it as a child and waits, and that
+    // one forks per connection. Only stopping the whole group stops the server.
+    child: ProcessGroup,
     /// Port it listens on.
     pub port: u16,
 }
@@ -72,22 +77,23 @@ impl GitDaemon {
 
     /// Starts the daemon on `port`.
     pub fn start_on(base: &Path, port: u16) -> Self {
-        let mut child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, &mut child, "git daemon");
+        let child = ProcessGroup::spawn(
+            Command::new("git")
+                .args([
+                    "daemon",
+                    "--reuseaddr",
+                    "--export-all",
+                    "--enable=receive-pack",
+                    "--listen=127.0.0.1",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", base.display()))
+                .arg(base)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .unwrap();
+        wait_for_port(port, &child, "git daemon");
         GitDaemon { child, port }
     }
 
@@ -95,18 +101,18 @@ impl GitDaemon {
     pub fn url(&self, name: &str) -> String {
         format!("git://127.0.0.1:{}/{name}", self.port)
     }
-}
 
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// The id of the daemon's process group (every process serving it belongs to it).
+    pub fn process_group(&self) -> u32 {
+        self.child.id()
     }
 }
 
 /// OpenSSH `sshd` on loopback accepting one deploy key for the current user.
 pub struct Sshd {
-    child: Child,
+    // Stopped as a group, like the git daemon; per-connection processes call `setsid` and
+    // leave the group, and end with their client's connection.
+    child: ProcessGroup,
     /// Port it listens on.
     pub port: u16,
     /// Private deploy key.
@@ -172,14 +178,15 @@ impl Sshd {
         if !Path::new("/run/sshd").exists() {
             let _ = std::fs::create_dir_all("/run/sshd");
         }
-        let mut child = Command::new(debian("sshd", "openssh-server"))
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, &mut child, "sshd");
+        let child = ProcessGroup::spawn(
+            Command::new(debian("sshd", "openssh-server"))
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .unwrap();
+        wait_for_port(port, &child, "sshd");
         let pin = |key: &Path, file: &Path| {
             let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
             let mut fields = public.split_whitespace();
@@ -204,6 +211,11 @@ impl Sshd {
         }
     }
 
+    /// The id of the listener's process group.
+    pub fn process_group(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `ssh://<user>@127.0.0.1:<port>/<absolute path>`.
     pub fn url(&self, repo: &Path) -> String {
         format!(
@@ -212,13 +224,6 @@ impl Sshd {
             self.port,
             repo.display()
         )
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -238,4 +243,54 @@ pub fn all_blobs(path: &Path) -> Vec<Vec<u8>> {
                 .stdout
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::group_members;
+
+    /// Serves one `ls-remote` (so `git-daemon` runs and forks for the connection), then
+    /// checks that dropping the daemon leaves no process of its group. Killing only the
+    /// `git` it started used to leave `git-daemon` listening.
+    #[test]
+    fn git_daemon_drop_leaves_no_process_of_its_group() {
+        let srv = tempfile::tempdir().unwrap();
+        let repo = bare_repo(srv.path(), "r.git");
+        let work = tempfile::tempdir().unwrap();
+        git(work.path(), &["init", "--quiet", "--initial-branch=main"]);
+        git(
+            work.path(),
+            &["commit", "--quiet", "--allow-empty", "-m", "first"],
+        );
+        git(
+            work.path(),
+            &["push", "--quiet", repo.to_str().unwrap(), "main"],
+        );
+        let daemon = GitDaemon::start(srv.path());
+        let pgid = daemon.process_group();
+        let heads = git(work.path(), &["ls-remote", &daemon.url("r.git")]);
+        assert!(heads.contains("refs/heads/main"), "{heads}");
+        // `git` and the `git-daemon` it waits for: proof the group is what serves.
+        assert!(group_members(pgid).len() >= 2, "{:?}", group_members(pgid));
+        drop(daemon);
+        assert_eq!(group_members(pgid), Vec::<u32>::new(), "left running");
+    }
+
+    /// A test that panics while its daemon runs still stops the daemon's whole group.
+    #[test]
+    fn git_daemon_is_stopped_when_a_test_panics() {
+        let srv = tempfile::tempdir().unwrap();
+        bare_repo(srv.path(), "r.git");
+        let mut pgid = 0;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let daemon = GitDaemon::start(srv.path());
+            pgid = daemon.process_group();
+            git(srv.path(), &["ls-remote", &daemon.url("r.git")]);
+            panic!("the test fails while the daemon runs");
+        }));
+        assert!(panicked.is_err());
+        assert_ne!(pgid, 0);
+        assert_eq!(group_members(pgid), Vec::<u32>::new(), "left running");
+    }
 }

@@ -3,10 +3,13 @@
 //! - [`envtest`]: etcd + kube-apiserver (+ kubectl) built from Go modules, with TLS, RBAC and
 //!   ServiceAccount tokens, one or several side by side.
 //! - [`objects`]: applying objects and generating namespaces of mixed objects.
+//! - [`git`]: `git daemon` and `sshd` serving bare repositories.
+//! - [`process`]: long-running children that are stopped with all their descendants.
 
 pub mod envtest;
 pub mod git;
 pub mod objects;
+pub mod process;
 pub mod tools;
 
 /// Root of the dr-syncer workspace (where `Cargo.toml` and `tests/envtest` live).

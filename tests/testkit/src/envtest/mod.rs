@@ -340,3 +340,23 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::group_members;
+
+    /// Dropping a control plane stops the supervisor, etcd and the apiserver (all of its
+    /// process group) and removes its directory.
+    #[tokio::test]
+    async fn control_plane_drop_leaves_no_process_and_no_directory() {
+        let plane = ControlPlane::start().await.unwrap();
+        let pgid = plane.supervisor.as_ref().unwrap().process_group();
+        let dir = plane.dir().to_path_buf();
+        // bash, etcd, kube-apiserver.
+        assert!(group_members(pgid).len() >= 3, "{:?}", group_members(pgid));
+        drop(plane);
+        assert_eq!(group_members(pgid), Vec::<u32>::new(), "left running");
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}

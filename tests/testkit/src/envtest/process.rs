@@ -3,9 +3,15 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::Duration;
 
 use super::{Result, io};
+use crate::process::{ProcessGroup, Stop};
+
+/// How long a stopping supervisor gets to shut the servers down in order (apiserver, then
+/// etcd) and remove its directory before its process group is signalled.
+const ORDERLY_STOP: Duration = Duration::from_secs(60);
 
 /// The supervisor script: starts both servers, then either waits for the lifeline (stdin)
 /// to close or, detached, for the servers to exit; stops apiserver before etcd.
@@ -28,9 +34,9 @@ else
 fi
 "#;
 
-/// A running supervisor.
+/// A running supervisor, leading its own process group with etcd and the apiserver.
 pub struct Supervisor {
-    child: Child,
+    child: ProcessGroup,
     lifeline: Option<ChildStdin>,
 }
 
@@ -103,33 +109,56 @@ impl Supervisor {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if detached {
-            use std::os::unix::process::CommandExt;
-            // Own process group: `make envtest-up`'s terminal signals don't reach it.
-            cmd.stdin(Stdio::null()).process_group(0);
+            cmd.stdin(Stdio::null());
         } else {
             cmd.stdin(Stdio::piped());
         }
-        let mut child = cmd.spawn().map_err(io("starting the envtest supervisor"))?;
-        let lifeline = child.stdin.take();
+        // Own process group, both modes: `make envtest-up`'s terminal signals don't reach a
+        // detached instance, and stopping an attached one can end every process it started
+        // even when the script is stuck. The lifeline still stops the servers when the test
+        // process dies without running destructors.
+        let mut child =
+            ProcessGroup::spawn(&mut cmd).map_err(io("starting the envtest supervisor"))?;
+        let lifeline = child.child_mut().stdin.take();
         Ok(Supervisor { child, lifeline })
+    }
+
+    /// The id of the process group of the supervisor, etcd and the apiserver.
+    #[cfg(test)]
+    pub(super) fn process_group(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the supervisor (and so the apiserver) has exited.
     pub fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        self.child.leader_exited()
     }
 
     /// Stops the servers and waits until they are gone.
     pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Asks the supervisor to stop the servers in order (through the lifeline) and waits;
+    /// signals its whole group only when that takes longer than [`ORDERLY_STOP`].
+    fn shutdown(&mut self) {
         if let Some(mut l) = self.lifeline.take() {
             let _ = l.write_all(b"stop\n");
         }
-        let _ = self.child.wait();
+        self.child.stop(Stop::Await(ORDERLY_STOP));
     }
 
     /// Leaves a detached supervisor running.
-    pub fn detach(self) {
-        std::mem::forget(self.child);
+    pub fn detach(mut self) {
+        self.child.detach();
+    }
+}
+
+impl Drop for Supervisor {
+    /// A supervisor dropped without [`stop`](Self::stop) (an error or a panic while
+    /// starting) stops like one that was: lifeline first, so the servers stop in order.
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 

@@ -13,5 +13,6 @@ pub mod datasync;
 pub mod export;
 pub mod gitops;
 pub mod pvc;
+pub mod refs;
 pub mod sops;
 pub mod yaml;

@@ -17,10 +17,11 @@ use crate::api::{
     RemoteClusterStatus,
 };
 
+use super::ControllerError;
 use super::context::Ctx;
 use super::schedule::parse_duration;
 use super::status::set_condition;
-use super::{ControllerError, refs};
+use crate::refs;
 
 /// A status write within this window came from us: do not check again yet.
 const MIN_RECHECK: Duration = Duration::from_secs(10);
@@ -85,7 +86,12 @@ pub async fn reconcile_cluster(
         conditions: prev.conditions.clone(),
         ..Default::default()
     };
-    match refs::remote_client(&ctx.client, "spec.kubeconfigSecretRef", &ns, &rc.name_any()).await {
+    let own = refs::ClusterRef {
+        namespace: ns.clone(),
+        name: rc.name_any(),
+        field: "RemoteCluster".into(),
+    };
+    match refs::cluster_client(&ctx.client, &own).await {
         Err(e) => {
             s.health = Some(Health::Unhealthy);
             s.message = Some(e.to_string());
@@ -114,7 +120,7 @@ pub async fn reconcile_cluster(
                 "KubeconfigValid",
                 true,
                 "KubeconfigValid",
-                "kubeconfig parsed; TLS verified",
+                "kubeconfig parsed; no TLS or file exceptions",
                 generation,
                 t.clone(),
             );
@@ -132,7 +138,7 @@ pub async fn reconcile_cluster(
                         "Ready",
                         true,
                         "Reachable",
-                        "version and namespace list answered",
+                        "TLS verified; version and namespace list answered",
                         generation,
                         t.clone(),
                     );

@@ -40,6 +40,9 @@ struct WatchTask {
     uid: Option<String>,
     /// The mapping generation the watch was started for.
     generation: Option<i64>,
+    /// The source RemoteCluster it follows (resolved through the ClusterMapping): a change
+    /// restarts the watch.
+    source: Option<crate::refs::ClusterRef>,
     handle: JoinHandle<()>,
 }
 
@@ -54,7 +57,12 @@ impl Watches {
     /// for any other mode. When it starts a watch it returns a signal that turns true once
     /// the watch has listed every type (see [`Watches::wait_listed`]); a running watch was
     /// listed before, or gave up waiting, so there is nothing to wait for.
-    pub fn ensure(&self, ctx: &Arc<Ctx>, nm: &NamespaceMapping) -> Option<watch::Receiver<bool>> {
+    pub fn ensure(
+        &self,
+        ctx: &Arc<Ctx>,
+        nm: &NamespaceMapping,
+        source: Option<crate::refs::ClusterRef>,
+    ) -> Option<watch::Receiver<bool>> {
         let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
         let mut tasks = self.tasks.lock().expect("not poisoned");
         let wanted = nm.spec.replication_mode == ReplicationMode::Continuous
@@ -65,6 +73,7 @@ impl Watches {
                 if wanted
                     && t.uid == nm.metadata.uid
                     && t.generation == nm.metadata.generation
+                    && t.source == source
                     && !t.handle.is_finished() =>
             {
                 return None;
@@ -77,12 +86,13 @@ impl Watches {
             return None;
         }
         let (tx, listed) = watch::channel(false);
-        let handle = tokio::spawn(watch_mapping(ctx.clone(), nm.clone(), tx));
+        let handle = tokio::spawn(watch_mapping(ctx.clone(), nm.clone(), source.clone(), tx));
         tasks.insert(
             key,
             WatchTask {
                 uid: nm.metadata.uid.clone(),
                 generation: nm.metadata.generation,
+                source,
                 handle,
             },
         );
@@ -124,7 +134,12 @@ enum Scope {
     Selected(String),
 }
 
-async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping, listed: watch::Sender<bool>) {
+async fn watch_mapping(
+    ctx: Arc<Ctx>,
+    nm: NamespaceMapping,
+    source: Option<crate::refs::ClusterRef>,
+    listed: watch::Sender<bool>,
+) {
     let (ns, name) = (nm.namespace().unwrap_or_default(), nm.name_any());
     let cont = nm.spec.continuous.clone();
     let debounce = cont
@@ -146,16 +161,16 @@ async fn watch_mapping(ctx: Arc<Ctx>, nm: NamespaceMapping, listed: watch::Sende
     let Ok(policy) = Policy::from_spec(&nm.spec) else {
         return;
     };
-    let client = match nm.spec.source_cluster.as_deref() {
-        Some(rc) => {
-            match super::refs::remote_client(&ctx.client, "spec.sourceCluster", &ns, rc).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(mapping = %name, error = %e, "continuous watch not started");
-                    return;
-                }
+    // The source was resolved by the dereference stage (mapping → ClusterMapping → local),
+    // exactly as the full sync resolves it.
+    let client = match &source {
+        Some(r) => match crate::refs::cluster_client(&ctx.client, r).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(mapping = %name, error = %e, "continuous watch not started");
+                return;
             }
-        }
+        },
         None => ctx.client.clone(),
     };
     let types: Vec<ResourceType> = match live::discover(&client).await {

@@ -37,6 +37,17 @@ pub enum DirectError {
     /// A destination namespace was promoted by `dr-syncer failover`.
     #[error("{0}")]
     Promoted(String),
+    /// Whether a destination namespace was promoted could not be read: nothing is applied
+    /// (an unknown answer is treated as "promoted"; the next attempt retries).
+    #[error(
+        "cannot tell whether namespace {namespace} on the DR cluster was promoted (dr-syncer failover), so nothing was applied: {source}"
+    )]
+    PromotionUnknown {
+        /// The DR namespace.
+        namespace: String,
+        /// Why reading it failed.
+        source: kube::Error,
+    },
 }
 
 /// What a direct apply did.
@@ -100,11 +111,18 @@ pub async fn apply(
     // them back to zero.
     let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     for ns in &namespaces {
+        // Fail closed: only a successful read that shows no marker lets the apply go on.
         let promoted = match ns_api.get_opt(ns).await {
             Ok(Some(n)) => kube::ResourceExt::annotations(&n)
                 .get(crate::export::promote::PROMOTED_ANNOTATION)
                 .cloned(),
-            _ => None,
+            Ok(None) => None,
+            Err(source) => {
+                return Err(DirectError::PromotionUnknown {
+                    namespace: ns.clone(),
+                    source,
+                });
+            }
         };
         if let Some(at) = promoted {
             return Err(DirectError::Promoted(format!(

@@ -68,7 +68,7 @@ pub async fn run(
     }
     let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
     let (target, recipients, consumer) = sync::git_setup(ctx, nm, cm).await?;
-    let source_cluster = sync::source_cluster(nm, cm).unwrap_or_else(|| "local".into());
+    let source_cluster = crate::refs::MappingRefs::new(nm, cm).source_name();
     let info = CommitInfo {
         mapping: nm.metadata.name.clone().unwrap_or_default(),
         source_cluster,

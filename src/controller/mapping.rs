@@ -42,10 +42,30 @@ async fn write_status(
     api.patch_status(
         &nm.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": new})),
+        &Patch::Merge(json!({"status": status_patch(current.as_ref(), &new)})),
     )
     .await?;
     Ok(())
+}
+
+/// The merge patch turning `current` into `new`: a field `new` no longer has (e.g. a
+/// cleared `lastError`) is sent as null, since a merge patch leaves omitted fields alone.
+fn status_patch(
+    current: Option<&NamespaceMappingStatus>,
+    new: &NamespaceMappingStatus,
+) -> serde_json::Value {
+    let mut patch = serde_json::to_value(new).unwrap_or_default();
+    let old = current
+        .and_then(|c| serde_json::to_value(c).ok())
+        .unwrap_or_default();
+    if let (Some(patch), Some(old)) = (patch.as_object_mut(), old.as_object()) {
+        for key in old.keys() {
+            if key != "pvcData" && !patch.contains_key(key) {
+                patch.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
+    }
+    patch
 }
 
 async fn event(ctx: &Ctx, nm: &NamespaceMapping, warning: bool, reason: &str, note: String) {
@@ -69,7 +89,18 @@ pub async fn reconcile(
         ctx.data_syncs.remove(&key);
         return Ok(Action::await_change());
     };
-    let listed = ctx.watches.ensure(&ctx, &nm);
+    // The watch follows the same source as the full sync. When the ClusterMapping cannot be
+    // read the source is unknown: no watch is started (never the local cluster by default).
+    let listed = match crate::refs::cluster_mapping(&ctx.client, &nm).await {
+        Ok(cm) => {
+            let source = crate::refs::MappingRefs::new(&nm, cm.as_ref()).source();
+            ctx.watches.ensure(&ctx, &nm, source)
+        }
+        Err(e) => {
+            tracing::warn!(mapping = %key, error = %e, "continuous watch: source unknown");
+            None
+        }
+    };
     ctx.data_syncs.ensure(&ctx, &nm);
     if let Some(listed) = listed {
         super::continuous::Watches::wait_listed(listed).await;
@@ -141,7 +172,7 @@ async fn sync_and_record(
 ) -> Result<Action, ControllerError> {
     let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
     tracing::info!(mapping = %key, reason, "sync started");
-    let cm = match super::refs::cluster_mapping(&ctx.client, nm).await {
+    let cm = match crate::refs::cluster_mapping(&ctx.client, nm).await {
         Ok(cm) => cm,
         Err(e) => return finish_failed(ctx, nm, prev, &e.to_string(), false).await,
     };
@@ -301,4 +332,29 @@ async fn finish_failed(
 pub fn error_policy(nm: Arc<NamespaceMapping>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
     tracing::warn!(mapping = %nm.name_any(), error = %err, "reconcile failed");
     Action::requeue(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_patch_clears_what_the_new_status_dropped() {
+        let current: NamespaceMappingStatus = serde_json::from_value(json!({
+            "phase": "Failed",
+            "lastError": {"message": "boom", "time": "2026-12-02T07:00:00Z"},
+            "nextSyncTime": "2026-12-02T08:00:00Z",
+            "pvcData": {"volumes": []}
+        }))
+        .unwrap();
+        let new: NamespaceMappingStatus =
+            serde_json::from_value(json!({"phase": "Synced"})).unwrap();
+        let patch = status_patch(Some(&current), &new);
+        assert_eq!(
+            patch,
+            json!({"phase": "Synced", "lastError": null, "nextSyncTime": null}),
+            "pvcData belongs to the data-sync task and is never touched"
+        );
+        assert_eq!(status_patch(None, &new), json!({"phase": "Synced"}));
+    }
 }

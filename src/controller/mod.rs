@@ -10,7 +10,6 @@ pub mod http;
 pub mod incremental;
 pub mod mapping;
 pub mod metrics;
-pub mod refs;
 pub mod schedule;
 pub mod status;
 pub mod sync;

@@ -15,7 +15,7 @@ use crate::gitops::{Breaker, CommitInfo, GitError, Published, Repo, Target};
 use crate::sops::Recipients;
 
 use super::context::Ctx;
-use super::refs::{self, RefError};
+use crate::refs::{self, MappingRefs, RefError};
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,11 +86,9 @@ pub async fn run(
     let ns = nm.metadata.namespace.clone().unwrap_or_default();
     let name = nm.metadata.name.clone().unwrap_or_default();
     let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
-    let source_cluster = source_cluster(nm, cm);
-    let client = match &source_cluster {
-        Some(rc) => refs::remote_client(&ctx.client, "spec.sourceCluster", &ns, rc).await?,
-        None => ctx.client.clone(),
-    };
+    let refs = MappingRefs::new(nm, cm);
+    let source = refs::source_client(&ctx.client, refs).await?;
+    let client = source.client.clone();
     let version = client
         .apiserver_version()
         .await
@@ -125,21 +123,14 @@ pub async fn run(
     let objects = export::process(read.inputs, &policy, &read.registry, &mut summary);
     let breaker = breaker(nm);
 
-    if let Some(cluster) = nm
-        .spec
-        .destination
-        .as_ref()
-        .and_then(|d| d.cluster.as_ref())
-    {
-        let r = &cluster.remote_cluster_ref;
-        let rc_ns = r.namespace.clone().unwrap_or_else(|| ns.clone());
-        let dr = refs::remote_client(
-            &ctx.client,
-            "spec.destination.cluster.remoteClusterRef",
-            &rc_ns,
-            &r.name,
-        )
-        .await?;
+    if let (Some(dr_ref), Some(cluster)) = (
+        refs.direct(),
+        nm.spec
+            .destination
+            .as_ref()
+            .and_then(|d| d.cluster.as_ref()),
+    ) {
+        let dr = refs::cluster_client(&ctx.client, &dr_ref).await?;
         // Never prune a type whose listing failed: its objects were not read.
         let failed: Vec<String> = summary.failures.iter().map(|f| f.what.clone()).collect();
         let prunable: Vec<_> = if cluster.prune {
@@ -172,7 +163,7 @@ pub async fn run(
     let (target, recipients, consumer) = git_setup(ctx, nm, cm).await?;
     let info = CommitInfo {
         mapping: name,
-        source_cluster: source_cluster.unwrap_or_else(|| "local".into()),
+        source_cluster: source.name,
         kubernetes_version: version,
     };
     let key = ctx.fingerprint_key.clone();
@@ -203,15 +194,6 @@ pub async fn run(
     })
 }
 
-/// The mapping's source RemoteCluster (its own, else the ClusterMapping's); `None` is the
-/// cluster the controller runs in.
-pub fn source_cluster(nm: &NamespaceMapping, cm: Option<&ClusterMapping>) -> Option<String> {
-    nm.spec
-        .source_cluster
-        .clone()
-        .or_else(|| cm.and_then(|c| c.spec.source_cluster.clone()))
-}
-
 /// The git destination of a mapping (its own or the ClusterMapping's default) with
 /// credentials resolved, the age recipients for its Secrets and the GitOps tool reading it.
 pub async fn git_setup(
@@ -219,15 +201,15 @@ pub async fn git_setup(
     nm: &NamespaceMapping,
     cm: Option<&ClusterMapping>,
 ) -> Result<(Target, Recipients, Consumer), SyncError> {
-    let ns = nm.metadata.namespace.clone().unwrap_or_default();
-    let Some((git, git_field)) = refs::git_destination(nm, cm) else {
+    let refs = MappingRefs::new(nm, cm);
+    let Some((git, git_field)) = refs.git() else {
         return Err(SyncError::Config(
             "spec.destination: none set and the ClusterMapping has no defaults.git".into(),
         ));
     };
     let auth = refs::git_auth(
         &ctx.client,
-        &ns,
+        &refs.git_namespace(),
         &format!("{git_field}.credentialsSecretRef"),
         git.credentials_secret_ref.as_ref(),
     )
@@ -250,7 +232,7 @@ pub async fn git_setup(
         ),
         cache_dir: ctx.settings.cache_dir.clone(),
     };
-    let recipients = Recipients::from_list(&refs::recipients(&ctx.client, nm, cm).await?)
+    let recipients = Recipients::from_list(&refs::recipients(&ctx.client, refs).await?)
         .map_err(|e| SyncError::Config(format!("spec.secrets.ageRecipients: {e}")))?;
     Ok((target, recipients, git.consumer.into()))
 }

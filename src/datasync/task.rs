@@ -23,8 +23,9 @@ use crate::api::{
     ClusterMapping, NamespaceMapping, PvcSyncResult, PvcVolumeStatus, RemoteCluster, keys,
 };
 use crate::controller::context::Ctx;
-use crate::controller::{refs, schedule, sync};
+use crate::controller::schedule;
 use crate::export::policy::Policy;
+use crate::refs;
 
 /// A running task, the bell that wakes it and the switch that cancels its operations.
 type Task = (
@@ -107,44 +108,35 @@ struct Setup {
 }
 
 async fn resolve(ctx: &Ctx, nm: &NamespaceMapping) -> Result<Setup, String> {
-    let ns = nm.namespace().unwrap_or_default();
     let cm = refs::cluster_mapping(&ctx.client, nm)
         .await
         .map_err(|e| e.to_string())?;
-    let source_name = sync::source_cluster(nm, cm.as_ref()).ok_or(
+    // The same resolution as the manifest sync: data goes where the manifests go.
+    let mapping_refs = refs::MappingRefs::new(nm, cm.as_ref());
+    let source_ref = mapping_refs.source().ok_or(
         "spec.pvcConfig.syncData: volume data replication needs a source RemoteCluster (spec.sourceCluster or the ClusterMapping's) with spec.pvcSync.enabled",
     )?;
-    let rc = Api::<RemoteCluster>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&source_name)
+    let rc = Api::<RemoteCluster>::namespaced(ctx.client.clone(), &source_ref.namespace)
+        .get_opt(&source_ref.name)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("spec.sourceCluster: RemoteCluster {ns}/{source_name} not found"))?;
+        .ok_or_else(|| {
+            format!(
+                "{}: RemoteCluster {}/{} not found",
+                source_ref.field, source_ref.namespace, source_ref.name
+            )
+        })?;
     if !rc.spec.pvc_sync.as_ref().is_some_and(|p| p.enabled) {
         return Err(format!(
-            "RemoteCluster {source_name}: spec.pvcSync.enabled must be true to replicate volume data"
+            "RemoteCluster {}: spec.pvcSync.enabled must be true to replicate volume data",
+            source_ref.name
         ));
     }
-    let source = refs::remote_client(&ctx.client, "spec.sourceCluster", &ns, &source_name)
+    let source = refs::cluster_client(&ctx.client, &source_ref)
         .await
         .map_err(|e| e.to_string())?;
-    let target = nm
-        .spec
-        .destination
-        .as_ref()
-        .and_then(|d| d.cluster.as_ref())
-        .map(|c| {
-            (
-                c.remote_cluster_ref.name.clone(),
-                "spec.destination.cluster.remoteClusterRef",
-            )
-        })
-        .or_else(|| {
-            cm.as_ref()
-                .and_then(|c| c.spec.target_cluster.clone())
-                .map(|t| (t, "ClusterMapping spec.targetCluster"))
-        });
-    let dest = match target {
-        Some((name, field)) => refs::remote_client(&ctx.client, field, &ns, &name)
+    let dest = match mapping_refs.dr_cluster() {
+        Some(r) => refs::cluster_client(&ctx.client, &r)
             .await
             .map_err(|e| e.to_string())?,
         // Without a target cluster the controller runs in the DR cluster.

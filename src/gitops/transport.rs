@@ -18,6 +18,9 @@ pub struct Auth {
     pub ssh_key: Option<PathBuf>,
     /// SSH private key in memory (from a Secret; never written to disk).
     pub ssh_key_pem: Option<String>,
+    /// Where the in-memory key comes from (`Secret ns/name key "identity"`), so errors
+    /// name what the user has to fix.
+    pub key_source: Option<String>,
     /// Pinned SSH host keys; required for SSH remotes.
     pub known_hosts: Option<KnownHosts>,
     /// HTTPS user name (default `git`).
@@ -70,10 +73,24 @@ fn callbacks<'a>(
             ));
         }
         if allowed.contains(CredentialType::SSH_KEY) {
-            let key = target.auth.ssh_key.as_ref().ok_or_else(|| {
-                git2::Error::from_str("SSH remote needs a deploy key (--ssh-key / identity)")
-            })?;
-            return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+            let user = username.unwrap_or("git");
+            // A Secret's key is handed to libssh2 from memory: it never touches the disk.
+            if let Some(pem) = &target.auth.ssh_key_pem {
+                return Cred::ssh_key_from_memory(user, None, pem, None).map_err(|e| {
+                    git2::Error::from_str(&format!(
+                        "{}: not a usable SSH private key ({})",
+                        target.auth.key_source.as_deref().unwrap_or("identity"),
+                        e.message()
+                    ))
+                });
+            }
+            if let Some(key) = &target.auth.ssh_key {
+                return Cred::ssh_key(user, None, key, None);
+            }
+            return Err(git2::Error::from_str(&match &target.auth.key_source {
+                Some(source) => format!("SSH remote needs a deploy key: {source} is missing"),
+                None => "SSH remote needs a deploy key (--ssh-key)".to_string(),
+            }));
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
             let token = target

@@ -2,6 +2,8 @@
 //! knows nothing of dr-syncer's types).
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod chart;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

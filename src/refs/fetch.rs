@@ -1,0 +1,282 @@
+//! Reading what a mapping refers to: its ClusterMapping, RemoteCluster clients, git
+//! credentials and age recipients. Secret contents stay in memory and never appear in an
+//! error message: errors name the object, the field and the key, not the value.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+
+use crate::api::{ClusterMapping, NamespaceMapping, ObjectRef, RemoteCluster, SecretsSpec};
+use crate::gitops::{Auth, KnownHosts};
+
+use super::{ClusterRef, MappingRefs};
+
+/// A reference that cannot be resolved; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum RefError {
+    /// The referenced object does not exist.
+    #[error("{field}: {kind} {namespace}/{name} not found")]
+    Missing {
+        /// Field holding the reference.
+        field: String,
+        /// Kind.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// It exists but is unusable.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Field holding the reference.
+        field: String,
+        /// Why.
+        message: String,
+    },
+    /// API error while reading a referenced object.
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> RefError {
+    RefError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The ClusterMapping a mapping references, if any.
+pub async fn cluster_mapping(
+    client: &Client,
+    nm: &NamespaceMapping,
+) -> Result<Option<ClusterMapping>, RefError> {
+    let Some(r) = &nm.spec.cluster_mapping_ref else {
+        return Ok(None);
+    };
+    let ns = r
+        .namespace
+        .clone()
+        .or_else(|| nm.metadata.namespace.clone())
+        .unwrap_or_default();
+    let api: Api<ClusterMapping> = Api::namespaced(client.clone(), &ns);
+    match api.get_opt(&r.name).await? {
+        Some(cm) => Ok(Some(cm)),
+        None => Err(RefError::Missing {
+            field: "spec.clusterMappingRef".into(),
+            kind: "ClusterMapping",
+            namespace: ns,
+            name: r.name.clone(),
+        }),
+    }
+}
+
+async fn secret_data(
+    client: &Client,
+    field: &str,
+    ns: &str,
+    name: &str,
+) -> Result<BTreeMap<String, ByteString>, RefError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await? {
+        Some(s) => Ok(s.data.unwrap_or_default()),
+        None => Err(RefError::Missing {
+            field: field.into(),
+            kind: "Secret",
+            namespace: ns.into(),
+            name: name.into(),
+        }),
+    }
+}
+
+fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
+    data.get(key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// Where a mapping reads its objects: a client and the name recorded in commits.
+#[derive(Clone)]
+pub struct Source {
+    /// The source RemoteCluster's name, or `local` for the controller's own cluster.
+    pub name: String,
+    /// A client for it.
+    pub client: Client,
+}
+
+/// The source cluster of a mapping (its own `sourceCluster`, else its ClusterMapping's,
+/// else the controller's cluster, reached with `local`).
+pub async fn source_client(client: &Client, refs: MappingRefs<'_>) -> Result<Source, RefError> {
+    match refs.source() {
+        Some(r) => Ok(Source {
+            client: cluster_client(client, &r).await?,
+            name: r.name,
+        }),
+        None => Ok(Source {
+            name: "local".into(),
+            client: client.clone(),
+        }),
+    }
+}
+
+/// Why a kubeconfig from a Secret is refused before any connection is made: dr-syncer
+/// always verifies TLS, and a kubeconfig written by someone else must not make the
+/// controller run programs or read its own files (e.g. its ServiceAccount token).
+pub fn kubeconfig_refusal(kc: &Kubeconfig) -> Option<String> {
+    for (i, c) in kc.clusters.iter().enumerate() {
+        let Some(cluster) = &c.cluster else { continue };
+        let at = format!("clusters[{i}] ({})", c.name);
+        if cluster.insecure_skip_tls_verify == Some(true) {
+            return Some(format!(
+                "{at}: insecure-skip-tls-verify is true; dr-syncer always verifies TLS: remove it and put the cluster's CA into certificate-authority-data"
+            ));
+        }
+        if cluster
+            .server
+            .as_deref()
+            .is_some_and(|s| s.starts_with("http://"))
+        {
+            return Some(format!(
+                "{at}: server uses plain http://; dr-syncer only talks TLS (https://) to clusters"
+            ));
+        }
+        if cluster.certificate_authority.is_some() {
+            return Some(format!(
+                "{at}: certificate-authority names a file of the controller's pod; use certificate-authority-data"
+            ));
+        }
+    }
+    for (i, u) in kc.auth_infos.iter().enumerate() {
+        let Some(auth) = &u.auth_info else { continue };
+        let at = format!("users[{i}] ({})", u.name);
+        let file_fields = [
+            ("tokenFile", auth.token_file.is_some()),
+            ("client-certificate", auth.client_certificate.is_some()),
+            ("client-key", auth.client_key.is_some()),
+        ];
+        if let Some((field, _)) = file_fields.iter().find(|(_, set)| *set) {
+            return Some(format!(
+                "{at}: {field} names a file of the controller's pod; embed the credential (token, client-certificate-data, client-key-data)"
+            ));
+        }
+        if auth.exec.is_some() || auth.auth_provider.is_some() {
+            return Some(format!(
+                "{at}: exec and auth-provider plugins would run programs inside the controller; use a token or client certificate"
+            ));
+        }
+    }
+    None
+}
+
+/// A client for the RemoteCluster `r` (TLS always verified; see [`kubeconfig_refusal`]).
+pub async fn cluster_client(client: &Client, r: &ClusterRef) -> Result<Client, RefError> {
+    let rc = Api::<RemoteCluster>::namespaced(client.clone(), &r.namespace)
+        .get_opt(&r.name)
+        .await?
+        .ok_or_else(|| RefError::Missing {
+            field: r.field.clone(),
+            kind: "RemoteCluster",
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        })?;
+    let name = &r.name;
+    let s = &rc.spec.kubeconfig_secret_ref;
+    let ns = s.namespace.clone().unwrap_or_else(|| r.namespace.clone());
+    let data = secret_data(
+        client,
+        &format!("RemoteCluster {name}: spec.kubeconfigSecretRef"),
+        &ns,
+        &s.name,
+    )
+    .await?;
+    let field = format!(
+        "RemoteCluster {name}: spec.kubeconfigSecretRef (Secret {ns}/{} key {:?})",
+        s.name, s.key
+    );
+    let raw = text(&data, &s.key)
+        .ok_or_else(|| invalid(&field, "the Secret has no such key (or it is not UTF-8)"))?;
+    // The parser's message may quote the Secret's text: report only that it failed.
+    let kc = Kubeconfig::from_yaml(&raw).map_err(|_| {
+        invalid(
+            &field,
+            "not a valid kubeconfig (YAML with clusters, users, contexts)",
+        )
+    })?;
+    if let Some(why) = kubeconfig_refusal(&kc) {
+        return Err(invalid(&field, why));
+    }
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| invalid(&field, e.to_string()))?;
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| invalid(&field, e.to_string()))
+}
+
+/// Git credentials from a Flux-style Secret: `identity` (SSH private key), `known_hosts`,
+/// `username`, `password` / `bearerToken`. `holder_ns` is where a reference without a
+/// namespace resolves.
+pub async fn git_auth(
+    client: &Client,
+    holder_ns: &str,
+    field: &str,
+    r: Option<&ObjectRef>,
+) -> Result<Auth, RefError> {
+    let Some(r) = r else {
+        return Ok(Auth::default());
+    };
+    let ns = r.namespace.clone().unwrap_or_else(|| holder_ns.to_string());
+    let data = secret_data(client, field, &ns, &r.name).await?;
+    Ok(Auth {
+        ssh_key: None,
+        ssh_key_pem: text(&data, "identity"),
+        key_source: Some(format!("Secret {ns}/{} key \"identity\"", r.name)),
+        known_hosts: text(&data, "known_hosts").map(|k| KnownHosts::parse(&k)),
+        username: text(&data, "username"),
+        token: text(&data, "bearerToken").or_else(|| text(&data, "password")),
+    })
+}
+
+/// Age recipients: the mapping's, else the ClusterMapping defaults, plus the referenced
+/// recipients Secret (resolved in the namespace of the object holding the reference).
+pub async fn recipients(client: &Client, refs: MappingRefs<'_>) -> Result<Vec<String>, RefError> {
+    let nm = refs.mapping;
+    let own: Option<SecretsSpec> = nm.spec.secrets.clone();
+    let (spec, holder_ns, field) = match own {
+        Some(s) => (
+            s,
+            nm.metadata.namespace.clone().unwrap_or_default(),
+            "spec.secrets.ageRecipientsSecretRef".to_string(),
+        ),
+        None => {
+            let Some(cm) = refs.cluster_mapping else {
+                return Ok(Vec::new());
+            };
+            let Some(s) = cm.spec.defaults.as_ref().and_then(|d| d.secrets.clone()) else {
+                return Ok(Vec::new());
+            };
+            let (ns, field) = refs.cm_field(cm, "spec.defaults.secrets.ageRecipientsSecretRef");
+            (s, ns, field)
+        }
+    };
+    let mut out = spec.age_recipients.clone();
+    if let Some(r) = &spec.age_recipients_secret_ref {
+        let ns = r.namespace.clone().unwrap_or(holder_ns);
+        let key = r.key.clone().unwrap_or_else(|| "recipients.txt".into());
+        let data = secret_data(client, &field, &ns, &r.name).await?;
+        let body = text(&data, &key)
+            .ok_or_else(|| invalid(&field, format!("Secret {ns}/{} has no key {key:?}", r.name)))?;
+        // The parser's message would quote the offending line: name the Secret and key only.
+        out.extend(crate::sops::Recipients::parse_file(&body).map_err(|_| {
+            invalid(
+                &field,
+                format!(
+                    "Secret {ns}/{} key {key:?} holds a line that is not an age recipient (age1…)",
+                    r.name
+                ),
+            )
+        })?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,597 @@
+//! The documented setups, run as a user runs them: the controller installed by the Helm
+//! chart (rendered args, its ServiceAccount) in the cluster that holds the mappings, the
+//! source cluster reached through a RemoteCluster kubeconfig Secret, the custom resources
+//! taken from `examples/crs/` with only hosts, ports, keys and recipients substituted, and
+//! git over `ssh://` to a real OpenSSH server with a Flux-style deploy-key Secret
+//! (`identity`, `known_hosts`).
+//!
+//! The mapping objects live in a second apiserver ("the DR cluster", where the controller is
+//! installed) that holds look-alike objects in the same namespaces, so reading the wrong
+//! cluster shows up in what is committed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::chart::{self, ChartController};
+use dr_syncer::api::{NamespaceMapping, RemoteCluster};
+use dr_syncer_testkit::envtest::{self, ControlPlane};
+use dr_syncer_testkit::git::{Sshd, bare_repo, git};
+use dr_syncer_testkit::objects::Applier;
+use dr_syncer_testkit::tools::sops;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+/// The controller's namespace in every example.
+const NS: &str = "dr-syncer";
+
+/// An example custom resource from `examples/crs/`, as JSON.
+fn example(file: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/crs")
+        .join(file);
+    serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// A source cluster (shared by the tests of this file, one namespace each), a DR cluster
+/// with the chart-installed controller, and a git server over SSH.
+struct Site {
+    prod: &'static ControlPlane,
+    prod_applier: Applier,
+    _dr: ControlPlane,
+    dr_admin: Client,
+    dr_applier: Applier,
+    sshd: Sshd,
+    repo: PathBuf,
+    url: String,
+    identity: age::x25519::Identity,
+    recipient: String,
+    work: tempfile::TempDir,
+    controller: Option<ChartController>,
+}
+
+async fn site(name: &str) -> Site {
+    let prod = envtest::shared_named("prod").await;
+    let prod_applier = Applier::new(prod.client().await.unwrap(), "test");
+    let dr = ControlPlane::start().await.unwrap();
+    let dr_admin = dr.client().await.unwrap();
+    let dr_applier = Applier::new(dr_admin.clone(), "test");
+    let work = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&work.path().join("sshd"));
+    let repo = bare_repo(&work.path().join("srv/platform"), "dr-state.git");
+    let url = sshd.url(&repo);
+    let controller = chart::start(
+        &dr,
+        NS,
+        &[&format!("watchNamespace={NS}")],
+        &work.path().join("controller"),
+        name,
+        &[],
+    )
+    .await;
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let site = Site {
+        prod,
+        prod_applier,
+        _dr: dr,
+        dr_admin,
+        dr_applier,
+        sshd,
+        repo,
+        url,
+        identity,
+        recipient,
+        work,
+        controller: Some(controller),
+    };
+    // The source cluster: examples/crs/02 (prod) without its PVC agent, which these tests
+    // do not exercise; its kubeconfig Secret holds an admin kubeconfig of the source.
+    let mut rc = example("02-remotecluster-pvc-agent.yaml");
+    rc["spec"].as_object_mut().unwrap().remove("pvcSync");
+    site.kubeconfig_secret("prod-kubeconfig", &site.prod.kubeconfig())
+        .await;
+    site.dr_applier.apply(&rc).await;
+    site
+}
+
+impl Site {
+    async fn kubeconfig_secret(&self, name: &str, kc: &kube::config::Kubeconfig) {
+        let yaml = serde_saphyr::to_string(kc).unwrap();
+        self.dr_applier
+            .apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+                "stringData": {"kubeconfig": yaml}}))
+            .await;
+    }
+
+    /// The Flux-style deploy-key Secret: `identity`, `identity.pub`, `known_hosts`.
+    async fn deploy_key_secret(&self, name: &str, with_identity: bool) {
+        let key = std::fs::read_to_string(&self.sshd.client_key).unwrap();
+        let public = std::fs::read_to_string(self.sshd.client_key.with_extension("pub")).unwrap();
+        let known_hosts = std::fs::read_to_string(&self.sshd.known_hosts).unwrap();
+        let mut data = json!({"identity.pub": public, "known_hosts": known_hosts});
+        if with_identity {
+            data["identity"] = json!(key);
+        }
+        // Replace, not merge: a key dropped from the Secret must be gone.
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.dr_admin.clone(), NS);
+        let _ = api.delete(name, &Default::default()).await;
+        self.dr_applier
+            .apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+                "type": "Opaque", "stringData": data}))
+            .await;
+    }
+
+    /// examples/crs/03 with the repository URL and the recipient substituted.
+    async fn cluster_mapping(&self) {
+        let mut cm = example("03-clustermapping.yaml");
+        cm["spec"]["defaults"]["git"]["url"] = json!(self.url);
+        cm["spec"]["defaults"]["secrets"]["ageRecipients"] = json!([self.recipient]);
+        self.dr_applier.apply(&cm).await;
+    }
+
+    async fn mapping(&self, name: &str) -> NamespaceMapping {
+        Api::<NamespaceMapping>::namespaced(self.dr_admin.clone(), NS)
+            .get(name)
+            .await
+            .unwrap()
+    }
+
+    /// Sets `dr-syncer.io/sync-now` and waits until the mapping reports that trigger done,
+    /// or a new error (returned).
+    async fn trigger(&self, name: &str, value: &str) -> Result<NamespaceMapping, String> {
+        let before = self.mapping(name).await.status.and_then(|s| s.last_error);
+        // Error times have one-second resolution: make a new error tell from the last one.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        Api::<NamespaceMapping>::namespaced(self.dr_admin.clone(), NS)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"dr-syncer.io/sync-now": value}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        self.outcome_after(name, before, |s| s.last_sync_now.as_deref() == Some(value))
+            .await
+    }
+
+    /// Waits until `done` holds (and no error is recorded) or an error is recorded.
+    async fn outcome(
+        &self,
+        name: &str,
+        done: impl Fn(&dr_syncer::api::NamespaceMappingStatus) -> bool,
+    ) -> Result<NamespaceMapping, String> {
+        self.outcome_after(name, None, done).await
+    }
+
+    /// Like [`Site::outcome`], ignoring the error `before` (an earlier attempt's).
+    async fn outcome_after(
+        &self,
+        name: &str,
+        before: Option<dr_syncer::api::SyncError>,
+        done: impl Fn(&dr_syncer::api::NamespaceMappingStatus) -> bool,
+    ) -> Result<NamespaceMapping, String> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let nm = self.mapping(name).await;
+            let s = nm.status.clone().unwrap_or_default();
+            if done(&s) && s.last_error.is_none() {
+                return Ok(nm);
+            }
+            if let Some(e) = s
+                .last_error
+                .as_ref()
+                .filter(|e| Some(*e) != before.as_ref())
+            {
+                return Err(e.message.clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no outcome in 90 s: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn show(&self, path: &str) -> Option<String> {
+        let out = Command::new("git")
+            .args(["show", &format!("main:{path}")])
+            .current_dir(&self.repo)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    }
+
+    fn head(&self) -> String {
+        git(&self.repo, &["rev-parse", "main"]).trim().to_string()
+    }
+
+    /// Waits until the committed file at `path` satisfies `ok`.
+    async fn committed(&self, path: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(body) = self.show(path).filter(|b| ok(b)) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {path} is {:?} after 60 s",
+                self.show(path)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Decrypts a committed SOPS file with the real `sops` and our age identity.
+    fn sops_decrypt(&self, path: &str) -> String {
+        let file = self.work.path().join("decrypt.sops.yaml");
+        std::fs::write(&file, self.show(path).expect("committed")).unwrap();
+        let out = Command::new(sops())
+            .args(["decrypt"])
+            .arg(&file)
+            .env("SOPS_AGE_KEY", self.identity_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sops: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn identity_string(&self) -> String {
+        use age::secrecy::ExposeSecret;
+        self.identity.to_string().expose_secret().to_string()
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn deployment(ns: &str, name: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns,
+        "annotations": {"sidecar.example.com/inject": "true"}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "app", "image": "registry.prod.example.com/app:1"}]}}}})
+}
+
+fn config_map(ns: &str, name: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": data})
+}
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+/// README "Into git": examples/crs/03 (ClusterMapping defaults: ssh:// repository, deploy
+/// key Secret, recipients) + examples/crs/11 (Scheduled, `clusterMappingRef`), source from
+/// the ClusterMapping's `sourceCluster`.
+#[tokio::test]
+async fn ssh_deploy_key_through_cluster_mapping_defaults() {
+    let s = site("user-path-ssh-defaults").await;
+    // Source "billing" on prod; a look-alike on the DR cluster that must never be read.
+    for (applier, region, replicas) in [
+        (&s.prod_applier, "prod-east", 3),
+        (&s.dr_applier, "dr-west", 0),
+    ] {
+        applier.apply(&namespace("billing")).await;
+        applier.apply(&deployment("billing", "api", replicas)).await;
+        applier
+            .apply(&config_map(
+                "billing",
+                "billing-settings",
+                json!({"LOG_LEVEL": "info", "region": region}),
+            ))
+            .await;
+    }
+    s.prod_applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "billing-db", "namespace": "billing"},
+            "stringData": {"password": "prod-db-password"}}))
+        .await;
+    s.cluster_mapping().await;
+    // A deploy-key Secret without `identity`: the error names the Secret and the key.
+    s.deploy_key_secret("dr-state-deploy-key", false).await;
+    let mut nm = example("11-namespacemapping-scheduled.yaml");
+    nm["metadata"]["annotations"] = json!({"dr-syncer.io/sync-now": "first"});
+    s.dr_applier.apply(&nm).await;
+    let err = s
+        .outcome("billing", |st| st.last_sync_now.as_deref() == Some("first"))
+        .await
+        .expect_err("no deploy key, no push");
+    assert!(
+        err.contains("Secret dr-syncer/dr-state-deploy-key key \"identity\""),
+        "the error names the Secret and key: {err}"
+    );
+    assert!(
+        !err.contains("--ssh-key"),
+        "no CLI flags in a controller error: {err}"
+    );
+
+    // With the key: committed over SSH, from the source cluster, transformed.
+    s.deploy_key_secret("dr-state-deploy-key", true).await;
+    s.trigger("billing", "second")
+        .await
+        .expect("sync over ssh://");
+    let base = "clusters/prod/billing/billing-dr";
+    let deploy = s
+        .show(&format!("{base}/apps/deployments/api.yaml"))
+        .expect("deployment committed");
+    assert!(deploy.contains("replicas: 0"), "{deploy}");
+    assert!(
+        deploy.contains("dr-syncer.io/original-replicas: \"3\""),
+        "the source's count: {deploy}"
+    );
+    assert!(
+        !deploy.contains("sidecar.example.com/inject"),
+        "the example's jsonPatch ran: {deploy}"
+    );
+    let settings = s
+        .show(&format!("{base}/core/configmaps/billing-settings.yaml"))
+        .unwrap();
+    assert!(
+        settings.contains("region: prod-east"),
+        "read from prod, not DR: {settings}"
+    );
+    assert!(
+        settings.contains("LOG_LEVEL: debug"),
+        "the example's mergePatch ran: {settings}"
+    );
+    let secret = s.sops_decrypt(&format!("{base}/core/secrets/billing-db.sops.yaml"));
+    assert!(secret.contains(&base64_of("prod-db-password")), "{secret}");
+    let message = git(&s.repo, &["log", "-1", "--format=%B", "main"]);
+    assert!(message.contains("Source-Cluster: prod"), "{message}");
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A RemoteCluster whose kubeconfig turns TLS verification off is refused before any
+/// connection, with a condition naming the field; a good one reports TLS verified only
+/// once a call to its apiserver succeeded.
+#[tokio::test]
+async fn remote_cluster_refuses_insecure_skip_tls_verify() {
+    let s = site("user-path-tls").await;
+    let mut kc = s.prod.kubeconfig();
+    for c in &mut kc.clusters {
+        let cluster = c.cluster.as_mut().unwrap();
+        cluster.insecure_skip_tls_verify = Some(true);
+        cluster.certificate_authority_data = None;
+    }
+    s.kubeconfig_secret("insecure-kubeconfig", &kc).await;
+    let mut rc = example("01-remotecluster.yaml");
+    rc["metadata"]["name"] = json!("insecure");
+    rc["spec"]["kubeconfigSecretRef"]["name"] = json!("insecure-kubeconfig");
+    s.dr_applier.apply(&rc).await;
+    let api: Api<RemoteCluster> = Api::namespaced(s.dr_admin.clone(), NS);
+    let condition = |rc: &RemoteCluster, t: &str| {
+        rc.status
+            .as_ref()
+            .and_then(|st| st.conditions.iter().find(|c| c.type_ == t).cloned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (insecure, prod) = loop {
+        let (a, b) = (
+            api.get("insecure").await.unwrap(),
+            api.get("prod").await.unwrap(),
+        );
+        if let (Some(x), Some(y)) = (condition(&a, "KubeconfigValid"), condition(&b, "Ready")) {
+            break (x, y);
+        }
+        assert!(Instant::now() < deadline, "no RemoteCluster status in 60 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(insecure.status, "False", "{insecure:?}");
+    assert!(
+        insecure.message.contains("insecure-skip-tls-verify"),
+        "names the field: {}",
+        insecure.message
+    );
+    assert!(!insecure.message.contains("TLS verified"));
+    assert_eq!(prod.status, "True", "{prod:?}");
+    assert!(prod.message.contains("TLS verified"), "{}", prod.message);
+}
+
+/// examples/crs/10 (Continuous) inheriting the ClusterMapping's source and repository: the
+/// watch follows the source cluster named by the ClusterMapping — never the cluster the
+/// controller runs in — so patch commits carry source objects. Then `dr-syncer failover`
+/// (git mode, as the runbook runs it) promotes the path, and neither a patch sync nor a full
+/// sync scales the promoted DR side down.
+#[tokio::test]
+async fn continuous_watch_follows_the_cluster_mappings_source() {
+    let s = site("user-path-continuous").await;
+    for (applier, color, replicas) in [(&s.prod_applier, "blue", 2), (&s.dr_applier, "dr-only", 0)]
+    {
+        applier.apply(&namespace("shop")).await;
+        applier.apply(&deployment("shop", "web", replicas)).await;
+        applier
+            .apply(&config_map("shop", "shop-config", json!({"color": color})))
+            .await;
+    }
+    s.cluster_mapping().await;
+    s.deploy_key_secret("dr-state-deploy-key", true).await;
+    s.dr_applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dr-age-recipients", "namespace": NS},
+            "stringData": {"recipients.txt": format!("# DR site\n{}\n", s.recipient)}}))
+        .await;
+    // examples/crs/10 with the ClusterMapping's destination instead of its own https one.
+    let mut nm = example("10-namespacemapping-git.yaml");
+    let spec = nm["spec"].as_object_mut().unwrap();
+    spec.remove("destination");
+    spec.insert("clusterMappingRef".into(), json!({"name": "prod-to-dr"}));
+    spec["secrets"]["ageRecipients"] = json!([s.recipient]);
+    spec["continuous"]["debounce"] = json!("1s");
+    s.dr_applier.apply(&nm).await;
+    let path = "clusters/prod/shop/shop/core/configmaps/shop-config.yaml";
+    s.committed(path, "first sync", |b| b.contains("color: blue"))
+        .await;
+
+    // A change on each cluster: only the source's may arrive, through the watch.
+    s.prod_applier
+        .apply(&config_map(
+            "shop",
+            "shop-config",
+            json!({"color": "green"}),
+        ))
+        .await;
+    s.prod_applier.apply(&deployment("shop", "web", 4)).await;
+    s.dr_applier
+        .apply(&config_map(
+            "shop",
+            "shop-config",
+            json!({"color": "dr-changed"}),
+        ))
+        .await;
+    s.committed(path, "the source's change", |b| b.contains("color: green"))
+        .await;
+    let deploy_path = "clusters/prod/shop/shop/apps/deployments/web.yaml";
+    s.committed(deploy_path, "the source's scale", |b| {
+        b.contains("dr-syncer.io/original-replicas: \"4\"")
+    })
+    .await;
+    let history = git(&s.repo, &["log", "-p", "main", "--", path]);
+    assert!(
+        !history.contains("dr-changed"),
+        "a DR object was committed: {history}"
+    );
+    let metrics = chart::metrics(&s.controller.as_ref().unwrap().http);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dr_syncer_syncs_total") && l.contains("path=\"patch\"")),
+        "the change came as a patch sync: {metrics}"
+    );
+
+    // Failover in git mode, as docs/runbook.md runs it (deploy key and pins as files).
+    let key_dir = s.work.path().join("cli");
+    std::fs::create_dir_all(&key_dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .args([
+            "failover",
+            "--repo",
+            &s.url,
+            "--branch",
+            "main",
+            "--path",
+            "clusters/prod/shop",
+            "--yes",
+        ])
+        .arg("--ssh-key")
+        .arg(&s.sshd.client_key)
+        .arg("--known-hosts")
+        .arg(&s.sshd.known_hosts)
+        .arg("--cache-dir")
+        .arg(key_dir.join("cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "failover: {}", stderr(&out));
+    let promoted = s.head();
+    let live = s.show(deploy_path).unwrap();
+    assert!(
+        live.contains("replicas: 4"),
+        "failover restored the replicas: {live}"
+    );
+
+    // Patch path: a watched change while promoted is refused, nothing pushed.
+    s.prod_applier
+        .apply(&config_map(
+            "shop",
+            "shop-config",
+            json!({"color": "while-promoted"}),
+        ))
+        .await;
+    let err = s
+        .outcome("shop", |_| false)
+        .await
+        .expect_err("a promoted path refuses the patch sync");
+    assert!(err.contains("dr-syncer failback"), "{err}");
+    // Full path: a requested full sync is refused as well.
+    let err = s
+        .trigger("shop", "while-promoted")
+        .await
+        .expect_err("full sync refused");
+    assert!(err.contains("promoted"), "{err}");
+    assert_eq!(s.head(), promoted, "nothing was pushed while promoted");
+    assert!(
+        s.show(deploy_path).unwrap().contains("replicas: 4"),
+        "still live"
+    );
+}
+
+/// examples/crs/13 (direct apply into the DR RemoteCluster of examples/crs/01): a promoted
+/// DR namespace is never scaled down, also when the promotion marker cannot be read (the
+/// DR credentials may patch Namespaces but not read them): the sync fails closed.
+#[tokio::test]
+async fn direct_apply_never_scales_down_a_promoted_namespace() {
+    let s = site("user-path-direct").await;
+    let target = ControlPlane::start().await.unwrap();
+    let target_applier = Applier::new(target.client().await.unwrap(), "test");
+    s.prod_applier.apply(&namespace("legacy")).await;
+    s.prod_applier.apply(&deployment("legacy", "app", 3)).await;
+    // The DR cluster after `dr-syncer failover`: live replicas, Namespace marked promoted.
+    target_applier
+        .apply(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "legacy",
+            "annotations": {"dr-syncer.io/promoted": "2026-12-01T00:00:00Z"}}}),
+        )
+        .await;
+    target_applier.apply(&deployment("legacy", "app", 3)).await;
+    // Credentials that may apply everything but cannot read Namespaces.
+    target_applier
+        .apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dr-applier", "namespace": "legacy"}}))
+        .await;
+    target_applier
+        .apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "dr-applier"},
+            "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["create", "patch", "update"]},
+                      {"apiGroups": [""], "resources": ["configmaps", "services", "persistentvolumeclaims"], "verbs": ["*"]},
+                      {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["*"]}]}))
+        .await;
+    target_applier
+        .apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "dr-applier"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "dr-applier"},
+            "subjects": [{"kind": "ServiceAccount", "name": "dr-applier", "namespace": "legacy"}]}))
+        .await;
+    s.kubeconfig_secret("dr-kubeconfig", &target.kubeconfig())
+        .await;
+    s.dr_applier.apply(&example("01-remotecluster.yaml")).await;
+    let replicas = || async {
+        let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(target.client().await.unwrap(), "legacy");
+        api.get("app").await.unwrap().spec.replicas.unwrap()
+    };
+
+    // Marker readable: refused because promoted.
+    s.dr_applier
+        .apply(&example("13-namespacemapping-direct.yaml"))
+        .await;
+    let err = s
+        .outcome("legacy-direct", |st| st.last_sync_now.is_some())
+        .await
+        .expect_err("promoted: refused");
+    assert!(err.contains("was promoted"), "{err}");
+    assert_eq!(replicas().await, 3, "the live site kept its replicas");
+
+    // Marker unreadable: refused as well (fail closed), with the reason in status.
+    let limited = target
+        .service_account_kubeconfig("legacy", "dr-applier")
+        .await
+        .unwrap();
+    s.kubeconfig_secret("dr-kubeconfig", &limited).await;
+    let err = s
+        .trigger("legacy-direct", "unreadable-marker")
+        .await
+        .expect_err("an unreadable marker is no proof of standby");
+    assert!(
+        err.contains("cannot tell whether namespace legacy"),
+        "{err}"
+    );
+    assert_eq!(replicas().await, 3, "the live site kept its replicas");
+}

@@ -983,6 +983,124 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     .await;
 }
 
+/// Item 10 of issue 13: a scheduled data sync whose slot passed while no controller ran
+/// is caught up as soon as the controller starts, not at the next slot.
+#[tokio::test]
+async fn replication_catches_up_a_scheduled_run_missed_while_the_controller_was_down() {
+    let plane = envtest::shared().await;
+    let env = base(plane, "pvcmiss", 2222, "1h").await;
+    let client = env.client.clone();
+    // A first controller deploys the agent (its Secrets and DaemonSet), then goes down:
+    // the restarted one finds the agent ready, so its first pass can sync.
+    {
+        let _first = start_controller(plane, &env.ctl, "pvcmiss-first", &free_addr());
+        until(60, "agent DaemonSet", || async {
+            Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
+                .get_opt("dr-syncer-agent")
+                .await
+                .unwrap()
+        })
+        .await;
+    }
+    source_namespace(&env, "pvcmiss-src").await;
+    // Daily at the minute two hours ago: the latest slot passed about 2 h ago, the next
+    // one is about 22 h away, so only a catch-up can run a sync within the test.
+    let now = jiff::Timestamp::now();
+    let slot = (now - jiff::SignedDuration::from_hours(2)).to_zoned(jiff::tz::TimeZone::UTC);
+    let cron = format!("{} {} * * *", slot.minute(), slot.hour());
+    mapping(
+        &env,
+        "missed",
+        "pvcmiss-src",
+        json!({"copyMethod": "Clone", "schedule": cron}),
+    )
+    .await;
+    // What the controller recorded before it went down: a sync three hours ago, before
+    // the slot it then missed.
+    let attempt = now - jiff::SignedDuration::from_hours(3);
+    let nms = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl);
+    nms.patch_status(
+        "missed",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"pvcData": {
+            "nextSyncTime": (attempt + jiff::SignedDuration::from_hours(1)).to_string(),
+            "volumes": [{"source": "pvcmiss-src/data", "destination": "pvcmiss-src-dr/data",
+                         "copyMethod": "Clone", "result": "Succeeded", "operation": "before",
+                         "lastAttemptTime": attempt.to_string(),
+                         "lastSuccessTime": (attempt + jiff::SignedDuration::from_secs(60)).to_string()}]}}})),
+    )
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let _controller = start_controller(plane, &env.ctl, "pvcmiss", &free_addr());
+    agent_pod(&env, "node-a", "10.0.0.1").await;
+    // Within seconds (the old task waited for the next slot, 22 h away); 30 s leave room
+    // for a loaded machine, far from any slot.
+    let pod = until(30, "catch-up server pod", || async {
+        labeled::<Pod>(&client, "pvcmiss-src", TEMP)
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    let within = started.elapsed();
+    assert!(
+        within < Duration::from_secs(30),
+        "the missed run started only after {within:?}"
+    );
+    let op = op_of(&pod);
+    assert_ne!(op, "before");
+    run_pod(&client, "pvcmiss-src", &pod.name_any(), "10.1.0.9").await;
+    let job: Job = one(&client, "pvcmiss-src-dr", TEMP, "catch-up Job").await;
+    finish_job(
+        &client,
+        &job,
+        true,
+        r#"{"filesTransferred":1,"bytesLiteral":7,"bytesMatched":0,"duration":0.1}"#,
+    )
+    .await;
+    let v = finished(&client, &env.ctl, "missed", &op).await;
+    assert_eq!(
+        v.result,
+        Some(dr_syncer::api::PvcSyncResult::Succeeded),
+        "{:?}",
+        v.message
+    );
+    // One run for the missed slot, then the schedule: the next sync is tomorrow's slot,
+    // and no second operation starts.
+    let tomorrow = slot
+        .with()
+        .second(0)
+        .subsec_nanosecond(0)
+        .build()
+        .unwrap()
+        .checked_add(jiff::Span::new().days(1))
+        .unwrap()
+        .timestamp();
+    let next = until(30, "next sync time after the catch-up", || async {
+        let data = nms.get("missed").await.ok()?.status?.pvc_data?;
+        data.next_sync_time.filter(|t| t.0 > now).map(|t| t.0)
+    })
+    .await;
+    assert_eq!(next, tomorrow);
+    assert_clean(
+        &client,
+        &["pvcmiss-src", "pvcmiss-src-dr"],
+        &env.agent_ns,
+        &env.ctl,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        live::<Pod>(&client, "pvcmiss-src", TEMP).await,
+        Vec::<String>::new(),
+        "exactly one catch-up run"
+    );
+    let v = volume_status(&client, &env.ctl, "missed", &op).await;
+    assert!(v.is_some(), "the catch-up is still the last operation");
+}
+
 async fn reqwest_metrics(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

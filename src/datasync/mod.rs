@@ -4,6 +4,7 @@
 //! path itself is `crate::pvc`.
 
 pub mod agent;
+pub mod due;
 pub mod keys;
 pub mod lock;
 pub mod objects;

@@ -1,7 +1,8 @@
 //! One task per NamespaceMapping with `pvcConfig.syncData`: it keeps the mapping's client
 //! key (creating, rotating, publishing it to the agent), sweeps what an earlier process
 //! left behind, and runs the data syncs on the schedule or the `dr-syncer.io/sync-data-now`
-//! trigger, recording status, Events and metrics.
+//! trigger, recording status, Events and metrics. The schedule follows the attempts in
+//! `status.pvcData` (see `due`), so a slot missed while no controller ran is caught up once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::objects::{self, Operation, mapping_label};
 use super::run::{self, Env, Outcome};
-use super::{agent, lock, plan, rings};
+use super::{agent, due, lock, plan, rings};
 use crate::api::{
     ClusterMapping, NamespaceMapping, PvcSyncResult, PvcVolumeStatus, RemoteCluster, keys,
 };
@@ -197,8 +198,9 @@ impl Drop for AbortOnDrop {
 struct State {
     /// Leftovers of earlier runs were swept (reset when a cleanup failed).
     swept: bool,
-    /// The last scheduled run (the next follows from it).
-    last_run: Timestamp,
+    /// When this task last started a run (scheduled or triggered). The status records
+    /// attempts per PVC; this also covers a run that found no PVC to record.
+    last_run: Option<Timestamp>,
     /// Where the client key is published.
     published: Option<Published>,
     /// Cancels running operations.
@@ -240,7 +242,9 @@ async fn run_mapping(
     let _guard = AbortOnDrop(guard);
     let mut state = State {
         swept: false,
-        last_run: Timestamp::now(),
+        // Not "now": the schedule follows from the attempts recorded in status, so a slot
+        // missed while no controller ran is caught up at once (see `due`).
+        last_run: None,
         published: None,
         cancel,
     };
@@ -373,16 +377,13 @@ async fn step(
         .unwrap_or_default();
     let trigger = nm.annotations().get(keys::SYNC_DATA_NOW).cloned();
     let triggered = trigger.is_some() && trigger != prev.last_sync_data_now;
-    let dsc = cfg.data_sync_config.clone().unwrap_or_default();
-    let cron = dsc.schedule.clone().or_else(|| nm.spec.schedule.clone());
-    let next = match &cron {
-        Some(c) => Some(
-            schedule::next_run(c, state.last_run)
-                .map_err(|e| format!("dataSyncConfig.schedule: {e}"))?,
-        ),
-        None => None,
-    };
-    let due = triggered || next.is_some_and(|t| t <= now);
+    let data_schedule = due::Schedule::of(nm);
+    let last = state.last_run.max(due::last_attempt(&prev));
+    let scheduled = due::decide(data_schedule, last, now).map_err(|e| e.to_string())?;
+    if let due::Due::Run(why) = scheduled {
+        tracing::info!(mapping = %mapping, ?why, "scheduled data sync due");
+    }
+    let run_now = triggered || matches!(scheduled, due::Due::Run(_));
     let mut status = prev.clone();
     status.client_key_fingerprint = Some(ring.fingerprint());
     status.key_rotated_at = Some(Time(ring.rotated_at));
@@ -392,8 +393,8 @@ async fn step(
     status.previous_key_expires = ring.live_previous(now).map(|(_, t)| Time(*t));
     status.last_rotate_keys = ring.token.clone();
     let mut retry_sweep = false;
-    if due {
-        state.last_run = now;
+    if run_now {
+        state.last_run = Some(now);
         let env_base = EnvParts {
             cancel: state.cancel.clone(),
             ring: ring.clone(),
@@ -410,12 +411,11 @@ async fn step(
             status.last_sync_data_now = trigger;
         }
     }
-    let next = match &cron {
-        Some(c) => Some(
-            schedule::next_run(c, state.last_run)
-                .map_err(|e| format!("dataSyncConfig.schedule: {e}"))?,
-        ),
-        None => None,
+    // The next slot after this pass's run (or after the last attempt when nothing ran);
+    // if a long run overran it, the next pass catches it up at once.
+    let next = match (data_schedule, state.last_run.max(last)) {
+        (Some(s), Some(after)) => Some(s.next_after(after).map_err(|e| e.to_string())?),
+        _ => None,
     };
     status.next_sync_time = next.map(Time);
     if Some(&status) != nm.status.as_ref().and_then(|s| s.pvc_data.as_ref()) {

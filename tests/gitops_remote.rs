@@ -415,6 +415,7 @@ fn git_patch_commits_touch_only_the_named_files() {
         auth: Default::default(),
         author: ("t".into(), "t@example.com".into()),
         cache_dir: env.path("cache"),
+        fence: Default::default(),
     };
     let info = CommitInfo::default();
     let breaker = Breaker {
@@ -500,4 +501,75 @@ fn git_patch_commits_touch_only_the_named_files() {
         dirs.contains("mapping/shop/core/configmaps/b.yaml"),
         "{dirs}"
     );
+}
+
+/// The fence is asked before every push: a refused fence (a deposed leader) pushes nothing,
+/// full export and patch alike, and the error says why; the next allowed publish goes out.
+#[test]
+fn git_fenced_publish_pushes_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use dr_syncer::export::Tree;
+    use dr_syncer::gitops::{Breaker, CommitInfo, Fence, GitError, Patch, Repo, Target};
+    let env = Env::new();
+    let repo = bare_repo(&env.path("srv"), "dr.git");
+    let daemon = GitDaemon::start(&env.path("srv"));
+    let leader = Arc::new(AtomicBool::new(true));
+    let flag = leader.clone();
+    let target = Target {
+        url: daemon.url("dr.git"),
+        branch: "main".into(),
+        path: "mapping".into(),
+        auth: Default::default(),
+        author: ("t".into(), "t@example.com".into()),
+        cache_dir: env.path("cache"),
+        fence: Fence::new(move || {
+            if flag.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("lost the leader lease to b".into())
+            }
+        }),
+    };
+    let breaker = Breaker {
+        max_percent: 100,
+        max_count: None,
+        allow: false,
+        release: None,
+    };
+    let info = CommitInfo::default();
+    let r = Repo::open(target).unwrap();
+    let mut tree = Tree::default();
+    tree.insert("shop/core/configmaps/a.yaml".into(), b"v: 1\n".to_vec());
+    r.publish(r.fetch().unwrap(), &tree, &info, &breaker)
+        .unwrap();
+    let pushed = head(&repo);
+    leader.store(false, Ordering::SeqCst);
+    tree.insert(
+        "shop/core/configmaps/a.yaml".into(),
+        b"v: 0 (stale)\n".to_vec(),
+    );
+    let err = r
+        .publish(r.fetch().unwrap(), &tree, &info, &breaker)
+        .expect_err("fenced");
+    assert!(matches!(err, GitError::Fenced(_)), "{err}");
+    assert!(err.to_string().contains("lost the leader lease"), "{err}");
+    let patch = Patch::from([(
+        "shop/core/configmaps/a.yaml".to_string(),
+        Some(b"v: 0 (stale)\n".to_vec()),
+    )]);
+    let head_now = r.fetch().unwrap().unwrap();
+    let err = r
+        .publish_patch(head_now, &info, &breaker, |_| {
+            Ok::<_, GitError>(patch.clone())
+        })
+        .expect_err("fenced patch");
+    assert!(err.to_string().contains("lost the leader lease"), "{err}");
+    assert_eq!(head(&repo), pushed, "nothing reached the remote");
+    assert_eq!(show(&repo, "mapping/shop/core/configmaps/a.yaml"), "v: 1\n");
+    leader.store(true, Ordering::SeqCst);
+    r.publish(r.fetch().unwrap(), &tree, &info, &breaker)
+        .unwrap();
+    assert_ne!(head(&repo), pushed, "allowed again: pushed");
 }

@@ -595,3 +595,287 @@ async fn direct_apply_never_scales_down_a_promoted_namespace() {
     );
     assert_eq!(replicas().await, 3, "the live site kept its replicas");
 }
+
+/// Credentials on the source that may read Namespaces and the listed namespaced resources
+/// of `ns` only: a kubeconfig for ServiceAccount `ns/dr-reader`.
+async fn reader_kubeconfig(
+    prod: &ControlPlane,
+    applier: &Applier,
+    ns: &str,
+    resources: &[&str],
+) -> kube::config::Kubeconfig {
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dr-reader", "namespace": ns}}))
+        .await;
+    applier
+        .apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": format!("{ns}-dr-reader")},
+            "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]}))
+        .await;
+    applier
+        .apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": format!("{ns}-dr-reader")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{ns}-dr-reader")},
+            "subjects": [{"kind": "ServiceAccount", "name": "dr-reader", "namespace": ns}]}))
+        .await;
+    applier
+        .apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "dr-reader", "namespace": ns},
+            "rules": [{"apiGroups": [""], "resources": resources, "verbs": ["get", "list", "watch"]}]}))
+        .await;
+    applier
+        .apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "dr-reader", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dr-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "dr-reader", "namespace": ns}]}))
+        .await;
+    prod.service_account_kubeconfig(ns, "dr-reader")
+        .await
+        .unwrap()
+}
+
+fn condition<'a>(
+    nm: &'a NamespaceMapping,
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    nm.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+}
+
+/// A sync that cannot list some types keeps their files but is `Degraded` (condition and
+/// Event naming the types) and does not move the recovery point (`lastCompleteSyncTime`,
+/// `dr_syncer_last_success_timestamp_seconds`); an emptied recipients Secret refuses the
+/// sync instead of dropping every Secret from git.
+#[tokio::test]
+async fn partial_sync_is_degraded_and_empty_recipients_refuse() {
+    let s = site("user-path-degraded").await;
+    s.prod_applier.apply(&namespace("ledger")).await;
+    s.prod_applier
+        .apply(&config_map(
+            "ledger",
+            "ledger-config",
+            json!({"currency": "EUR"}),
+        ))
+        .await;
+    s.prod_applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ledger-db", "namespace": "ledger"},
+            "stringData": {"password": "ledger-password"}}))
+        .await;
+    // The source credentials cannot list Secrets.
+    let kc = reader_kubeconfig(s.prod, &s.prod_applier, "ledger", &["configmaps"]).await;
+    s.kubeconfig_secret("prod-reader-kubeconfig", &kc).await;
+    let mut rc = example("01-remotecluster.yaml");
+    rc["metadata"]["name"] = json!("prod-reader");
+    rc["spec"]["kubeconfigSecretRef"]["name"] = json!("prod-reader-kubeconfig");
+    s.dr_applier.apply(&rc).await;
+    s.deploy_key_secret("dr-state-deploy-key", true).await;
+    let recipients = |body: String| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ledger-recipients", "namespace": NS},
+            "stringData": {"recipients.txt": body}})
+    };
+    s.dr_applier
+        .apply(&recipients(format!("{}\n", s.recipient)))
+        .await;
+    s.dr_applier
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": "ledger", "namespace": NS, "annotations": {"dr-syncer.io/sync-now": "one"}},
+            "spec": {"replicationMode": "Manual", "sourceCluster": "prod-reader", "sourceNamespace": "ledger",
+                     "resourceTypes": ["configmaps", "secrets"],
+                     "destination": {"git": {"url": s.url, "path": "ledger", "credentialsSecretRef": {"name": "dr-state-deploy-key"}}},
+                     "secrets": {"ageRecipientsSecretRef": {"name": "ledger-recipients"}}}}))
+        .await;
+    let nm = s
+        .outcome("ledger", |st| st.last_sync_now.as_deref() == Some("one"))
+        .await
+        .expect("a partial sync is no failure");
+    let status = nm.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        Some(dr_syncer::api::MappingPhase::Degraded),
+        "{status:?}"
+    );
+    let degraded = condition(&nm, "Degraded").expect("Degraded condition");
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded.message.contains("secrets"),
+        "names the type: {}",
+        degraded.message
+    );
+    assert!(
+        status.last_complete_sync_time.is_none(),
+        "no recovery point yet"
+    );
+    let http = s.controller.as_ref().unwrap().http.clone();
+    let rpo_line = |m: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("dr_syncer_last_success_timestamp_seconds")
+                    && l.contains("dr-syncer/ledger")
+            })
+            .map(String::from)
+    };
+    assert_eq!(
+        rpo_line(&chart::metrics(&http)),
+        None,
+        "RPO must not advance"
+    );
+    assert!(
+        s.show("ledger/ledger/core/configmaps/ledger-config.yaml")
+            .is_some()
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(s.dr_admin.clone(), NS);
+    let listed = events.list(&Default::default()).await.unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SyncDegraded")
+                && e.type_.as_deref() == Some("Warning")
+                && e.note.as_deref().is_some_and(|n| n.contains("secrets"))),
+        "a SyncDegraded Warning Event"
+    );
+
+    // Allowed to list Secrets: complete, the recovery point moves.
+    reader_kubeconfig(
+        s.prod,
+        &s.prod_applier,
+        "ledger",
+        &["configmaps", "secrets"],
+    )
+    .await;
+    let nm = s.trigger("ledger", "two").await.expect("complete sync");
+    let status = nm.status.clone().unwrap();
+    assert_eq!(status.phase, Some(dr_syncer::api::MappingPhase::Synced));
+    assert_eq!(condition(&nm, "Degraded").unwrap().status, "False");
+    assert!(status.last_complete_sync_time.is_some());
+    assert!(rpo_line(&chart::metrics(&http)).is_some(), "RPO advanced");
+    let secret_path = "ledger/ledger/core/secrets/ledger-db.sops.yaml";
+    assert!(
+        s.sops_decrypt(secret_path)
+            .contains(&base64_of("ledger-password"))
+    );
+
+    // The recipients Secret emptied: refused, nothing deleted.
+    let head = s.head();
+    s.dr_applier
+        .apply(&recipients("# the DR key was removed by mistake\n".into()))
+        .await;
+    let err = s
+        .trigger("ledger", "three")
+        .await
+        .expect_err("no recipients: refused");
+    assert!(
+        err.contains(
+            "Secret dr-syncer/ledger-recipients key \"recipients.txt\" holds no age recipient"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("the DR key was removed"),
+        "Secret text in status: {err}"
+    );
+    assert_eq!(s.head(), head, "nothing committed");
+    assert!(s.show(secret_path).is_some(), "the Secret stays in git");
+}
+
+fn lease_holder(lease: &k8s_openapi::api::coordination::v1::Lease) -> String {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .unwrap_or_default()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let out = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kill -{sig}: {}", stderr(&out));
+}
+
+/// Two replicas with the chart's leader election: the leader is paused (SIGSTOP) past its
+/// lease while a change waits in its debounce window, the standby takes over and commits
+/// newer changes, then the old leader resumes (SIGCONT): it pushes nothing (writes are
+/// fenced by the lease) and exits, as the README says a replica that loses the lease does.
+#[tokio::test]
+async fn a_deposed_leader_pushes_nothing_after_resuming() {
+    let mut s = site("user-path-fence-a").await;
+    // The site's controller runs without leader election: replace it by two that elect.
+    s.controller = None;
+    let sets = [
+        format!("watchNamespace={NS}"),
+        "leaderElection.enabled=true".to_string(),
+        "leaderElection.leaseDuration=5".to_string(),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let work = s.work.path().join("controller");
+    let mut a = chart::start(&s._dr, NS, &sets, &work, "user-path-fence-a", &[]).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(s.dr_admin.clone(), NS);
+    let wait_holder = |who: &'static str| {
+        let leases = leases.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(l) = leases.get("dr-syncer-controller").await
+                    && lease_holder(&l).starts_with(who)
+                {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{who} never became leader");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_holder("user-path-fence-a").await;
+    s.prod_applier.apply(&namespace("orders")).await;
+    s.prod_applier
+        .apply(&config_map("orders", "orders-config", json!({"v": "1"})))
+        .await;
+    s.deploy_key_secret("dr-state-deploy-key", true).await;
+    s.dr_applier
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": "orders", "namespace": NS},
+            "spec": {"replicationMode": "Continuous", "continuous": {"debounce": "3s", "maxDelay": "10s"},
+                     "sourceNamespace": "orders", "sourceCluster": "prod", "resourceTypes": ["configmaps"],
+                     "destination": {"git": {"url": s.url, "path": "orders", "credentialsSecretRef": {"name": "dr-state-deploy-key"}}}}}))
+        .await;
+    let path = "orders/orders/core/configmaps/orders-config.yaml";
+    s.committed(path, "first sync by a", |b| b.contains("v: \"1\""))
+        .await;
+    let b = chart::start(&s._dr, NS, &sets, &work, "user-path-fence-b", &[]).await;
+
+    // A change waits in a's debounce window; a is paused before it fires.
+    s.prod_applier
+        .apply(&config_map("orders", "orders-config", json!({"v": "2"})))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let a_pid = a.process.0.id();
+    signal(a_pid, "STOP");
+    wait_holder("user-path-fence-b").await;
+    s.committed(path, "b's startup sync", |body| body.contains("v: \"2\""))
+        .await;
+    s.prod_applier
+        .apply(&config_map("orders", "orders-config", json!({"v": "3"})))
+        .await;
+    s.committed(path, "b's patch sync", |body| body.contains("v: \"3\""))
+        .await;
+    let head = s.head();
+
+    // a resumes with its stale batch (v: 2) due at once.
+    signal(a_pid, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = a.process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deposed leader did not exit in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!exit.success(), "exits with an error: {exit:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.head(), head, "the deposed leader pushed after resuming");
+    assert!(s.show(path).unwrap().contains("v: \"3\""));
+    drop(b);
+}

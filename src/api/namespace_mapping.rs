@@ -472,9 +472,13 @@ pub struct NamespaceMappingStatus {
     /// Generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// End of the last successful sync.
+    /// End of the last successful sync (complete or not; schedules count from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+    /// End of the last sync that listed every type: the recovery point (RPO = now minus
+    /// this). A sync that could not list some types does not move it (phase `Degraded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_complete_sync_time: Option<Time>,
     /// Next scheduled sync (`Scheduled` mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_sync_time: Option<Time>,
@@ -595,6 +599,10 @@ pub enum MappingPhase {
     Syncing,
     /// The last sync succeeded.
     Synced,
+    /// The last sync wrote what it could read, but some types could not be listed: their
+    /// files were kept as they were and may be stale (condition `Degraded` names them).
+    /// `lastCompleteSyncTime` stays at the last complete sync.
+    Degraded,
     /// The mass-deletion breaker holds the last batch.
     Held,
     /// The last sync failed.

@@ -73,6 +73,13 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
             eprintln!("error: {e}");
             Ok(ExitCode::from(2))
         }
+        // Exit at once: returning would wait for blocking git work still in flight, and a
+        // deposed leader must stop writing now (pushes are fenced as well).
+        Err(e @ RunError::LostLeadership) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
         Err(e) => Err(e).context("controller"),
     }
 }

@@ -166,6 +166,7 @@ pub fn target(
                 .unwrap_or_else(|| "dr-syncer@dr-syncer.io".into()),
         ),
         cache_dir,
+        fence: Default::default(),
     }))
 }
 

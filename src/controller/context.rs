@@ -50,6 +50,10 @@ pub struct Ctx {
     pub metrics: Arc<super::metrics::Metrics>,
     inputs: Mutex<HashMap<String, String>>,
     synced: Mutex<std::collections::HashSet<String>>,
+    /// With leader election: the lease every write is checked against (fencing).
+    pub leadership: Option<super::leader::Leadership>,
+    /// The blocking form of `leadership`, handed to git pushes.
+    pub fence: crate::gitops::Fence,
 }
 
 /// Name of the Secret holding the fingerprint key.
@@ -83,6 +87,8 @@ impl Ctx {
             metrics,
             inputs: Mutex::default(),
             synced: Mutex::default(),
+            leadership: None,
+            fence: Default::default(),
         })
     }
 
@@ -141,6 +147,14 @@ impl Ctx {
     }
 
     /// The lock of one mapping (`namespace/name`).
+    /// Whether this replica may write now (always, without leader election).
+    pub async fn may_write(&self) -> Result<(), String> {
+        match &self.leadership {
+            Some(l) => l.check().await,
+            None => Ok(()),
+        }
+    }
+
     pub fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()

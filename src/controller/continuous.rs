@@ -261,10 +261,10 @@ async fn watch_mapping(
                         tracker.drop_namespace(ns);
                     }
                     if !left.is_empty() || joined.is_some() {
-                        tracker.require_full(joined.clone().unwrap_or_else(|| "a namespace left the selection".into()));
+                        tracker.require_full(joined.as_ref().map(|j| j.to_string()).unwrap_or_else(|| "a namespace left the selection".into()));
                         changed = true;
                     }
-                    restart = matches!(scope, Scope::Selected(_)) && joined.is_some_and(|j| j.starts_with("namespace joined"));
+                    restart = matches!(scope, Scope::Selected(_)) && matches!(joined, Some(NamespaceChange::Joined(_)));
                 }
                 ev = events.next() => {
                     let Some((rt, ev)) = ev else { break 'streams };
@@ -339,13 +339,33 @@ pub struct Incoming {
     pub kubernetes_version: String,
 }
 
+/// Why a Namespace event needs a full sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NamespaceChange {
+    /// Namespaces joined the selection: their objects must be listed (streams restart).
+    Joined(Vec<String>),
+    /// A selected Namespace's labels or annotations changed (the exported Namespace).
+    Changed(String),
+}
+
+impl std::fmt::Display for NamespaceChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NamespaceChange::Joined(names) => {
+                write!(f, "namespace joined the selection: {}", names.join(", "))
+            }
+            NamespaceChange::Changed(name) => write!(f, "namespace {name} changed"),
+        }
+    }
+}
+
 /// Applies a Namespace watch event to the selection. Returns why a full sync is needed
-/// (`namespace joined …` or `namespace … changed`) and the namespaces that left.
+/// and the namespaces that left.
 fn namespace_event(
     ev: watcher::Event<Namespace>,
     selected: &mut BTreeSet<String>,
     hashes: &mut HashMap<String, u64>,
-) -> (Option<String>, Vec<String>) {
+) -> (Option<NamespaceChange>, Vec<String>) {
     let hash = |n: &Namespace| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         serde_json::to_string(&(&n.metadata.labels, &n.metadata.annotations))
@@ -369,8 +389,7 @@ fn namespace_event(
             let first = selected.is_empty() && left.is_empty();
             *selected = now;
             // The first listing is the baseline: the startup sync covers it.
-            let why = (!first && !joined.is_empty())
-                .then(|| format!("namespace joined the selection: {}", joined.join(", ")));
+            let why = (!first && !joined.is_empty()).then_some(NamespaceChange::Joined(joined));
             (why, left)
         }
         watcher::Event::Apply(n) => {
@@ -378,12 +397,9 @@ fn namespace_event(
             let new = hash(&n);
             let old = hashes.insert(name.clone(), new);
             if selected.insert(name.clone()) {
-                (
-                    Some(format!("namespace joined the selection: {name}")),
-                    Vec::new(),
-                )
+                (Some(NamespaceChange::Joined(vec![name])), Vec::new())
             } else if old != Some(new) {
-                (Some(format!("namespace {name} changed")), Vec::new())
+                (Some(NamespaceChange::Changed(name)), Vec::new())
             } else {
                 (None, Vec::new())
             }

@@ -79,6 +79,13 @@ pub async fn run(
     let mut summary = batch.summary;
     let secrets_kind = "secrets";
     if let Some(counts) = summary.kinds.get_mut(secrets_kind) {
+        // Without recipients a changed Secret cannot be written: the full sync decides
+        // whether that is allowed (it refuses when the repository holds encrypted Secrets).
+        if recipients.is_empty() && counts.exported > 0 {
+            return Err(IncrementalError::NeedsFull(
+                "a Secret changed and no age recipients are configured".into(),
+            ));
+        }
         if recipients.is_empty() {
             counts.secrets_skipped = counts.exported;
             counts.exported = 0;

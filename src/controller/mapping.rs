@@ -174,7 +174,10 @@ async fn sync_and_record(
     tracing::info!(mapping = %key, reason, "sync started");
     let cm = match crate::refs::cluster_mapping(&ctx.client, nm).await {
         Ok(cm) => cm,
-        Err(e) => return finish_failed(ctx, nm, prev, &e.to_string(), false).await,
+        Err(e) => {
+            let e = sync::SyncError::Ref(e);
+            return finish_failed(ctx, nm, prev, &e).await;
+        }
     };
     let trigger = nm.annotations().get(keys::SYNC_NOW).cloned();
     // A watched batch is published as a patch when it can be; otherwise (or when the patch
@@ -215,13 +218,21 @@ async fn sync_and_record(
             record_success(ctx, &key, &report);
             ctx.mark_synced(&key);
             write_status(ctx, nm, s).await?;
-            event(ctx, nm, false, "Synced", note).await;
+            match status::degraded_types(&report) {
+                Some(types) => {
+                    let note = format!(
+                        "{note}; could not list {types}: their files were kept and may be stale"
+                    );
+                    event(ctx, nm, true, "SyncDegraded", note).await;
+                }
+                None => event(ctx, nm, false, "Synced", note).await,
+            }
             Ok(match nm.spec.replication_mode {
                 ReplicationMode::Manual => Action::await_change(),
                 _ => Action::requeue(Duration::from_secs(1)),
             })
         }
-        Err(e) => finish_failed(ctx, nm, prev, &e.to_string(), e.held()).await,
+        Err(e) => finish_failed(ctx, nm, prev, &e).await,
     }
 }
 
@@ -274,9 +285,12 @@ fn record_success(ctx: &Ctx, key: &str, report: &sync::SyncReport) {
         })
         .inc();
     m.breaker_held.get_or_create(&label).set(0);
-    m.last_success
-        .get_or_create(&label)
-        .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+    // RPO: only a complete sync is a recovery point (a partial one left types stale).
+    if report.summary.failures.is_empty() {
+        m.last_success
+            .get_or_create(&label)
+            .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+    }
     for (kind, counts) in &report.summary.kinds {
         let exported = counts.exported.saturating_sub(counts.secrets_skipped);
         m.objects_exported
@@ -292,9 +306,9 @@ async fn finish_failed(
     ctx: &Ctx,
     nm: &NamespaceMapping,
     prev: &NamespaceMappingStatus,
-    message: &str,
-    held: bool,
+    error: &sync::SyncError,
 ) -> Result<Action, ControllerError> {
+    let (message, held) = (&error.to_string(), error.held());
     tracing::warn!(mapping = %nm.name_any(), held, error = message, "sync failed");
     let label = super::metrics::MappingLabel {
         mapping: format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any()),
@@ -304,7 +318,7 @@ async fn finish_failed(
         .breaker_held
         .get_or_create(&label)
         .set(i64::from(held));
-    if message.starts_with("remote ") {
+    if error.is_push_failure() {
         ctx.metrics.push_failures.get_or_create(&label).inc();
     }
     write_status(

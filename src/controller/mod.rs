@@ -8,6 +8,7 @@ pub mod continuous;
 pub mod direct;
 pub mod http;
 pub mod incremental;
+pub mod leader;
 pub mod mapping;
 pub mod metrics;
 pub mod schedule;
@@ -99,7 +100,7 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
     let mut leadership = None;
     if let Some(duration) = opts.leader_election {
         let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "dr-syncer-controller")
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), leader::LEASE_NAME)
                 .with_namespace(&settings.namespace)
                 .with_identity(&opts.instance)
                 .with_duration(duration)
@@ -122,7 +123,17 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let ctx = Arc::new(Ctx::new(client, settings, opts.instance.clone(), metrics).await?);
+    let mut ctx = Ctx::new(client, settings, opts.instance.clone(), metrics).await?;
+    if leadership.is_some() {
+        let lease = leader::Leadership {
+            client: ctx.client.clone(),
+            namespace: ctx.settings.namespace.clone(),
+            identity: opts.instance.clone(),
+        };
+        ctx.fence = lease.fence();
+        ctx.leadership = Some(lease);
+    }
+    let ctx = Arc::new(ctx);
     let (clusters, cluster_mappings): (Api<RemoteCluster>, Api<ClusterMapping>) =
         match &ctx.settings.watch_namespace {
             Some(ns) => (

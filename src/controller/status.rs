@@ -78,28 +78,43 @@ pub fn synced(
         secrets_skipped: totals.secrets_skipped as i64,
         duration_millis: report.duration.as_millis() as i64,
     });
-    s.phase = Some(MappingPhase::Synced);
+    let partial = !report.summary.failures.is_empty();
+    // A partial sync leaves the unlisted types as they were: the recovery point only moves
+    // with a complete sync.
+    s.phase = Some(if partial {
+        MappingPhase::Degraded
+    } else {
+        MappingPhase::Synced
+    });
     s.last_sync_time = Some(now.clone());
+    if !partial {
+        s.last_complete_sync_time = Some(now.clone());
+    }
     s.last_error = None;
     s.observed_generation = generation;
     if trigger.is_some() {
         s.last_sync_now = trigger;
     }
-    let partial = !report.summary.failures.is_empty();
-    let message = if partial {
-        let failed: Vec<String> = report
-            .summary
-            .failures
-            .iter()
-            .map(|f| f.what.clone())
-            .collect();
-        format!(
-            "synced; could not list {} (their files were kept)",
-            failed.join(", ")
-        )
-    } else {
-        "synced".to_string()
+    let message = match degraded_types(report) {
+        Some(types) => format!("synced; could not list {types} (their files were kept)"),
+        None => "synced".to_string(),
     };
+    let (reason, degraded_message) = match degraded_types(report) {
+        Some(types) => (
+            "TypesNotListed",
+            format!("could not list {types}: their files were kept and may be stale"),
+        ),
+        None => ("AllTypesListed", "every type was listed".to_string()),
+    };
+    set_condition(
+        &mut s.conditions,
+        "Degraded",
+        partial,
+        reason,
+        &degraded_message,
+        generation,
+        now.clone(),
+    );
     set_condition(
         &mut s.conditions,
         "Ready",
@@ -123,6 +138,20 @@ pub fn synced(
         now,
     );
     s
+}
+
+/// The types a sync could not list, as `a, b (ns)`; `None` for a complete sync.
+pub fn degraded_types(report: &SyncReport) -> Option<String> {
+    let failed: Vec<String> = report
+        .summary
+        .failures
+        .iter()
+        .map(|f| match &f.namespace {
+            Some(ns) => format!("{} in {ns}", f.what),
+            None => f.what.clone(),
+        })
+        .collect();
+    (!failed.is_empty()).then(|| failed.join(", "))
 }
 
 /// Status after a failed sync. `held`: the breaker stopped it.

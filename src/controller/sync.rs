@@ -35,12 +35,21 @@ pub enum SyncError {
     /// The git destination failed (or the breaker held the batch).
     #[error(transparent)]
     Git(#[from] GitError),
+    /// This replica lost the leader lease: nothing was written.
+    #[error("not written: {0}")]
+    NotLeader(String),
     /// The direct destination failed (or the breaker held the batch).
     #[error("DR cluster: {0}")]
     Direct(#[from] super::direct::DirectError),
 }
 
 impl SyncError {
+    /// Whether the git remote could not be reached or refused the push (the
+    /// `dr_syncer_push_failures_total` metric).
+    pub fn is_push_failure(&self) -> bool {
+        matches!(self, SyncError::Git(GitError::Remote { .. }))
+    }
+
     /// Whether the mass-deletion breaker stopped the sync.
     pub fn held(&self) -> bool {
         matches!(
@@ -131,6 +140,8 @@ pub async fn run(
             .and_then(|d| d.cluster.as_ref()),
     ) {
         let dr = refs::cluster_client(&ctx.client, &dr_ref).await?;
+        // A deposed leader must not apply an older snapshot over the new leader's.
+        ctx.may_write().await.map_err(SyncError::NotLeader)?;
         // Never prune a type whose listing failed: its objects were not read.
         let failed: Vec<String> = summary.failures.iter().map(|f| f.what.clone()).collect();
         let prunable: Vec<_> = if cluster.prune {
@@ -175,6 +186,13 @@ pub async fn run(
         if previous.files.contains_key(PROMOTED_FILE) {
             return Err(SyncError::Config(PROMOTED_MESSAGE.into()));
         }
+        if recipients.is_empty()
+            && let Some(path) = previous.files.keys().find(|p| is_encrypted_secret(p))
+        {
+            return Err(SyncError::Config(format!(
+                "no age recipients are configured, but the repository holds encrypted Secrets (e.g. {path}); refusing to sync, which would delete them: set spec.secrets (or the ClusterMapping's defaults.secrets)"
+            )));
+        }
         let writer = SecretWriter {
             recipients,
             fingerprint_key: &key,
@@ -192,6 +210,12 @@ pub async fn run(
         duration: start.elapsed(),
         patch: false,
     })
+}
+
+/// Whether `path` (relative to the mapping's root) is a Secret file written by the SOPS
+/// encryption (`<ns>/core/secrets/<name>.sops.yaml`).
+pub fn is_encrypted_secret(path: &str) -> bool {
+    path.ends_with(".sops.yaml") && path.contains("/core/secrets/")
 }
 
 /// The git destination of a mapping (its own or the ClusterMapping's default) with
@@ -231,6 +255,7 @@ pub async fn git_setup(
                 .unwrap_or_else(|| "dr-syncer@dr-syncer.io".into()),
         ),
         cache_dir: ctx.settings.cache_dir.clone(),
+        fence: ctx.fence.clone(),
     };
     let recipients = Recipients::from_list(&refs::recipients(&ctx.client, refs).await?)
         .map_err(|e| SyncError::Config(format!("spec.secrets.ageRecipients: {e}")))?;

@@ -50,6 +50,10 @@ pub enum GitError {
     /// The breaker held the batch.
     #[error(transparent)]
     Held(#[from] Held),
+    /// The fence refused the push (this process is no longer the leader); nothing was
+    /// pushed, the commit stays local and is dropped by the next rebuild.
+    #[error("not pushed: {0}")]
+    Fenced(String),
     /// Filesystem error.
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
@@ -77,6 +81,40 @@ pub struct Target {
     pub author: (String, String),
     /// Where local clones are cached.
     pub cache_dir: PathBuf,
+    /// Asked right before every push; see [`Fence`].
+    pub fence: Fence,
+}
+
+/// The check a push must pass, asked right before every push attempt: a controller replica
+/// that lost its leader lease (e.g. it was paused past the lease) must not push an older
+/// snapshot over the new leader's commits. `Err` names why; an error while checking must
+/// be returned as `Err` (fail closed). The default lets every push through (CLI use).
+#[derive(Clone, Default)]
+pub struct Fence(Option<std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>>);
+
+impl Fence {
+    /// A fence asking `check` before each push.
+    pub fn new(check: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Fence(Some(std::sync::Arc::new(check)))
+    }
+
+    /// `Ok` when a push may go ahead.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.0 {
+            Some(f) => f(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Fence(checked)"
+        } else {
+            "Fence(none)"
+        })
+    }
 }
 
 /// What a sync contributes to the commit message.
@@ -235,6 +273,9 @@ impl Repo {
                 "dr-syncer sync",
             )
             .map_err(git("updating the local branch"))?;
+        // Checked after the commit is built and before anything leaves this process: the
+        // window between the check and the push is one local call.
+        self.target.fence.check().map_err(GitError::Fenced)?;
         match transport::push(&self.repo, &self.target) {
             Ok(()) => Ok(Pushed::Done(Published::Committed {
                 sha: commit.to_string(),

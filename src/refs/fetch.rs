@@ -277,6 +277,17 @@ pub async fn recipients(client: &Client, refs: MappingRefs<'_>) -> Result<Vec<St
                 ),
             )
         })?);
+        // An emptied recipients Secret is a configuration error, not "skip Secrets": the
+        // sync would otherwise drop every Secret from git.
+        if out.is_empty() {
+            return Err(invalid(
+                &field,
+                format!(
+                    "Secret {ns}/{} key {key:?} holds no age recipient, so Secrets could not be encrypted; refusing to sync (every Secret would be dropped from git)",
+                    r.name
+                ),
+            ));
+        }
     }
     Ok(out)
 }

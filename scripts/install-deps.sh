@@ -14,6 +14,9 @@ declare -A NEEDED=(
   [pkg-config]=pkg-config       # building libgit2/libssh2 bindings
   [/usr/include/openssl/ssl.h]=libssl-dev
   [/usr/bin/time]=time          # benchmarks measure peak RSS with GNU time
+  [nginx]=nginx                 # git over HTTPS in tests: nginx + fcgiwrap + git http-backend
+  [fcgiwrap]=fcgiwrap
+  [openssl]=openssl             # the HTTPS git server's htpasswd hash (openssl passwd -apr1)
 )
 
 missing=()

@@ -163,6 +163,83 @@ fn chart_lints_and_renders_its_options() {
         );
     }
 
+    // An in-house git CA: a ConfigMap mounted read-only, its path in SSL_CERT_FILE (which
+    // libgit2's OpenSSL reads; tests/user_paths_https.rs proves it), pods rolled on change.
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    for (sets, configmap, key) in [
+        (
+            vec![format!("git.caBundle={pem}")],
+            "dr-syncer-git-ca",
+            "ca.crt",
+        ),
+        (
+            vec![
+                "git.caBundleConfigMap.name=corp-ca".to_string(),
+                "git.caBundleConfigMap.key=bundle.pem".to_string(),
+            ],
+            "corp-ca",
+            "bundle.pem",
+        ),
+    ] {
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let objs = render("dr", &sets);
+        let rendered_cm = objs
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == configmap);
+        let template = &deployment(&objs)["spec"]["template"];
+        let pod = &template["spec"];
+        let container = &pod["containers"][0];
+        assert!(
+            container["env"].as_array().unwrap().contains(
+                &json!({"name": "SSL_CERT_FILE", "value": "/etc/dr-syncer/git-ca/ca.crt"})
+            ),
+            "{sets:?}: {}",
+            container["env"]
+        );
+        assert!(
+            container["volumeMounts"].as_array().unwrap().contains(
+                &json!({"name": "git-ca", "mountPath": "/etc/dr-syncer/git-ca", "readOnly": true})
+            ),
+            "{sets:?}"
+        );
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "git-ca",
+                "configMap": {"name": configmap, "items": [{"key": key, "path": "ca.crt"}]}})),
+            "{sets:?}: {}",
+            pod["volumes"]
+        );
+        if configmap == "dr-syncer-git-ca" {
+            let cm = rendered_cm.expect("the chart renders the bundle's ConfigMap");
+            assert_eq!(cm["data"]["ca.crt"], pem, "the PEM as given");
+            assert!(
+                template["metadata"]["annotations"]["checksum/git-ca"].is_string(),
+                "a new bundle rolls the pods"
+            );
+        } else {
+            assert!(
+                rendered_cm.is_none(),
+                "an existing ConfigMap is only mounted"
+            );
+        }
+    }
+    let both = helm_run(&[
+        "template",
+        "dr-syncer",
+        CHART,
+        "--set",
+        &format!("git.caBundle={pem}"),
+        "--set",
+        "git.caBundleConfigMap.name=corp-ca",
+    ]);
+    assert!(
+        !both.status.success()
+            && String::from_utf8_lossy(&both.stderr).contains("exclusive: set one"),
+        "{both:?}"
+    );
+
     // The schema names the bad value.
     let cases = [
         ("replicaCount=-1", "/replicaCount"),
@@ -171,6 +248,8 @@ fn chart_lints_and_renders_its_options() {
         ("metrics.port=70000", "/metrics/port"),
         ("unknownKey=1", "unknownKey"),
         ("agent.allow={no-port}", "/agent/allow/0"),
+        // A path where the PEM belongs (`--set` instead of `--set-file`).
+        ("git.caBundle=/etc/ssl/corp-ca.crt", "/git/caBundle"),
     ];
     for (set, field) in cases {
         let out = helm_run(&["template", "dr-syncer", CHART, "--set", set]);

@@ -1,7 +1,8 @@
 //! The controller as users install it: the Helm chart rendered with `helm template`, applied
 //! to a real apiserver, and the binary started with the rendered Deployment's args and env
 //! and the chart's ServiceAccount token. Only what a pod provides differently here is
-//! substituted: a free port for `--http-addr` and a writable `--cache-dir`.
+//! substituted: a free port for `--http-addr`, a writable `--cache-dir`, and ConfigMap
+//! volumes as local copies (env values pointing into them follow).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -110,6 +111,14 @@ pub async fn start(
         })
         .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
+    let mounts = config_map_volumes(
+        plane,
+        ns,
+        &rendered,
+        pod,
+        &work.join(format!("{name}-volumes")),
+    )
+    .await;
     let dir = dr_syncer_testkit::target_dir().join("test-logs");
     std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
@@ -125,13 +134,13 @@ pub async fn start(
             Some("metadata.namespace") => ns.to_string(),
             Some("metadata.name") => format!("{name}-7d9f-abcde"),
             Some(other) => panic!("unexpected fieldRef {other}"),
-            None => e["value"].as_str().unwrap().to_string(),
+            None => local_path(&mounts, e["value"].as_str().unwrap()),
         };
         if env_name != "DR_SYNCER_LOG" {
             cmd.env(env_name, value);
         }
     }
-    let process = Running(cmd.spawn().unwrap());
+    let process = Running::spawn(&mut cmd);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !Command::new("curl")
         .args(["-sf", &format!("http://{http}/readyz")])
@@ -148,6 +157,83 @@ pub async fn start(
         http,
         args,
     }
+}
+
+/// The pod's ConfigMap volumes as the kubelet would mount them: each mount's files (the
+/// listed `items`, else every key) written below `dir`, read from the rendered chart or, for
+/// a ConfigMap the chart does not create, from the apiserver. Returns `(mountPath, local
+/// directory)` pairs.
+async fn config_map_volumes(
+    plane: &ControlPlane,
+    ns: &str,
+    rendered: &[Value],
+    pod: &Value,
+    dir: &Path,
+) -> Vec<(String, std::path::PathBuf)> {
+    let mut mounts = Vec::new();
+    for m in pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap();
+        let Some(cm) = volume["configMap"]["name"].as_str() else {
+            continue;
+        };
+        let data = match rendered
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == cm)
+        {
+            Some(o) => o["data"].clone(),
+            None => {
+                let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+                    kube::Api::namespaced(plane.client().await.unwrap(), ns);
+                serde_json::to_value(api.get(cm).await.unwrap().data.unwrap_or_default()).unwrap()
+            }
+        };
+        let local = dir.join(m["name"].as_str().unwrap());
+        std::fs::create_dir_all(&local).unwrap();
+        let files: Vec<(String, String)> = match volume["configMap"]["items"].as_array() {
+            Some(items) => items
+                .iter()
+                .map(|i| {
+                    (
+                        i["key"].as_str().unwrap().to_string(),
+                        i["path"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect(),
+            None => data
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| (k.clone(), k.clone()))
+                .collect(),
+        };
+        for (key, path) in files {
+            let body = data[&key]
+                .as_str()
+                .unwrap_or_else(|| panic!("ConfigMap {cm} has no key {key}"));
+            std::fs::write(local.join(path), body).unwrap();
+        }
+        mounts.push((m["mountPath"].as_str().unwrap().to_string(), local));
+    }
+    mounts
+}
+
+/// `value` with a mounted path replaced by its local copy (see [`config_map_volumes`]).
+fn local_path(mounts: &[(String, std::path::PathBuf)], value: &str) -> String {
+    for (mount, local) in mounts {
+        if let Some(rest) = value.strip_prefix(&format!("{mount}/")) {
+            return local.join(rest).display().to_string();
+        }
+    }
+    value.to_string()
 }
 
 /// One scrape of the controller's `/metrics`.

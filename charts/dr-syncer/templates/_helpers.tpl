@@ -26,3 +26,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "dr-syncer.leaderElection" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
 {{- end -}}
+
+{{/* The ConfigMap holding the git CA bundle ("" when none is configured). */}}
+{{- define "dr-syncer.gitCaConfigMap" -}}
+{{- if and .Values.git.caBundle .Values.git.caBundleConfigMap.name -}}
+{{- fail "git.caBundle and git.caBundleConfigMap.name are exclusive: set one" -}}
+{{- else if .Values.git.caBundle -}}
+{{- printf "%s-git-ca" (include "dr-syncer.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- .Values.git.caBundleConfigMap.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The key of the bundle in that ConfigMap. */}}
+{{- define "dr-syncer.gitCaKey" -}}
+{{- if .Values.git.caBundle -}}ca.crt{{- else -}}{{ default "ca.crt" .Values.git.caBundleConfigMap.key }}{{- end -}}
+{{- end -}}

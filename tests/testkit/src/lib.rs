@@ -8,6 +8,7 @@
 
 pub mod envtest;
 pub mod git;
+pub mod git_https;
 pub mod objects;
 pub mod process;
 pub mod tools;

@@ -39,6 +39,9 @@ fn example(file: &str) -> Value {
 /// A source cluster (shared by the tests of this file, one namespace each), a DR cluster
 /// with the chart-installed controller, and a git server over SSH.
 struct Site {
+    // Dropped first (fields drop in declaration order): an apiserver stopped under a
+    // controller's open watches waits a minute for them to drain.
+    controller: Option<ChartController>,
     prod: &'static ControlPlane,
     prod_applier: Applier,
     _dr: ControlPlane,
@@ -50,7 +53,6 @@ struct Site {
     identity: age::x25519::Identity,
     recipient: String,
     work: tempfile::TempDir,
-    controller: Option<ChartController>,
 }
 
 async fn site(name: &str) -> Site {
@@ -75,6 +77,7 @@ async fn site(name: &str) -> Site {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let site = Site {
+        controller: Some(controller),
         prod,
         prod_applier,
         _dr: dr,
@@ -86,7 +89,6 @@ async fn site(name: &str) -> Site {
         identity,
         recipient,
         work,
-        controller: Some(controller),
     };
     // The source cluster: examples/crs/02 (prod) without its PVC agent, which these tests
     // do not exercise; its kubeconfig Secret holds an admin kubeconfig of the source.
@@ -878,4 +880,104 @@ async fn a_deposed_leader_pushes_nothing_after_resuming() {
     assert_eq!(s.head(), head, "the deposed leader pushed after resuming");
     assert!(s.show(path).unwrap().contains("v: \"3\""));
     drop(b);
+}
+
+/// The YAML block of `docs/runbook.md` that follows `heading`.
+fn runbook_yaml(heading: &str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/runbook.md")).unwrap();
+    let section = &doc[doc.find(heading).expect("runbook section")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = section[start..].find("```").unwrap();
+    section[start..start + end].to_string()
+}
+
+/// docs/runbook.md §2–§4 as written, in the controller's own cluster: the age key from the
+/// real `age-keygen`, the deploy-key Secret made with `kubectl create secret generic
+/// --from-file` exactly as §2 shows, the NamespaceMapping of §3 (URL and recipient
+/// substituted), and §4's checks: `kubectl get nsm -o wide` shows Synced and `dr-syncer
+/// decrypt` round-trips a Secret with the age key file.
+#[tokio::test]
+async fn runbook_keys_mapping_and_verify_as_written() {
+    let s = site("user-path-runbook").await;
+    let dir = s.work.path().join("runbook");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keygen = Command::new(dr_syncer_testkit::tools::debian("age-keygen", "age"))
+        .arg("-o")
+        .arg(dir.join("dr.agekey"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "age-keygen: {}", stderr(&keygen));
+    let agekey = std::fs::read_to_string(dir.join("dr.agekey")).unwrap();
+    let recipient = agekey
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("age-keygen prints the public key")
+        .to_string();
+    // §2: the deploy key and pinned host key, as files, into a Secret with kubectl.
+    let kubectl = |args: &[&str]| {
+        let out = s._dr.kubectl().unwrap().args(args).output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "dr-git",
+        &format!("--from-file=identity={}", s.sshd.client_key.display()),
+        &format!("--from-file=known_hosts={}", s.sshd.known_hosts.display()),
+    ]);
+    // The source: the controller's own cluster.
+    s.dr_applier.apply(&namespace("shop")).await;
+    s.dr_applier
+        .apply(&config_map("shop", "shop-config", json!({"color": "blue"})))
+        .await;
+    s.dr_applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "shop"},
+            "stringData": {"password": "runbook-password"}}))
+        .await;
+    // §3, with the host and the recipient substituted.
+    let yaml = runbook_yaml("## 3. Describe what to replicate")
+        .replace("ssh://git@git.example.com/platform/dr.git", &s.url)
+        .replace("age1…", &recipient);
+    std::fs::write(dir.join("shop.yaml"), &yaml).unwrap();
+    kubectl(&["apply", "-f", dir.join("shop.yaml").to_str().unwrap()]);
+    s.committed(
+        "prod/shop/core/configmaps/shop-config.yaml",
+        "runbook sync",
+        |b| b.contains("color: blue"),
+    )
+    .await;
+    // §4: verify.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let wide = kubectl(&["get", "nsm", "-n", NS, "-o", "wide"]);
+        if wide.contains("Synced") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kubectl get nsm: {wide}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let file = dir.join("db.sops.yaml");
+    std::fs::write(
+        &file,
+        s.show("prod/shop/core/secrets/db.sops.yaml").unwrap(),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .arg("decrypt")
+        .arg(&file)
+        .arg("-i")
+        .arg(dir.join("dr.agekey"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "decrypt: {}", stderr(&out));
+    let plain = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        plain.contains("runbook-password") || plain.contains(&base64_of("runbook-password")),
+        "{plain}"
+    );
 }

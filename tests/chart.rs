@@ -8,6 +8,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::chart::{CHART, deployment, render, strings};
 use common::{Running, free_addr, install_crds};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer_testkit::envtest;
@@ -17,30 +18,8 @@ use dr_syncer_testkit::tools::helm;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dr-syncer");
-
 fn helm_run(args: &[&str]) -> Output {
     Command::new(helm()).args(args).output().unwrap()
-}
-
-/// `helm template dr-syncer <chart> -n <ns> <sets…>` as objects.
-fn render(ns: &str, sets: &[&str]) -> Vec<Value> {
-    let mut args = vec!["template", "dr-syncer", CHART, "-n", ns];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    let out = helm_run(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split("\n---")
-        .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
 }
 
 fn kinds(objs: &[Value]) -> Vec<String> {
@@ -52,18 +31,6 @@ fn kinds(objs: &[Value]) -> Vec<String> {
                 o["metadata"]["name"].as_str().unwrap()
             )
         })
-        .collect()
-}
-
-fn deployment(objs: &[Value]) -> &Value {
-    objs.iter().find(|o| o["kind"] == "Deployment").unwrap()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
         .collect()
 }
 
@@ -399,7 +366,7 @@ async fn chart_installs_and_its_controller_syncs_with_least_privilege() {
         };
         cmd.env(name, value);
     }
-    let _controller = Running(cmd.spawn().unwrap());
+    let _controller = Running::spawn(&mut cmd);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !Command::new("curl")
         .args(["-sf", &format!("http://{http}/readyz")])

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Running, free_addr, install_crds, start_controller_with};
+use common::{Running, Text, eventually, free_addr, install_crds, start_controller_with};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer::sops::Identities;
 use dr_syncer_testkit::envtest::{self, ControlPlane};
@@ -39,19 +39,11 @@ async fn wait_for<F: Fn(&NamespaceMapping) -> bool>(
     what: &str,
     f: F,
 ) -> NamespaceMapping {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
+    eventually(what, Duration::from_secs(secs), || async {
         let nm = api.get(name).await.unwrap();
-        if f(&nm) {
-            return nm;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not reached within {secs}s; status: {:?}",
-            nm.status
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if f(&nm) { Ok(nm) } else { Err(nm.status) }
+    })
+    .await
 }
 
 /// Sets `dr-syncer.io/sync-now` to `value` and waits until the mapping recorded it as
@@ -282,11 +274,10 @@ async fn controller_exits_with_an_install_hint_without_crds() {
 }
 
 async fn wait_until<F: Fn() -> bool>(secs: u64, what: &str, f: F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} not within {secs}s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(what, Duration::from_secs(secs), || {
+        std::future::ready(f().then_some(()))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -490,18 +481,19 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
         Some("1")
     );
     nms.delete("continuous", &Default::default()).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(45);
-    loop {
-        let metrics = http_get(&http, "/metrics").1;
-        if watch_gauge(&metrics).as_deref() == Some("0") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the watch of a deleted mapping still runs: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually(
+        "the watch of a deleted mapping stops",
+        Duration::from_secs(45),
+        || async {
+            let metrics = http_get(&http, "/metrics").1;
+            if watch_gauge(&metrics).as_deref() == Some("0") {
+                Ok(())
+            } else {
+                Err(Text(metrics))
+            }
+        },
+    )
+    .await;
 }
 
 /// The chart's RBAC (charts/dr-syncer/templates/rbac.yaml) for a release namespace.
@@ -567,14 +559,7 @@ async fn controller_leader_election_one_writer_and_takeover() {
             .unwrap()
             .and_then(|l| l.spec.and_then(|s| s.holder_identity))
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let leader = loop {
-        if let Some(h) = holder().await {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "nobody took the lease");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let leader = eventually("somebody took the lease", Duration::from_secs(30), holder).await;
     let mut nm = mapping(
         "le",
         "case-le",
@@ -708,11 +693,18 @@ async fn controller_checks_remote_clusters_and_cluster_mappings() {
         let rcs = rcs.clone();
         async move { rcs.get(name).await.unwrap().status.unwrap_or_default() }
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status_of("dr").await.health.is_none() || status_of("spoofed").await.health.is_none() {
-        assert!(Instant::now() < deadline, "health not reported");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("health reported", Duration::from_secs(30), || async {
+        let health = (
+            status_of("dr").await.health,
+            status_of("spoofed").await.health,
+        );
+        if health.0.is_some() && health.1.is_some() {
+            Ok(())
+        } else {
+            Err(health)
+        }
+    })
+    .await;
     let healthy = status_of("dr").await;
     assert_eq!(
         healthy.health,
@@ -730,16 +722,20 @@ async fn controller_checks_remote_clusters_and_cluster_mappings() {
     applier
         .apply(&kubeconfig_secret("wrong-ca", &dr.kubeconfig()))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status_of("spoofed").await.health != Some(dr_syncer::api::Health::Healthy) {
-        assert!(
-            Instant::now() < deadline,
-            "Secret change did not trigger a re-check"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(
+        "the Secret change triggers a re-check",
+        Duration::from_secs(30),
+        || async {
+            let health = status_of("spoofed").await.health;
+            if health == Some(dr_syncer::api::Health::Healthy) {
+                Ok(())
+            } else {
+                Err(health)
+            }
+        },
+    )
+    .await;
+    let failed = eventually("ClusterMapping phases", Duration::from_secs(30), || async {
         let (a, b) = (
             cms.get("to-dr").await.unwrap().status.unwrap_or_default(),
             cms.get("to-nowhere")
@@ -751,17 +747,13 @@ async fn controller_checks_remote_clusters_and_cluster_mappings() {
         if a.phase == Some(dr_syncer::api::ClusterMappingPhase::Ready)
             && b.phase == Some(dr_syncer::api::ClusterMappingPhase::Failed)
         {
-            assert!(b.message.unwrap().contains("missing"));
-            break;
+            Ok(b)
+        } else {
+            Err((a.phase, b.phase))
         }
-        assert!(
-            Instant::now() < deadline,
-            "ClusterMapping phases: {:?} / {:?}",
-            a.phase,
-            b.phase
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    })
+    .await;
+    assert!(failed.message.unwrap().contains("missing"));
 }
 
 #[tokio::test]
@@ -963,27 +955,21 @@ async fn controller_killed_mid_batch_converges_after_restart() {
         &free_addr(),
         &[],
     );
-    let converged = || {
+    eventually("repository converged", Duration::from_secs(60), || {
         let files = files(&repo, "crash");
-        let cm_files: Vec<&str> = files
-            .lines()
-            .filter(|l| l.contains("/configmaps/"))
-            .collect();
-        cm_files.len() == 201
+        let cm_files = files.lines().filter(|l| l.contains("/configmaps/")).count();
+        let converged = cm_files == 201
             && git(&repo, &["grep", "-c", "v: \"2\"", "main", "--", "crash"])
                 .lines()
                 .count()
-                == 201
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !converged() {
-        assert!(
-            Instant::now() < deadline,
-            "repository did not converge:\n{}",
-            files(&repo, "crash")
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+                == 201;
+        std::future::ready(if converged {
+            Ok(())
+        } else {
+            Err(Text(format!("\n{files}")))
+        })
+    })
+    .await;
     let fsck = Command::new("git")
         .args(["fsck", "--strict"])
         .current_dir(&repo)
@@ -1156,14 +1142,16 @@ async fn controller_continuous_direct_apply_propagates_changes() {
     let until = |what: &'static str, name: &'static str, want: Option<&'static str>| {
         let check = value_on_dr;
         async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while check(name).await.as_deref() != want {
-                assert!(
-                    Instant::now() < deadline,
-                    "{what} did not reach the DR cluster"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let what = format!("{what} reaches the DR cluster");
+            eventually(&what, Duration::from_secs(30), || async {
+                let got = check(name).await;
+                if got.as_deref() == want {
+                    Ok(())
+                } else {
+                    Err(got)
+                }
+            })
+            .await
         }
     };
     until("first sync", "a", Some("1")).await;

@@ -9,9 +9,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Running, free_addr, install_crds, start_controller_with};
+use common::{Running, eventually, free_addr, install_crds, start_controller_with};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer::sops::Identities;
 use dr_syncer_testkit::envtest::{self, ControlPlane, kubectl_path};
@@ -100,24 +100,21 @@ impl World {
                 "metadata": {"name": name, "namespace": self.ns, "annotations": {"dr-syncer.io/sync-now": trigger}}, "spec": full}))
             .await;
         let api: Api<NamespaceMapping> = Api::namespaced(self.client.clone(), &self.ns);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let nm = api.get(name).await.unwrap();
-            let s = nm.status.clone().unwrap_or_default();
-            if s.last_sync_now.as_deref() == Some(trigger) {
-                return nm;
-            }
-            assert!(
-                s.last_error.is_none() || Instant::now() < deadline,
-                "{name}: {:?}",
-                s.last_error
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no sync within 60s: {s:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // On timeout the last status is shown, its lastError included.
+        eventually(
+            &format!("{name}: sync {trigger}"),
+            Duration::from_secs(60),
+            || async {
+                let nm = api.get(name).await.unwrap();
+                let s = nm.status.clone().unwrap_or_default();
+                if s.last_sync_now.as_deref() == Some(trigger) {
+                    Ok(nm)
+                } else {
+                    Err(s)
+                }
+            },
+        )
+        .await
     }
 
     /// The committed files below `path` (relative names).
@@ -509,8 +506,7 @@ async fn cluster_mapping_defaults_give_destination_and_recipients() {
             "spec": {"replicationMode": "Manual", "sourceNamespace": "s10", "clusterMappingRef": {"name": "prod-to-dr"}, "resourceTypes": ["configmaps", "secrets"]}}))
         .await;
     let api: Api<NamespaceMapping> = Api::namespaced(w.client.clone(), &w.ns);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually("sync of inherits", Duration::from_secs(60), || async {
         let s = api
             .get("inherits")
             .await
@@ -518,11 +514,12 @@ async fn cluster_mapping_defaults_give_destination_and_recipients() {
             .status
             .unwrap_or_default();
         if s.last_sync_now.as_deref() == Some("go") {
-            break;
+            Ok(())
+        } else {
+            Err(s)
         }
-        assert!(Instant::now() < deadline, "no sync: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     let files = w.committed("clusters/prod/inherits");
     assert!(
         files.contains(&"s10/core/configmaps/c.yaml".to_string()),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Running, free_addr, install_crds, start_controller_with};
+use common::{Running, eventually, free_addr, install_crds, start_controller_with};
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer::datasync::keys::KeyRing;
 use dr_syncer_testkit::envtest::{self, ControlPlane};
@@ -80,25 +80,6 @@ fn start_controller(plane: &ControlPlane, ns: &str, name: &str, http: &str) -> R
     )
 }
 
-/// Polls `f` until it returns `Some`.
-async fn until<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not reached within {secs}s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn labeled<K>(client: &Client, ns: &str, selector: &str) -> Vec<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -121,7 +102,7 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    until(60, what, || async {
+    eventually(what, Duration::from_secs(60), || async {
         labeled::<K>(client, ns, selector).await.into_iter().next()
     })
     .await
@@ -219,7 +200,7 @@ async fn finished(
     mapping: &str,
     op: &str,
 ) -> dr_syncer::api::PvcVolumeStatus {
-    until(60, "sync result", || async {
+    eventually("sync result", Duration::from_secs(60), || async {
         volume_status(client, ns, mapping, op).await.filter(|v| {
             v.result
                 .is_some_and(|r| r != dr_syncer::api::PvcSyncResult::Running)
@@ -236,7 +217,7 @@ async fn rotate(
     token: &str,
 ) -> dr_syncer::api::PvcDataStatus {
     trigger(client, ns, mapping, "dr-syncer.io/rotate-keys", token).await;
-    until(60, "client key rotated", || async {
+    eventually("client key rotated", Duration::from_secs(60), || async {
         let nm = Api::<NamespaceMapping>::namespaced(client.clone(), ns)
             .get(mapping)
             .await
@@ -299,7 +280,7 @@ async fn allow_entries(client: &Client, agent_ns: &str) -> BTreeMap<String, Stri
 
 /// The data-sync server pod in `ns` that is not being deleted, once there is one.
 async fn server_pod(client: &Client, ns: &str, what: &str) -> Pod {
-    until(60, what, || async {
+    eventually(what, Duration::from_secs(60), || async {
         labeled::<Pod>(client, ns, TEMP)
             .await
             .into_iter()
@@ -310,8 +291,7 @@ async fn server_pod(client: &Client, ns: &str, what: &str) -> Pod {
 
 /// Everything temporary is gone on both sides, and so are the allow-list entries and locks.
 async fn assert_clean(client: &Client, namespaces: &[&str], agent_ns: &str, ctl: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually("everything cleaned up", Duration::from_secs(60), || async {
         let mut left = Vec::new();
         for ns in namespaces {
             let snaps: Api<DynamicObject> =
@@ -338,15 +318,9 @@ async fn assert_clean(client: &Client, namespaces: &[&str], agent_ns: &str, ctl:
                 .map(|k| format!("allow entry {k}")),
         );
         left.extend(live::<Lease>(client, ctl, "dr-syncer.io/mapping").await);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not cleaned up within 60s: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
 }
 
 struct Env {
@@ -426,7 +400,7 @@ async fn mapping(env: &Env, name: &str, source: &str, data: Value) {
 
 /// Plays the DaemonSet controller and kubelet: one ready agent pod on `node` at `ip`.
 async fn agent_pod(env: &Env, node: &str, ip: &str) {
-    let ds = until(60, "agent DaemonSet", || async {
+    let ds = eventually("agent DaemonSet", Duration::from_secs(60), || async {
         Api::<DaemonSet>::namespaced(env.client.clone(), &env.agent_ns)
             .get_opt("dr-syncer-agent")
             .await
@@ -449,21 +423,117 @@ fn op_of(pod: &Pod) -> String {
     pod.labels()["dr-syncer.io/operation"].clone()
 }
 
+/// What the data-sync tests share: their own controller namespace `ctl` (the objects of
+/// [`base`]), a controller watching it, and two ready agent pods (`node-a` at 10.0.0.1,
+/// `node-b` at 10.0.0.2, bastion port 2222). Each test has its own, so none depends on
+/// another's state.
+struct Fixture {
+    env: Env,
+    plane: &'static ControlPlane,
+    /// Where the controller serves `/metrics`.
+    http: String,
+    /// `None` only while [`Fixture::restart`] replaces it.
+    controller: Option<Running>,
+}
+
+/// A sync report as `pvc-sync` writes it to the termination log.
+const REPORT: &str =
+    r#"{"filesTransferred":3,"bytesLiteral":100,"bytesMatched":50,"duration":0.5}"#;
+
+impl Fixture {
+    async fn start(ctl: &str) -> Fixture {
+        let plane = envtest::shared().await;
+        let env = base(plane, ctl, 2222, "1h").await;
+        let http = free_addr();
+        let controller = start_controller(plane, ctl, ctl, &http);
+        agent_pod(&env, "node-a", "10.0.0.1").await;
+        agent_pod(&env, "node-b", "10.0.0.2").await;
+        Fixture {
+            env,
+            plane,
+            http,
+            controller: Some(controller),
+        }
+    }
+
+    fn client(&self) -> &Client {
+        &self.env.client
+    }
+
+    /// The label value (and client-list key) of mapping `name`.
+    fn label(&self, name: &str) -> String {
+        format!("{}.{name}", self.env.ctl)
+    }
+
+    /// Kills the controller (SIGKILL, as a crash), then starts a new one named `name`.
+    fn restart(&mut self, name: &str) {
+        self.controller = None;
+        self.controller = Some(start_controller(
+            self.plane,
+            &self.env.ctl,
+            name,
+            &free_addr(),
+        ));
+    }
+
+    /// The source namespace `src` (see [`source_namespace`]) and a mapping `name`
+    /// replicating its volumes to `<src>-dr` with `data` as `dataSyncConfig`.
+    async fn replicate(&self, name: &str, src: &str, data: Value) {
+        source_namespace(&self.env, src).await;
+        mapping(&self.env, name, src, data).await;
+    }
+
+    /// Asks for a sync of `name` and returns its server pod in `src`, once there.
+    async fn trigger_sync(&self, name: &str, src: &str, value: &str, what: &str) -> Pod {
+        trigger(
+            self.client(),
+            &self.env.ctl,
+            name,
+            "dr-syncer.io/sync-data-now",
+            value,
+        )
+        .await;
+        server_pod(self.client(), src, what).await
+    }
+
+    /// Plays the kubelet for the server pod (ready at `ip`) and returns the operation's
+    /// `pvc-sync` Job in `<src>-dr`.
+    async fn serve(&self, src: &str, pod: &Pod, ip: &str, what: &str) -> Job {
+        run_pod(self.client(), src, &pod.name_any(), ip).await;
+        let sel = format!("dr-syncer.io/operation={}", op_of(pod));
+        one(self.client(), &format!("{src}-dr"), &sel, what).await
+    }
+
+    /// One whole successful sync of `name`; returns its operation id.
+    async fn sync_ok(&self, name: &str, src: &str, value: &str, ip: &str) -> String {
+        let pod = self.trigger_sync(name, src, value, "server pod").await;
+        let op = op_of(&pod);
+        let job = self.serve(src, &pod, ip, "sync Job").await;
+        finish_job(self.client(), &job, true, REPORT).await;
+        let v = finished(self.client(), &self.env.ctl, name, &op).await;
+        assert_eq!(
+            v.result,
+            Some(dr_syncer::api::PvcSyncResult::Succeeded),
+            "{name}: {:?}",
+            v.message
+        );
+        op
+    }
+}
+
+/// The agent DaemonSet, and for each copy method (Snapshot, Clone, Direct) every object an
+/// operation creates on both sides, its status while running and after, the cleanup, the
+/// kept DR images and the metrics.
 #[tokio::test]
-async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
-    let plane = envtest::shared().await;
-    let env = base(plane, "pvcrep", 2222, "1h").await;
-    let client = env.client.clone();
-    let http = free_addr();
-    let controller = start_controller(plane, &env.ctl, "pvcrep", &http);
+async fn replication_objects_per_copy_method() {
+    let fx = Fixture::start("pvcobj").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
     // The agent: non-root DaemonSet with the bastion and its lists.
-    let ds = until(60, "agent DaemonSet", || async {
-        Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
-            .get_opt("dr-syncer-agent")
-            .await
-            .unwrap()
-    })
-    .await;
+    let ds = Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
+        .get("dr-syncer-agent")
+        .await
+        .unwrap();
     let ds = serde_json::to_value(&ds).unwrap();
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["image"], "registry.test/dr-syncer:e2e");
@@ -490,40 +560,37 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         ds["spec"]["template"]["metadata"]["annotations"]["dr-syncer.io/host-key"],
         host.fingerprint()
     );
-    agent_pod(&env, "node-a", "10.0.0.1").await;
-    agent_pod(&env, "node-b", "10.0.0.2").await;
 
     let methods = [
         (
             "snap",
-            "pvcrep-snap",
+            "pvcobj-snap",
             json!({"copyMethod": "Snapshot", "volumeSnapshotClassName": "csi-snap", "keepSnapshots": 2}),
             "10.1.0.1",
         ),
         (
             "clone",
-            "pvcrep-clone",
+            "pvcobj-clone",
             json!({"copyMethod": "Clone"}),
             "10.1.0.2",
         ),
         (
             "direct",
-            "pvcrep-direct",
+            "pvcobj-direct",
             json!({"copyMethod": "Direct"}),
             "10.1.0.3",
         ),
     ];
     for (name, src, data, _) in &methods {
-        source_namespace(&env, src).await;
-        mapping(&env, name, src, data.clone()).await;
+        fx.replicate(name, src, data.clone()).await;
     }
     for (name, ..) in &methods {
         trigger(&client, &env.ctl, name, "dr-syncer.io/sync-data-now", "1").await;
     }
     // Snapshot: the VolumeSnapshot first; the snapshot controller makes it ready.
     let snaps: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), "pvcrep-snap", &snapshot_ar());
-    let snap = until(60, "source VolumeSnapshot", || async {
+        Api::namespaced_with(client.clone(), "pvcobj-snap", &snapshot_ar());
+    let snap = eventually("source VolumeSnapshot", Duration::from_secs(60), || async {
         snaps
             .list(&ListParams::default().labels(TEMP))
             .await
@@ -550,7 +617,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     for (name, src, _, ip) in &methods {
         let pod: Pod = one(&client, src, TEMP, "server pod").await;
         let op = op_of(&pod);
-        let running = until(30, "running status", || async {
+        let running = eventually("running status", Duration::from_secs(30), || async {
             volume_status(&client, &env.ctl, name, &op).await
         })
         .await;
@@ -679,8 +746,9 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
             client_ring.private.trim()
         );
         // The allow-list entry: this server, this client key, until the deadline.
-        let entry =
-            allow_entries(&client, &env.agent_ns).await[&format!("pvcrep.{name}..{op}")].clone();
+        let entry = allow_entries(&client, &env.agent_ns).await
+            [&format!("{}..{op}", fx.label(name))]
+            .clone();
         assert!(
             entry.starts_with(&format!("{ip}:2223 {} expires=", client_ring.fingerprint())),
             "{entry}"
@@ -694,13 +762,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
             dpvc.spec.unwrap().storage_class_name.as_deref(),
             Some("dr-fast")
         );
-        finish_job(
-            &client,
-            &job,
-            true,
-            r#"{"filesTransferred":3,"bytesLiteral":100,"bytesMatched":50,"duration":0.5}"#,
-        )
-        .await;
+        finish_job(&client, &job, true, REPORT).await;
     }
     for (name, ..) in &methods {
         let (op, _) = &ops[name];
@@ -736,12 +798,12 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     assert_clean(
         &client,
         &[
-            "pvcrep-snap",
-            "pvcrep-snap-dr",
-            "pvcrep-clone",
-            "pvcrep-clone-dr",
-            "pvcrep-direct",
-            "pvcrep-direct-dr",
+            "pvcobj-snap",
+            "pvcobj-snap-dr",
+            "pvcobj-clone",
+            "pvcobj-clone-dr",
+            "pvcobj-direct",
+            "pvcobj-direct-dr",
         ],
         &env.agent_ns,
         &env.ctl,
@@ -749,47 +811,37 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     .await;
     // keepSnapshots: the destination image is kept.
     let images: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), "pvcrep-snap-dr", &snapshot_ar());
+        Api::namespaced_with(client.clone(), "pvcobj-snap-dr", &snapshot_ar());
     let kept = images
         .list(&ListParams::default().labels("dr-syncer.io/image=true"))
         .await
         .unwrap()
         .items;
     assert_eq!(kept.len(), 1);
-    let metrics = reqwest_metrics(&http).await;
+    let metrics = reqwest_metrics(&fx.http).await;
     assert!(
-        metrics
-            .contains(r#"dr_syncer_pvc_syncs_total{mapping="pvcrep/clone",result="Succeeded"} 1"#),
+        metrics.contains(&format!(
+            r#"dr_syncer_pvc_syncs_total{{mapping="{}/clone",result="Succeeded"}} 1"#,
+            env.ctl
+        )),
         "{metrics}"
     );
+}
 
-    // Locking: a second mapping of the same PVC is skipped while the first one's sync runs;
-    // then the first one fails and is cleaned up.
-    mapping(
-        &env,
-        "clone2",
-        "pvcrep-clone",
-        json!({"copyMethod": "Clone"}),
-    )
-    .await;
-    trigger(
-        &client,
-        &env.ctl,
-        "clone",
-        "dr-syncer.io/sync-data-now",
-        "2",
-    )
-    .await;
-    let pod: Pod = one(
-        &client,
-        "pvcrep-clone",
-        TEMP,
-        "server pod of the second run",
-    )
-    .await;
+/// Locking: a second mapping of the same PVC is skipped while the first one's sync runs;
+/// the lock goes with the run.
+#[tokio::test]
+async fn replication_locking_skips_a_second_mapping_of_a_busy_pvc() {
+    let fx = Fixture::start("pvclock").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let src = "pvclock-src";
+    fx.replicate("clone", src, json!({"copyMethod": "Clone"}))
+        .await;
+    mapping(env, "clone2", src, json!({"copyMethod": "Clone"})).await;
+    let pod = fx.trigger_sync("clone", src, "1", "server pod").await;
     let op = op_of(&pod);
-    run_pod(&client, "pvcrep-clone", &pod.name_any(), "10.1.0.4").await;
-    let job: Job = one(&client, "pvcrep-clone-dr", TEMP, "second Job").await;
+    let job = fx.serve(src, &pod, "10.1.0.4", "sync Job").await;
     trigger(
         &client,
         &env.ctl,
@@ -798,7 +850,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         "1",
     )
     .await;
-    let skipped = until(60, "clone2 skipped", || async {
+    let skipped = eventually("clone2 skipped", Duration::from_secs(60), || async {
         let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
             .get("clone2")
             .await
@@ -818,10 +870,33 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
             .contains("another sync of this PVC is running")
     );
     assert_eq!(
-        labeled::<Pod>(&client, "pvcrep-clone", TEMP).await.len(),
+        labeled::<Pod>(&client, src, TEMP).await.len(),
         1,
         "never two syncs of one PVC"
     );
+    // The first sync ends: its lock (a Lease) goes with its other objects.
+    finish_job(&client, &job, true, REPORT).await;
+    let v = finished(&client, &env.ctl, "clone", &op).await;
+    assert_eq!(v.result, Some(dr_syncer::api::PvcSyncResult::Succeeded));
+    assert_clean(&client, &[src, "pvclock-src-dr"], &env.agent_ns, &env.ctl).await;
+}
+
+/// Cleanup after a failure: the failed sync is recorded with its cause, the numbers of
+/// the last good sync stay, and nothing temporary is left on either side.
+#[tokio::test]
+async fn replication_failed_sync_keeps_the_last_good_numbers_and_cleans_up() {
+    let fx = Fixture::start("pvcfail").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let src = "pvcfail-src";
+    fx.replicate("clone", src, json!({"copyMethod": "Clone"}))
+        .await;
+    fx.sync_ok("clone", src, "1", "10.1.0.2").await;
+    let pod = fx
+        .trigger_sync("clone", src, "2", "server pod of the second run")
+        .await;
+    let op = op_of(&pod);
+    let job = fx.serve(src, &pod, "10.1.0.4", "second Job").await;
     finish_job(
         &client,
         &job,
@@ -829,7 +904,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         r#"{"error":"ssh: 10.1.0.4:2223: connection refused","exitCode":3}"#,
     )
     .await;
-    let failed = until(60, "failure recorded", || async {
+    let failed = eventually("failure recorded", Duration::from_secs(60), || async {
         volume_status(&client, &env.ctl, "clone", &op)
             .await
             .filter(|v| v.result == Some(dr_syncer::api::PvcSyncResult::Failed))
@@ -845,16 +920,30 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         failed.bytes_literal, 100,
         "the last good sync's numbers stay"
     );
-    assert_clean(
-        &client,
-        &["pvcrep-clone", "pvcrep-clone-dr"],
-        &env.agent_ns,
-        &env.ctl,
-    )
-    .await;
+    assert_clean(&client, &[src, "pvcfail-src-dr"], &env.agent_ns, &env.ctl).await;
+}
 
-    // Rotation on demand: a new client key; the old one stays accepted (with an expiry).
-    let old = ring(&client, &env.ctl, "dr-syncer-pvc-clone").await;
+/// Rotation on demand: a new client key (the old one stays accepted, with an expiry), and
+/// the agent host key, which the DaemonSet rolls to.
+#[tokio::test]
+async fn replication_rotation_of_client_and_host_keys() {
+    let fx = Fixture::start("pvcrot").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    fx.replicate("clone", "pvcrot-src", json!({"copyMethod": "Clone"}))
+        .await;
+    let host = ring(&client, &env.ctl, "dr-syncer-agent-prod").await;
+    // The mapping's client key, published by the task's first pass.
+    let label = fx.label("clone");
+    let old = eventually("client key published", Duration::from_secs(60), || async {
+        let clients: Secret = Api::namespaced(client.clone(), &env.agent_ns)
+            .get("dr-syncer-agent-clients")
+            .await
+            .ok()?;
+        secret_text(&clients, &label).lines().next()?;
+        Some(ring(&client, &env.ctl, "dr-syncer-pvc-clone").await)
+    })
+    .await;
     let data = rotate(&client, &env.ctl, "clone", "r1").await;
     assert_eq!(
         data.previous_key_fingerprint.as_deref(),
@@ -868,7 +957,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         .get("dr-syncer-agent-clients")
         .await
         .unwrap();
-    let lines = secret_text(&clients, "pvcrep.clone");
+    let lines = secret_text(&clients, &label);
     assert_eq!(lines.lines().count(), 2, "{lines}");
     assert!(lines.lines().nth(1).unwrap().starts_with("expiry-time=\""));
     // The agent host key rotates too; the DaemonSet rolls to it. (Its pods are ready now,
@@ -886,7 +975,7 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
         )
         .await
         .unwrap();
-    until(60, "host key rotated", || async {
+    eventually("host key rotated", Duration::from_secs(60), || async {
         let rc = Api::<dr_syncer::api::RemoteCluster>::namespaced(client.clone(), &env.ctl)
             .get("prod")
             .await
@@ -896,18 +985,22 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
             .then_some(())
     })
     .await;
-    until(60, "ClusterMapping reports the agent", || async {
-        let cm = Api::<dr_syncer::api::ClusterMapping>::namespaced(client.clone(), &env.ctl)
-            .get("cm")
-            .await
-            .ok()?;
-        let c = cm
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "PvcAgentReady")?;
-        (c.status == "True" && c.message == "source prod: 2/2 agent pods ready").then_some(())
-    })
+    eventually(
+        "ClusterMapping reports the agent",
+        Duration::from_secs(60),
+        || async {
+            let cm = Api::<dr_syncer::api::ClusterMapping>::namespaced(client.clone(), &env.ctl)
+                .get("cm")
+                .await
+                .ok()?;
+            let c = cm
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "PvcAgentReady")?;
+            (c.status == "True" && c.message == "source prod: 2/2 agent pods ready").then_some(())
+        },
+    )
     .await;
     let ds = Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
         .get("dr-syncer-agent")
@@ -916,68 +1009,101 @@ async fn replication_objects_per_copy_method_locking_cleanup_and_rotation() {
     let fp =
         ds.spec.template.metadata.unwrap().annotations.unwrap()["dr-syncer.io/host-key"].clone();
     assert_ne!(fp, host.fingerprint());
+}
 
-    // A restart in the middle of an operation: the new process sweeps what the old one
-    // left (temporary objects on both sides, the allow-list entry, the PVC lock) before
-    // it runs the still unanswered trigger again.
-    trigger(
-        &client,
-        &env.ctl,
-        "direct",
-        "dr-syncer.io/sync-data-now",
-        "3",
+/// A restart in the middle of an operation: the new process sweeps what the old one left
+/// (temporary objects on both sides, the allow-list entry, the PVC lock) before it runs
+/// the still unanswered trigger again.
+#[tokio::test]
+async fn replication_restart_sweeps_what_the_old_process_left() {
+    let mut fx = Fixture::start("pvcrestart").await;
+    let client = fx.client().clone();
+    let (src, dest) = ("pvcrestart-src", "pvcrestart-src-dr");
+    fx.replicate("direct", src, json!({"copyMethod": "Direct"}))
+        .await;
+    let pod = fx
+        .trigger_sync("direct", src, "1", "server pod before the restart")
+        .await;
+    let old = op_of(&pod);
+    let _job = fx
+        .serve(src, &pod, "10.1.0.5", "Job before the restart")
+        .await;
+    let old_entry = format!("{}..{old}", fx.label("direct"));
+    let entries = allow_entries(&client, &fx.env.agent_ns).await;
+    assert!(entries.contains_key(&old_entry), "{entries:?}");
+    fx.restart("pvcrestart-restarted");
+    let env = &fx.env;
+    let sel = format!("dr-syncer.io/operation={old}");
+    let locks = format!("dr-syncer.io/mapping={}", fx.label("direct"));
+    eventually(
+        "sweep after the restart",
+        Duration::from_secs(60),
+        || async {
+            let mut left = Vec::new();
+            for ns in [src, dest] {
+                left.extend(live::<Pod>(&client, ns, &sel).await);
+                left.extend(live::<Secret>(&client, ns, &sel).await);
+                left.extend(live::<Job>(&client, ns, &sel).await);
+            }
+            let entries = allow_entries(&client, &env.agent_ns).await;
+            let stale_lock = labeled::<Lease>(&client, &env.ctl, &locks)
+                .await
+                .into_iter()
+                .any(|l| {
+                    l.spec
+                        .and_then(|s| s.holder_identity)
+                        .is_some_and(|h| h.ends_with(&old))
+                });
+            if entries.contains_key(&old_entry) {
+                left.push(format!("allow entry {old_entry}"));
+            }
+            if stale_lock {
+                left.push("lock of the old operation".into());
+            }
+            if left.is_empty() { Ok(()) } else { Err(left) }
+        },
     )
     .await;
-    let pod = server_pod(&client, "pvcrep-direct", "server pod before the restart").await;
-    let old = op_of(&pod);
-    run_pod(&client, "pvcrep-direct", &pod.name_any(), "10.1.0.5").await;
-    let _job: Job = one(&client, "pvcrep-direct-dr", TEMP, "Job before the restart").await;
-    let old_entry = format!("pvcrep.direct..{old}");
-    let entries = allow_entries(&client, &env.agent_ns).await;
-    assert!(entries.contains_key(&old_entry), "{entries:?}");
-    drop(controller);
-    let _controller = start_controller(plane, &env.ctl, "pvcrep-restarted", &free_addr());
-    let sel = format!("dr-syncer.io/operation={old}");
-    until(60, "sweep after the restart", || async {
-        let mut left = Vec::new();
-        for ns in ["pvcrep-direct", "pvcrep-direct-dr"] {
-            left.extend(live::<Pod>(&client, ns, &sel).await);
-            left.extend(live::<Secret>(&client, ns, &sel).await);
-            left.extend(live::<Job>(&client, ns, &sel).await);
-        }
-        let entries = allow_entries(&client, &env.agent_ns).await;
-        let stale_lock = labeled::<Lease>(&client, &env.ctl, "dr-syncer.io/mapping=pvcrep.direct")
-            .await
-            .into_iter()
-            .any(|l| {
-                l.spec
-                    .and_then(|s| s.holder_identity)
-                    .is_some_and(|h| h.ends_with(&old))
-            });
-        (left.is_empty() && !entries.contains_key(&old_entry) && !stale_lock).then_some(())
-    })
-    .await;
+    // The trigger was never answered: the new process runs it again.
+    let pod = server_pod(&client, src, "server pod of the re-run").await;
+    assert_ne!(op_of(&pod), old);
+}
 
-    // The re-run waits for its server pod; deleting the mapping now cancels it: its
-    // objects go, and the mapping's key leaves the agent's client list.
-    let pod = server_pod(&client, "pvcrep-direct", "server pod of the re-run").await;
-    let rerun = format!("dr-syncer.io/operation={}", op_of(&pod));
+/// Deleting a mapping while its sync waits for its server pod cancels the sync: its
+/// objects go, its lock is released and its key leaves the agent's client list.
+#[tokio::test]
+async fn replication_deleting_the_mapping_cancels_its_run_and_revokes_its_key() {
+    let fx = Fixture::start("pvccancel").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let src = "pvccancel-src";
+    fx.replicate("direct", src, json!({"copyMethod": "Direct"}))
+        .await;
+    let pod = fx.trigger_sync("direct", src, "1", "server pod").await;
+    let run = format!("dr-syncer.io/operation={}", op_of(&pod));
+    let label = fx.label("direct");
+    let clients: Secret = Api::namespaced(client.clone(), &env.agent_ns)
+        .get("dr-syncer-agent-clients")
+        .await
+        .unwrap();
+    assert!(
+        clients.data.unwrap_or_default().contains_key(&label),
+        "the key is published while the sync runs"
+    );
     Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
         .delete("direct", &Default::default())
         .await
         .unwrap();
-    until(60, "cancelled and revoked", || async {
-        let mut left = live::<Pod>(&client, "pvcrep-direct", &rerun).await;
-        left.extend(live::<Secret>(&client, "pvcrep-direct", &rerun).await);
+    let locks = format!("dr-syncer.io/mapping={label}");
+    eventually("cancelled and revoked", Duration::from_secs(60), || async {
+        let mut left = live::<Pod>(&client, src, &run).await;
+        left.extend(live::<Secret>(&client, src, &run).await);
         let clients: Secret = Api::namespaced(client.clone(), &env.agent_ns)
             .get("dr-syncer-agent-clients")
             .await
             .ok()?;
-        let revoked = !clients
-            .data
-            .unwrap_or_default()
-            .contains_key("pvcrep.direct");
-        let locks = labeled::<Lease>(&client, &env.ctl, "dr-syncer.io/mapping=pvcrep.direct").await;
+        let revoked = !clients.data.unwrap_or_default().contains_key(&label);
+        let locks = labeled::<Lease>(&client, &env.ctl, &locks).await;
         (left.is_empty() && revoked && locks.is_empty()).then_some(())
     })
     .await;
@@ -994,7 +1120,7 @@ async fn replication_catches_up_a_scheduled_run_missed_while_the_controller_was_
     // the restarted one finds the agent ready, so its first pass can sync.
     {
         let _first = start_controller(plane, &env.ctl, "pvcmiss-first", &free_addr());
-        until(60, "agent DaemonSet", || async {
+        eventually("agent DaemonSet", Duration::from_secs(60), || async {
             Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
                 .get_opt("dr-syncer-agent")
                 .await
@@ -1037,7 +1163,7 @@ async fn replication_catches_up_a_scheduled_run_missed_while_the_controller_was_
     agent_pod(&env, "node-a", "10.0.0.1").await;
     // Within seconds (the old task waited for the next slot, 22 h away); 30 s leave room
     // for a loaded machine, far from any slot.
-    let pod = until(30, "catch-up server pod", || async {
+    let pod = eventually("catch-up server pod", Duration::from_secs(30), || async {
         labeled::<Pod>(&client, "pvcmiss-src", TEMP)
             .await
             .into_iter()
@@ -1078,10 +1204,14 @@ async fn replication_catches_up_a_scheduled_run_missed_while_the_controller_was_
         .checked_add(jiff::Span::new().days(1))
         .unwrap()
         .timestamp();
-    let next = until(30, "next sync time after the catch-up", || async {
-        let data = nms.get("missed").await.ok()?.status?.pvc_data?;
-        data.next_sync_time.filter(|t| t.0 > now).map(|t| t.0)
-    })
+    let next = eventually(
+        "next sync time after the catch-up",
+        Duration::from_secs(30),
+        || async {
+            let data = nms.get("missed").await.ok()?.status?.pvc_data?;
+            data.next_sync_time.filter(|t| t.0 > now).map(|t| t.0)
+        },
+    )
     .await;
     assert_eq!(next, tomorrow);
     assert_clean(
@@ -1185,14 +1315,12 @@ fn localize(args: &[String], mounts: &[(&str, &Path)], ip: &str) -> Vec<String> 
 fn spawn(args: &[String], log: &str) -> Running {
     let dir = dr_syncer_testkit::target_dir().join("test-logs");
     let log = std::fs::File::create(dir.join(log)).unwrap();
-    Running(
+    Running::spawn(
         Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
             .args(args)
             .env("DR_SYNCER_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+            .stderr(log),
     )
 }
 
@@ -1280,7 +1408,7 @@ async fn replication_end_to_end_with_real_binaries() {
 
     // The agent: its mounted Secrets/ConfigMap mirrored to files, the bastion started with
     // the DaemonSet's arguments.
-    let ds = until(60, "agent DaemonSet", || async {
+    let ds = eventually("agent DaemonSet", Duration::from_secs(60), || async {
         Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
             .get_opt("dr-syncer-agent")
             .await
@@ -1311,7 +1439,7 @@ async fn replication_end_to_end_with_real_binaries() {
             agent_root.join("allow"),
         ),
     ];
-    until(30, "host key mirrored", || async {
+    eventually("host key mirrored", Duration::from_secs(30), || async {
         agent_root.join("host/host_key").exists().then_some(())
     })
     .await;
@@ -1403,15 +1531,19 @@ async fn replication_end_to_end_with_real_binaries() {
 
     // The operation's allow-list entry is gone: the same Job arguments are now refused by
     // the bastion (the server process is still up, so only the allow-list stops it).
-    until(10, "allow-list mirrored empty", || async {
-        (std::fs::read_dir(agent_root.join("allow"))
-            .unwrap()
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .count()
-            == 0)
-            .then_some(())
-    })
+    eventually(
+        "allow-list mirrored empty",
+        Duration::from_secs(10),
+        || async {
+            (std::fs::read_dir(agent_root.join("allow"))
+                .unwrap()
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+                == 0)
+                .then_some(())
+        },
+    )
     .await;
     let mut no_retry = local.clone();
     let i = no_retry
@@ -1427,10 +1559,14 @@ async fn replication_end_to_end_with_real_binaries() {
     // then refused only the forwarding), and not at all after it.
     let old_identity = job_keys.join("identity");
     let data = rotate(&client, &env.ctl, "e2e", "r1").await;
-    until(10, "two client keys mirrored", || async {
-        let text = std::fs::read_to_string(agent_root.join("clients/pvce2e.e2e")).ok()?;
-        (text.lines().count() == 2).then_some(())
-    })
+    eventually(
+        "two client keys mirrored",
+        Duration::from_secs(10),
+        || async {
+            let text = std::fs::read_to_string(agent_root.join("clients/pvce2e.e2e")).ok()?;
+            (text.lines().count() == 2).then_some(())
+        },
+    )
     .await;
     assert!(old_identity.exists());
     let (code, stderr) = pvc_sync(&no_retry);

@@ -27,14 +27,12 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 fn agent(args: &[&str]) -> Running {
-    Running(
+    Running::spawn(
         Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
             .arg("agent")
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
     )
 }
 

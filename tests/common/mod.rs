@@ -57,6 +57,71 @@ impl Drop for Running {
     }
 }
 
+/// What one poll of [`eventually`] saw: the value it waits for, or "not yet" with, where
+/// the poll can tell, the state it observed (shown if the wait times out).
+pub trait Observation {
+    /// The value [`eventually`] returns.
+    type Value;
+    /// `Ok(value)` when done; `Err(state)` to poll again.
+    fn observed(self) -> Result<Self::Value, Option<String>>;
+}
+
+/// `Some(value)` is done; `None` polls again (nothing to report on timeout).
+impl<T> Observation for Option<T> {
+    type Value = T;
+    fn observed(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+/// `Ok(value)` is done; `Err(state)` polls again, and the last state is reported on timeout.
+impl<T, S: std::fmt::Debug> Observation for Result<T, S> {
+    type Value = T;
+    fn observed(self) -> Result<T, Option<String>> {
+        self.map_err(|s| Some(format!("{s:?}")))
+    }
+}
+
+/// A state that [`eventually`] shows as is on timeout (multi-line text such as a file list
+/// or a metrics scrape) instead of quoted and escaped by `Debug`.
+pub struct Text(pub String);
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How often [`eventually`] polls.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// Polls `f` every [`POLL`] until it returns `Some(value)` (or `Ok(value)`) and returns the
+/// value; panics naming `what` and the last observed state (an `Err`'s content) when
+/// `timeout` passes first. The one wait loop of the envtest suites, so every timeout reads
+/// the same and says what was seen.
+pub async fn eventually<T, O, Fut>(what: &str, timeout: Duration, mut f: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = O>,
+    O: Observation<Value = T>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match f().await.observed() {
+            Ok(v) => return v,
+            Err(state) => state,
+        };
+        if std::time::Instant::now() >= deadline {
+            match last {
+                Some(state) => {
+                    panic!("{what}: not reached within {timeout:?}; last observed: {state}")
+                }
+                None => panic!("{what}: not reached within {timeout:?}"),
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A free loopback `host:port`.
 pub fn free_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -417,6 +417,7 @@ async fn https_refuses_an_untrusted_certificate_and_a_wrong_token() {
         err.contains("certificate") && err.contains(&untrusted.url(REPO)),
         "names the certificate and the remote: {err}"
     );
+    assert!(err.contains("git.caBundle"), "says what to change: {err}");
     assert!(refused.last_commit.is_none(), "{refused:?}");
     let denied = s
         .wait("shop-wrong-token", "an outcome", |st| {
@@ -425,6 +426,10 @@ async fn https_refuses_an_untrusted_certificate_and_a_wrong_token() {
         .await;
     let err = denied.last_error.clone().unwrap().message;
     assert!(err.contains("authentication"), "{err}");
+    assert!(
+        err.contains("check the credentials in Secret dr-syncer/"),
+        "names the Secret: {err}"
+    );
     assert!(denied.last_commit.is_none(), "{denied:?}");
 
     for repo in [&untrusted_repo, &s.repo] {

@@ -150,7 +150,7 @@ pub fn target(
         auth: Auth {
             ssh_key: g.ssh_key.clone(),
             ssh_key_pem: None,
-            key_source: None,
+            secret: None,
             known_hosts,
             username: g.git_username.clone(),
             token,

@@ -18,9 +18,9 @@ pub struct Auth {
     pub ssh_key: Option<PathBuf>,
     /// SSH private key in memory (from a Secret; never written to disk).
     pub ssh_key_pem: Option<String>,
-    /// Where the in-memory key comes from (`Secret ns/name key "identity"`), so errors
-    /// name what the user has to fix.
-    pub key_source: Option<String>,
+    /// The Secret the credentials come from (`Secret ns/name`), so errors name what the
+    /// user has to fix; `None` for command-line credentials.
+    pub secret: Option<String>,
     /// Pinned SSH host keys; required for SSH remotes.
     pub known_hosts: Option<KnownHosts>,
     /// HTTPS user name (default `git`).
@@ -79,7 +79,7 @@ fn callbacks<'a>(
                 return Cred::ssh_key_from_memory(user, None, pem, None).map_err(|e| {
                     git2::Error::from_str(&format!(
                         "{}: not a usable SSH private key ({})",
-                        target.auth.key_source.as_deref().unwrap_or("identity"),
+                        key_name(&target.auth),
                         e.message()
                     ))
                 });
@@ -87,8 +87,11 @@ fn callbacks<'a>(
             if let Some(key) = &target.auth.ssh_key {
                 return Cred::ssh_key(user, None, key, None);
             }
-            return Err(git2::Error::from_str(&match &target.auth.key_source {
-                Some(source) => format!("SSH remote needs a deploy key: {source} is missing"),
+            return Err(git2::Error::from_str(&match &target.auth.secret {
+                Some(_) => format!(
+                    "SSH remote needs a deploy key: {} is missing",
+                    key_name(&target.auth)
+                ),
                 None => "SSH remote needs a deploy key (--ssh-key)".to_string(),
             }));
         }
@@ -132,11 +135,31 @@ fn callbacks<'a>(
     cb
 }
 
-fn remote_error(target: &Target, e: &git2::Error, host_error: &RefCell<Option<String>>) -> String {
-    match host_error.borrow().as_ref() {
-        Some(h) => h.clone(),
-        None => format!("{} ({})", e.message(), target.url),
+/// `Secret ns/name key "identity"` (or `identity` for CLI credentials).
+fn key_name(auth: &Auth) -> String {
+    match &auth.secret {
+        Some(secret) => format!("{secret} key \"identity\""),
+        None => "identity".into(),
     }
+}
+
+fn remote_error(target: &Target, e: &git2::Error, host_error: &RefCell<Option<String>>) -> String {
+    if let Some(h) = host_error.borrow().as_ref() {
+        return h.clone();
+    }
+    let message = e.message();
+    // libgit2's words alone do not say what to change.
+    let hint = if e.class() == git2::ErrorClass::Ssl || message.contains("certificate") {
+        " — the server's TLS certificate is not trusted: for an in-house CA set the chart's git.caBundle (SSL_CERT_FILE)".to_string()
+    } else if message.contains("authentication") || e.code() == ErrorCode::Auth {
+        match &target.auth.secret {
+            Some(secret) => format!(" — check the credentials in {secret}"),
+            None => String::new(),
+        }
+    } else {
+        String::new()
+    };
+    format!("{message} ({}){hint}", target.url)
 }
 
 /// Fetches `target.branch` into `refs/remotes/origin/<branch>`, with retries on transient

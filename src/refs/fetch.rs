@@ -231,7 +231,7 @@ pub async fn git_auth(
     Ok(Auth {
         ssh_key: None,
         ssh_key_pem: text(&data, "identity"),
-        key_source: Some(format!("Secret {ns}/{} key \"identity\"", r.name)),
+        secret: Some(format!("Secret {ns}/{}", r.name)),
         known_hosts: text(&data, "known_hosts").map(|k| KnownHosts::parse(&k)),
         username: text(&data, "username"),
         token: text(&data, "bearerToken").or_else(|| text(&data, "password")),

@@ -387,12 +387,18 @@ async fn source_namespace(env: &Env, ns: &str) {
 }
 
 async fn mapping(env: &Env, name: &str, source: &str, data: Value) {
+    let git = json!({"git": {"url": "ssh://git@127.0.0.1:9/unused.git"}});
+    mapping_to(env, name, source, git, data).await;
+}
+
+/// Like [`mapping`], with `destination` as the mapping's `spec.destination`.
+async fn mapping_to(env: &Env, name: &str, source: &str, destination: Value, data: Value) {
     Applier::new(env.client.clone(), "test")
         .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
             "metadata": {"name": name, "namespace": env.ctl},
             "spec": {"replicationMode": "Manual", "sourceNamespace": source, "destinationNamespace": format!("{source}-dr"),
                      "clusterMappingRef": {"name": "cm"},
-                     "destination": {"git": {"url": "ssh://git@127.0.0.1:9/unused.git"}},
+                     "destination": destination,
                      "pvcConfig": {"syncData": true, "storageClassMappings": [{"from": "fast", "to": "dr-fast"}],
                                    "dataSyncConfig": data}}}))
         .await;
@@ -1229,6 +1235,114 @@ async fn replication_catches_up_a_scheduled_run_missed_while_the_controller_was_
     );
     let v = volume_status(&client, &env.ctl, "missed", &op).await;
     assert!(v.is_some(), "the catch-up is still the last operation");
+}
+
+/// Item 3 of issue 13: volume data goes to the DR cluster the manifests go to. The
+/// mapping's `destination.cluster.remoteClusterRef` names `dr` in another namespace; a
+/// decoy RemoteCluster `dr` in the mapping's own namespace points at the controller's own
+/// apiserver. The destination PVC and the `pvc-sync` Job must be created in the cluster of
+/// `<ctl>-clusters/dr` (a second apiserver), nothing in the decoy's (the data sync once
+/// looked the name up in the mapping's namespace and wrote to the decoy).
+#[tokio::test]
+async fn replication_writes_to_the_remote_cluster_ref_namespace_not_a_namesake() {
+    let fx = Fixture::start("pvcref").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let dr_plane = envtest::shared_named("dr").await;
+    let dr = dr_plane.client().await.unwrap();
+    let clusters = "pvcref-clusters";
+    let src = "pvcref-src";
+    let dest = "pvcref-src-dr";
+    let applier = Applier::new(client.clone(), "test");
+    let kubeconfig = |plane: &ControlPlane| serde_saphyr::to_string(&plane.kubeconfig()).unwrap();
+    for o in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": clusters}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dr-kubeconfig", "namespace": clusters},
+               "stringData": {"kubeconfig": kubeconfig(dr_plane)}}),
+        json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "RemoteCluster", "metadata": {"name": "dr", "namespace": clusters},
+               "spec": {"kubeconfigSecretRef": {"name": "dr-kubeconfig"}, "healthCheckInterval": "1h"}}),
+        // The namesake in the mapping's namespace: a working kubeconfig of another cluster.
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "decoy-kubeconfig", "namespace": env.ctl},
+               "stringData": {"kubeconfig": kubeconfig(fx.plane)}}),
+        json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "RemoteCluster", "metadata": {"name": "dr", "namespace": env.ctl},
+               "spec": {"kubeconfigSecretRef": {"name": "decoy-kubeconfig"}, "healthCheckInterval": "1h"}}),
+    ] {
+        applier.apply(&o).await;
+    }
+    source_namespace(env, src).await;
+    mapping_to(
+        env,
+        "ref",
+        src,
+        json!({"cluster": {"remoteClusterRef": {"name": "dr", "namespace": clusters}}}),
+        json!({"copyMethod": "Clone"}),
+    )
+    .await;
+    let pod = fx.trigger_sync("ref", src, "1", "server pod").await;
+    let op = op_of(&pod);
+    run_pod(&client, src, &pod.name_any(), "10.1.0.7").await;
+    // Wherever the Job appears first says which cluster the data sync wrote to.
+    let sel = format!("dr-syncer.io/operation={op}");
+    let (cluster, job) = eventually(
+        "pvc-sync Job in either cluster",
+        Duration::from_secs(60),
+        || async {
+            for (cluster, c) in [("DR", &dr), ("decoy", &client)] {
+                if let Some(job) = labeled::<Job>(c, dest, &sel).await.into_iter().next() {
+                    return Some((cluster, job));
+                }
+            }
+            None
+        },
+    )
+    .await;
+    assert_eq!(
+        cluster, "DR",
+        "the pvc-sync Job went to the decoy RemoteCluster {}/dr, not to {clusters}/dr",
+        env.ctl
+    );
+    let dpvc = Api::<PersistentVolumeClaim>::namespaced(dr.clone(), dest)
+        .get("data")
+        .await
+        .unwrap();
+    assert_eq!(
+        dpvc.spec.unwrap().storage_class_name.as_deref(),
+        Some("dr-fast")
+    );
+    let decoy_pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), dest);
+    assert!(
+        decoy_pvcs.get_opt("data").await.unwrap().is_none(),
+        "destination PVC {dest}/data created in the decoy's cluster"
+    );
+    finish_job(&dr, &job, true, REPORT).await;
+    let v = finished(&client, &env.ctl, "ref", &op).await;
+    assert_eq!(
+        v.result,
+        Some(dr_syncer::api::PvcSyncResult::Succeeded),
+        "{:?}",
+        v.message
+    );
+    assert_eq!(v.destination, format!("{dest}/data"));
+    assert_clean(&client, &[src, dest], &env.agent_ns, &env.ctl).await;
+    eventually("DR side cleaned up", Duration::from_secs(60), || async {
+        let mut left = live::<Job>(&dr, dest, TEMP).await;
+        left.extend(live::<Secret>(&dr, dest, TEMP).await);
+        left.extend(live::<Pod>(&dr, dest, TEMP).await);
+        left.extend(live::<PersistentVolumeClaim>(&dr, dest, TEMP).await);
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
+    // The decoy's cluster never saw the destination namespace's objects.
+    assert_eq!(
+        decoy_pvcs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0,
+        "no PersistentVolumeClaim in the decoy's {dest}"
+    );
 }
 
 async fn reqwest_metrics(addr: &str) -> String {

@@ -14,5 +14,6 @@ pub mod export;
 pub mod gitops;
 pub mod pvc;
 pub mod refs;
+pub mod schedule;
 pub mod sops;
 pub mod yaml;

@@ -75,6 +75,16 @@ impl Ctx {
                 instance: Some(instance.clone()),
             },
         );
+        // The data sync gets only what it uses, so it never depends on this context.
+        let data_syncs = crate::datasync::DataSyncs::new(crate::datasync::DataCtx {
+            client: client.clone(),
+            namespace: settings.namespace.clone(),
+            field_manager: settings.field_manager.clone(),
+            image: settings.image.clone(),
+            instance: instance.clone(),
+            recorder: recorder.clone(),
+            metrics: metrics.pvc.clone(),
+        });
         Ok(Ctx {
             client,
             recorder,
@@ -82,7 +92,7 @@ impl Ctx {
             fingerprint_key,
             locks: Mutex::default(),
             watches: Default::default(),
-            data_syncs: Default::default(),
+            data_syncs,
             instance,
             metrics,
             inputs: Mutex::default(),

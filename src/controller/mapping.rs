@@ -101,7 +101,7 @@ pub async fn reconcile(
             None
         }
     };
-    ctx.data_syncs.ensure(&ctx, &nm);
+    ctx.data_syncs.ensure(&nm);
     if let Some(listed) = listed {
         super::continuous::Watches::wait_listed(listed).await;
     }

@@ -34,24 +34,6 @@ pub struct PathLabel {
     pub path: String,
 }
 
-/// `mapping`, `result` (`Succeeded`, `Failed`, `Skipped`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// Mapping key.
-    pub mapping: String,
-    /// Outcome.
-    pub result: String,
-}
-
-/// `mapping`, `pvc` (`namespace/name` on the source).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PvcLabel {
-    /// Mapping key.
-    pub mapping: String,
-    /// Source PVC.
-    pub pvc: String,
-}
-
 /// Every metric the controller exports.
 pub struct Metrics {
     /// The registry served on `/metrics`.
@@ -78,16 +60,8 @@ pub struct Metrics {
     pub breaker_held: Family<MappingLabel, Gauge>,
     /// Unix time of the last successful sync: `time() - this` is the RPO.
     pub last_success: Family<MappingLabel, Gauge<f64, AtomicU64>>,
-    /// PVC data syncs by result.
-    pub pvc_syncs: Family<ResultLabel, Counter>,
-    /// Wall time of PVC data syncs.
-    pub pvc_duration: Family<MappingLabel, Histogram>,
-    /// Volume bytes moved by PVC data syncs, `kind` = `literal` (sent) or `matched`
-    /// (rebuilt from the DR copy).
-    pub pvc_bytes: Family<KindLabel, Counter>,
-    /// Unix time of the point in time the DR copy of a PVC holds: `time() - this` is the
-    /// volume's RPO.
-    pub pvc_last_success: Family<PvcLabel, Gauge<f64, AtomicU64>>,
+    /// PVC data-sync metrics (`pvc_*`), recorded by [`crate::datasync`].
+    pub pvc: crate::datasync::metrics::PvcMetrics,
 }
 
 impl Default for Metrics {
@@ -107,12 +81,7 @@ impl Default for Metrics {
             continuous_watch: Family::default(),
             breaker_held: Family::default(),
             last_success: Family::default(),
-            pvc_syncs: Family::default(),
-            pvc_duration: Family::<MappingLabel, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(1.0, 2.0, 16))
-            }),
-            pvc_bytes: Family::default(),
-            pvc_last_success: Family::default(),
+            pvc: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -161,26 +130,7 @@ impl Default for Metrics {
             "Unix time of the last successful sync (RPO = now - this)",
             m.last_success.clone(),
         );
-        registry.register(
-            "pvc_syncs",
-            "PVC data syncs, by result",
-            m.pvc_syncs.clone(),
-        );
-        registry.register(
-            "pvc_sync_duration_seconds",
-            "Wall time of a PVC data sync",
-            m.pvc_duration.clone(),
-        );
-        registry.register(
-            "pvc_bytes",
-            "Volume bytes of PVC data syncs, literal (sent) or matched (from the DR copy)",
-            m.pvc_bytes.clone(),
-        );
-        registry.register(
-            "pvc_last_success_timestamp_seconds",
-            "Point in time the DR copy of a PVC holds (RPO = now - this)",
-            m.pvc_last_success.clone(),
-        );
+        m.pvc.register(&mut registry);
         Metrics { registry, ..m }
     }
 }

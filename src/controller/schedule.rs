@@ -2,13 +2,13 @@
 //! clock, so it can be table-tested and so a reconcile caused by our own status write
 //! decides "nothing to do" instead of looping.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use croner::Cron;
 use jiff::Timestamp;
 
 use crate::api::{NamespaceMapping, ReplicationMode, keys};
+/// Go-style durations; defined below both the controller and `datasync`.
+pub use crate::schedule::parse_duration;
 
 /// Pause before retrying a failed sync.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
@@ -35,18 +35,12 @@ pub struct ScheduleError {
 }
 
 /// The next run of a 5-field cron schedule (or `@hourly`-style macro) strictly after `after`,
-/// in UTC.
+/// in UTC; the error names `spec.schedule` ([`crate::schedule::next_run`] does the work).
 pub fn next_run(schedule: &str, after: Timestamp) -> Result<Timestamp, ScheduleError> {
-    let err = |message: String| ScheduleError {
-        schedule: schedule.to_string(),
-        message,
-    };
-    let cron = Cron::from_str(schedule.trim()).map_err(|e| err(e.to_string()))?;
-    let start = after.to_zoned(jiff::tz::TimeZone::UTC);
-    let next = cron
-        .find_next_occurrence(&start, false)
-        .map_err(|e| err(e.to_string()))?;
-    Ok(next.timestamp())
+    crate::schedule::next_run(schedule, after).map_err(|e| ScheduleError {
+        schedule: e.schedule,
+        message: e.message,
+    })
 }
 
 /// Inputs of the decision that are not in the mapping itself.
@@ -154,27 +148,6 @@ pub fn decide(nm: &NamespaceMapping, clock: Clock) -> Result<Decision, ScheduleE
     }
 }
 
-/// Parses a Go-style duration (`5s`, `1h30m`, `500ms`), as the CRD pattern allows.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    // Parsed on every reconcile: compile the pattern once.
-    static UNIT: std::sync::LazyLock<regex::Regex> =
-        std::sync::LazyLock::new(|| regex::Regex::new(r"([0-9]+)(ms|s|m|h)").expect("valid regex"));
-    let re = &*UNIT;
-    let mut total = Duration::ZERO;
-    let mut consumed = 0;
-    for c in re.captures_iter(s) {
-        let n: u64 = c[1].parse().ok()?;
-        consumed += c[0].len();
-        total += match &c[2] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            _ => Duration::from_secs(n * 3600),
-        };
-    }
-    (consumed == s.len() && !s.is_empty()).then_some(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,41 +155,6 @@ mod tests {
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn next_run_table() {
-        let cases = [
-            (
-                "*/5 * * * *",
-                "2026-11-26T10:02:00Z",
-                "2026-11-26T10:05:00Z",
-            ),
-            (
-                "*/5 * * * *",
-                "2026-11-26T10:05:00Z",
-                "2026-11-26T10:10:00Z",
-            ),
-            (
-                "0 8-18/2 * * MON-FRI",
-                "2026-11-27T19:00:00Z",
-                "2026-11-30T08:00:00Z",
-            ),
-            (
-                "15,45 0 1 jan,jul *",
-                "2026-11-26T00:00:00Z",
-                "2027-01-01T00:15:00Z",
-            ),
-            ("@hourly", "2026-11-26T10:30:00Z", "2026-11-26T11:00:00Z"),
-            ("@daily", "2026-11-26T10:30:00Z", "2026-11-27T00:00:00Z"),
-        ];
-        for (schedule, after, expected) in cases {
-            assert_eq!(
-                next_run(schedule, t(after)).unwrap(),
-                t(expected),
-                "{schedule} after {after}"
-            );
-        }
     }
 
     fn mapping(
@@ -336,21 +274,6 @@ mod tests {
         ];
         for (name, nm, clock, expected) in cases {
             assert_eq!(decide(&nm, clock).unwrap(), expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn parse_duration_table() {
-        let cases = [
-            ("5s", Some(5_000)),
-            ("1h30m", Some(5_400_000)),
-            ("500ms", Some(500)),
-            ("", None),
-            ("5 s", None),
-            ("1d", None),
-        ];
-        for (s, ms) in cases {
-            assert_eq!(parse_duration(s).map(|d| d.as_millis() as u64), ms, "{s}");
         }
     }
 }

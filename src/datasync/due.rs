@@ -9,7 +9,7 @@
 use jiff::Timestamp;
 
 use crate::api::{NamespaceMapping, PvcDataStatus};
-use crate::controller::schedule;
+use crate::schedule;
 
 /// The cron schedule of a mapping's data syncs and the field it was read from, so an
 /// error points at what the user has to fix.

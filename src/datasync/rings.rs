@@ -13,7 +13,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use super::keys::{KeyRing, Rotation};
 use crate::api::{SshKeySettings, keys};
-use crate::controller::schedule::parse_duration;
+use crate::schedule::parse_duration;
 
 /// Shortest rotation interval honoured: a tiny value would rotate on every pass.
 const MIN_ROTATION: Duration = Duration::from_secs(600);
@@ -95,15 +95,34 @@ pub async fn ensure<K: Resource<DynamicType = ()>>(
     Ok(Checked { ring, rotated })
 }
 
+/// A ring Secret that cannot be read or holds no usable ring.
+#[derive(Debug, thiserror::Error)]
+#[error("Secret {namespace}/{name}: {message}")]
+pub struct ReadError {
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Name of the Secret.
+    pub name: String,
+    /// The API error or what is wrong with its content.
+    pub message: String,
+}
+
 /// Reads a ring without creating it.
-pub async fn read(client: &Client, namespace: &str, name: &str) -> Result<Option<KeyRing>, String> {
+pub async fn read(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<KeyRing>, ReadError> {
+    let err = |message: String| ReadError {
+        namespace: namespace.into(),
+        name: name.into(),
+        message,
+    };
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     match api.get_opt(name).await {
-        Ok(Some(s)) => {
-            KeyRing::from_secret(&s).map_err(|e| format!("Secret {namespace}/{name}: {e}"))
-        }
+        Ok(Some(s)) => KeyRing::from_secret(&s).map_err(err),
         Ok(None) => Ok(None),
-        Err(e) => Err(format!("Secret {namespace}/{name}: {e}")),
+        Err(e) => Err(err(e.to_string())),
     }
 }
 

@@ -17,16 +17,119 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use super::context::DataCtx;
+use super::metrics::{KindLabel, MappingLabel, PvcLabel, ResultLabel};
 use super::objects::{self, Operation, mapping_label};
 use super::run::{self, Env, Outcome};
 use super::{agent, due, lock, plan, rings};
 use crate::api::{
     ClusterMapping, NamespaceMapping, PvcSyncResult, PvcVolumeStatus, RemoteCluster, keys,
 };
-use crate::controller::context::Ctx;
-use crate::controller::schedule;
-use crate::export::policy::Policy;
-use crate::refs;
+use crate::export::policy::{Policy, PolicyError};
+use crate::refs::{self, ClusterRef, RefError};
+use crate::schedule;
+
+/// Why a pass of a mapping's data-sync task could not run (the task reports it as a
+/// `PvcSyncFailed` Event and tries again). Each variant carries the object or field at
+/// fault; the message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DataSyncError {
+    /// A reference of the mapping (ClusterMapping, RemoteCluster, kubeconfig Secret)
+    /// cannot be resolved.
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    /// Neither the mapping nor its ClusterMapping names a source RemoteCluster.
+    #[error(
+        "spec.pvcConfig.syncData: volume data replication needs a source RemoteCluster (spec.sourceCluster or the ClusterMapping's) with spec.pvcSync.enabled"
+    )]
+    NoSource,
+    /// The source RemoteCluster could not be read.
+    #[error("{source}")]
+    ReadSource {
+        /// The reference to it.
+        cluster: ClusterRef,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// The source RemoteCluster does not exist.
+    #[error("{}: RemoteCluster {}/{} not found", .0.field, .0.namespace, .0.name)]
+    SourceMissing(ClusterRef),
+    /// The source RemoteCluster does not run the PVC agent.
+    #[error("RemoteCluster {name}: spec.pvcSync.enabled must be true to replicate volume data")]
+    PvcSyncDisabled {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The mapping's export settings (which also shape the destination PVC) are unusable.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The mapping's client key Secret could not be read or written.
+    #[error("client key Secret: {source}")]
+    ClientKey {
+        /// `namespace/name` of the Secret.
+        secret: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// The mapping's key could not be published in the agent's client list.
+    #[error(
+        "agent client keys in {namespace}/{}: {source} (has the agent been deployed?)",
+        agent::CLIENTS_SECRET
+    )]
+    AgentClients {
+        /// The agent's namespace in the source cluster.
+        namespace: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// The agent's host key ring could not be read.
+    #[error(transparent)]
+    HostRing(#[from] rings::ReadError),
+    /// The controller has not generated the agent's host key yet.
+    #[error("RemoteCluster {name}: the agent host key is not generated yet")]
+    HostKeyMissing {
+        /// Namespace of the RemoteCluster.
+        namespace: String,
+        /// Name of the RemoteCluster.
+        name: String,
+    },
+    /// `spec.namespaceSelector` is not a valid label selector.
+    #[error("spec.namespaceSelector: {0}")]
+    Selector(#[source] kube::core::ParseExpressionError),
+    /// The source namespaces matching the selector could not be listed.
+    #[error("list namespaces: {source}")]
+    ListNamespaces {
+        /// The label selector.
+        selector: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// The data-sync schedule is unusable.
+    #[error(transparent)]
+    Schedule(#[from] due::ScheduleError),
+    /// The mapping's `status.pvcData` could not be written.
+    #[error("status: {0}")]
+    Status(#[source] kube::Error),
+    /// The PVCs of a source namespace could not be listed.
+    #[error("list PVCs in {namespace}: {source}")]
+    ListPvcs {
+        /// The source namespace.
+        namespace: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// The pods of a source namespace (to find where a volume is mounted) could not be
+    /// listed.
+    #[error("list pods in {namespace}: {source}")]
+    ListPods {
+        /// The source namespace.
+        namespace: String,
+        /// The API error.
+        source: kube::Error,
+    },
+}
 
 /// A running task, the bell that wakes it and the switch that cancels its operations.
 type Task = (
@@ -35,9 +138,9 @@ type Task = (
     Arc<tokio::sync::watch::Sender<bool>>,
 );
 
-/// The running data-sync tasks, by mapping key.
-#[derive(Default)]
+/// The running data-sync tasks, by mapping key, and the context they run with.
 pub struct DataSyncs {
+    ctx: Arc<DataCtx>,
     tasks: Mutex<HashMap<String, Task>>,
 }
 
@@ -57,9 +160,17 @@ pub struct Done {
 }
 
 impl DataSyncs {
+    /// No tasks yet; tasks started by [`DataSyncs::ensure`] run with `ctx`.
+    pub fn new(ctx: DataCtx) -> Self {
+        DataSyncs {
+            ctx: Arc::new(ctx),
+            tasks: Mutex::default(),
+        }
+    }
+
     /// Starts the task of a mapping that replicates volume data, or wakes it to look at
     /// the mapping again (a trigger, a schedule or key-setting change).
-    pub fn ensure(&self, ctx: &Arc<Ctx>, nm: &NamespaceMapping) {
+    pub fn ensure(&self, nm: &NamespaceMapping) {
         let wanted = nm.spec.pvc_config.as_ref().is_some_and(|p| p.sync_data);
         let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
         let mut tasks = self.tasks.lock().expect("not poisoned");
@@ -80,7 +191,7 @@ impl DataSyncs {
         let (cancel, cancelled) = tokio::sync::watch::channel(false);
         let cancel = Arc::new(cancel);
         let handle = tokio::spawn(run_mapping(
-            ctx.clone(),
+            self.ctx.clone(),
             nm.namespace().unwrap_or_default(),
             nm.name_any(),
             notify.clone(),
@@ -108,42 +219,37 @@ struct Setup {
     policy: Policy,
 }
 
-async fn resolve(ctx: &Ctx, nm: &NamespaceMapping) -> Result<Setup, String> {
-    let cm = refs::cluster_mapping(&ctx.client, nm)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn resolve(ctx: &DataCtx, nm: &NamespaceMapping) -> Result<Setup, DataSyncError> {
+    let cm = refs::cluster_mapping(&ctx.client, nm).await?;
     // The same resolution as the manifest sync: data goes where the manifests go.
     let mapping_refs = refs::MappingRefs::new(nm, cm.as_ref());
-    let source_ref = mapping_refs.source().ok_or(
-        "spec.pvcConfig.syncData: volume data replication needs a source RemoteCluster (spec.sourceCluster or the ClusterMapping's) with spec.pvcSync.enabled",
-    )?;
-    let rc = Api::<RemoteCluster>::namespaced(ctx.client.clone(), &source_ref.namespace)
+    let source_ref = mapping_refs.source().ok_or(DataSyncError::NoSource)?;
+    let rc = match Api::<RemoteCluster>::namespaced(ctx.client.clone(), &source_ref.namespace)
         .get_opt(&source_ref.name)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "{}: RemoteCluster {}/{} not found",
-                source_ref.field, source_ref.namespace, source_ref.name
-            )
-        })?;
+    {
+        Ok(Some(rc)) => rc,
+        Ok(None) => return Err(DataSyncError::SourceMissing(source_ref)),
+        Err(source) => {
+            return Err(DataSyncError::ReadSource {
+                cluster: source_ref,
+                source,
+            });
+        }
+    };
     if !rc.spec.pvc_sync.as_ref().is_some_and(|p| p.enabled) {
-        return Err(format!(
-            "RemoteCluster {}: spec.pvcSync.enabled must be true to replicate volume data",
-            source_ref.name
-        ));
+        return Err(DataSyncError::PvcSyncDisabled {
+            namespace: source_ref.namespace,
+            name: source_ref.name,
+        });
     }
-    let source = refs::cluster_client(&ctx.client, &source_ref)
-        .await
-        .map_err(|e| e.to_string())?;
+    let source = refs::cluster_client(&ctx.client, &source_ref).await?;
     let dest = match mapping_refs.dr_cluster() {
-        Some(r) => refs::cluster_client(&ctx.client, &r)
-            .await
-            .map_err(|e| e.to_string())?,
+        Some(r) => refs::cluster_client(&ctx.client, &r).await?,
         // Without a target cluster the controller runs in the DR cluster.
         None => ctx.client.clone(),
     };
-    let policy = Policy::from_spec(&nm.spec).map_err(|e| e.to_string())?;
+    let policy = Policy::from_spec(&nm.spec)?;
     Ok(Setup {
         cm,
         rc,
@@ -208,7 +314,7 @@ struct State {
 }
 
 async fn run_mapping(
-    ctx: Arc<Ctx>,
+    ctx: Arc<DataCtx>,
     ns: String,
     name: String,
     notify: Arc<Notify>,
@@ -275,9 +381,9 @@ async fn run_mapping(
         }
         let wake = match step(&ctx, &nm, &cfg, &mut state).await {
             Ok(until) => until,
-            Err(msg) => {
-                tracing::warn!(mapping = %name, error = %msg, "data sync");
-                publish(&ctx, &nm, true, "PvcSyncFailed", msg).await;
+            Err(e) => {
+                tracing::warn!(mapping = %name, error = %e, "data sync");
+                ctx.publish(&nm, true, "PvcSyncFailed", e.to_string()).await;
                 Timestamp::now() + jiff::SignedDuration::from_secs(30)
             }
         };
@@ -292,28 +398,25 @@ async fn idle(notify: &Notify, d: Duration) {
 
 /// One pass: keys, sweep, and the syncs that are due. Returns when to look again.
 async fn step(
-    ctx: &Ctx,
+    ctx: &DataCtx,
     nm: &NamespaceMapping,
     cfg: &crate::api::PvcConfig,
     state: &mut State,
-) -> Result<Timestamp, String> {
+) -> Result<Timestamp, DataSyncError> {
     let setup = resolve(ctx, nm).await?;
     let pvc_spec = setup.rc.spec.pvc_sync.clone().expect("checked by resolve");
     let mapping = mapping_label(&nm.namespace().unwrap_or_default(), &nm.name_any());
     let key_settings = setup.cm.as_ref().and_then(|c| c.spec.ssh_keys.as_ref());
-    let manager = &ctx.settings.field_manager;
-    let checked = rings::ensure(
-        &ctx.client,
-        nm,
-        &format!("dr-syncer-pvc-{}", nm.name_any()),
-        key_settings,
-        manager,
-    )
-    .await
-    .map_err(|e| format!("client key Secret: {e}"))?;
+    let manager = &ctx.field_manager;
+    let key_secret = format!("dr-syncer-pvc-{}", nm.name_any());
+    let checked = rings::ensure(&ctx.client, nm, &key_secret, key_settings, manager)
+        .await
+        .map_err(|source| DataSyncError::ClientKey {
+            secret: format!("{}/{key_secret}", nm.namespace().unwrap_or_default()),
+            source,
+        })?;
     if let Some(why) = checked.rotated {
-        publish(
-            ctx,
+        ctx.publish(
             nm,
             false,
             "KeysRotated",
@@ -336,12 +439,9 @@ async fn step(
         Some(&ring.authorized_keys(now)),
     )
     .await
-    .map_err(|e| {
-        format!(
-            "agent client keys in {}/{}: {e} (has the agent been deployed?)",
-            pvc_spec.namespace,
-            agent::CLIENTS_SECRET
-        )
+    .map_err(|source| DataSyncError::AgentClients {
+        namespace: pvc_spec.namespace.clone(),
+        source,
     })?;
     state.published = Some(Published {
         source: setup.source.clone(),
@@ -354,11 +454,9 @@ async fn step(
         &agent::host_ring_secret(&setup.rc.name_any()),
     )
     .await?
-    .ok_or_else(|| {
-        format!(
-            "RemoteCluster {}: the agent host key is not generated yet",
-            setup.rc.name_any()
-        )
+    .ok_or_else(|| DataSyncError::HostKeyMissing {
+        namespace: setup.rc.namespace().unwrap_or_default(),
+        name: setup.rc.name_any(),
     })?;
     let source_namespaces = source_namespaces(&setup.source, nm).await?;
     let dests: Vec<(String, String)> = source_namespaces
@@ -379,7 +477,7 @@ async fn step(
     let triggered = trigger.is_some() && trigger != prev.last_sync_data_now;
     let data_schedule = due::Schedule::of(nm);
     let last = state.last_run.max(due::last_attempt(&prev));
-    let scheduled = due::decide(data_schedule, last, now).map_err(|e| e.to_string())?;
+    let scheduled = due::decide(data_schedule, last, now)?;
     if let due::Due::Run(why) = scheduled {
         tracing::info!(mapping = %mapping, ?why, "scheduled data sync due");
     }
@@ -414,7 +512,7 @@ async fn step(
     // The next slot after this pass's run (or after the last attempt when nothing ran);
     // if a long run overran it, the next pass catches it up at once.
     let next = match (data_schedule, state.last_run.max(last)) {
-        (Some(s), Some(after)) => Some(s.next_after(after).map_err(|e| e.to_string())?),
+        (Some(s), Some(after)) => Some(s.next_after(after)?),
         _ => None,
     };
     status.next_sync_time = next.map(Time);
@@ -429,7 +527,7 @@ async fn step(
             &Patch::Merge(json!({"status": {"pvcData": status}})),
         )
         .await
-        .map_err(|e| format!("status: {e}"))?;
+        .map_err(DataSyncError::Status)?;
     }
     let mut check = rings::next_check(&ring, key_settings, now);
     if retry_sweep {
@@ -446,7 +544,10 @@ struct EnvParts<'a> {
     mapping: String,
 }
 
-async fn source_namespaces(source: &Client, nm: &NamespaceMapping) -> Result<Vec<String>, String> {
+async fn source_namespaces(
+    source: &Client,
+    nm: &NamespaceMapping,
+) -> Result<Vec<String>, DataSyncError> {
     if let Some(ns) = &nm.spec.source_namespace {
         return Ok(vec![ns.clone()]);
     }
@@ -454,23 +555,26 @@ async fn source_namespaces(source: &Client, nm: &NamespaceMapping) -> Result<Vec
         return Ok(Vec::new());
     };
     let selector = kube::core::Selector::try_from(sel.clone())
-        .map_err(|e| format!("spec.namespaceSelector: {e}"))?
+        .map_err(DataSyncError::Selector)?
         .to_string();
-    let list = Api::<Namespace>::all(source.clone())
+    let list = match Api::<Namespace>::all(source.clone())
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(|e| format!("list namespaces: {e}"))?;
+    {
+        Ok(list) => list,
+        Err(source) => return Err(DataSyncError::ListNamespaces { selector, source }),
+    };
     Ok(list.items.iter().map(|n| n.name_any()).collect())
 }
 
 async fn run_all(
-    ctx: &Ctx,
+    ctx: &DataCtx,
     nm: &NamespaceMapping,
     parts: &EnvParts<'_>,
     dests: &[(String, String)],
     cfg: &crate::api::PvcConfig,
     prev: &[PvcVolumeStatus],
-) -> Result<Vec<Done>, String> {
+) -> Result<Vec<Done>, DataSyncError> {
     let setup = parts.setup;
     let pvc_spec = setup.rc.spec.pvc_sync.clone().expect("checked by resolve");
     let dsc = cfg.data_sync_config.clone().unwrap_or_default();
@@ -480,12 +584,12 @@ async fn run_all(
         .as_deref()
         .and_then(schedule::parse_duration)
         .unwrap_or(Duration::from_secs(6 * 3600));
-    let image = agent::image(&pvc_spec, &ctx.settings.image);
+    let image = agent::image(&pvc_spec, &ctx.image);
     let env = Env {
         ctl: ctx.client.clone(),
         source: setup.source.clone(),
         dest: setup.dest.clone(),
-        lease_namespace: ctx.settings.namespace.clone(),
+        lease_namespace: ctx.namespace.clone(),
         holder: ctx.instance.clone(),
         cluster_id: format!(
             "{}/{}",
@@ -508,13 +612,19 @@ async fn run_all(
         let list = claims
             .list(&ListParams::default())
             .await
-            .map_err(|e| format!("list PVCs in {src}: {e}"))?;
+            .map_err(|source| DataSyncError::ListPvcs {
+                namespace: src.clone(),
+                source,
+            })?;
         let (pods, vas) = if method == crate::api::CopyMethod::Direct {
             let pods =
                 Api::<k8s_openapi::api::core::v1::Pod>::namespaced(setup.source.clone(), src)
                     .list(&ListParams::default())
                     .await
-                    .map_err(|e| format!("list pods in {src}: {e}"))?
+                    .map_err(|source| DataSyncError::ListPods {
+                        namespace: src.clone(),
+                        source,
+                    })?
                     .items;
             let vas =
                 Api::<k8s_openapi::api::storage::v1::VolumeAttachment>::all(setup.source.clone())
@@ -607,18 +717,18 @@ fn op_id() -> String {
 }
 
 /// Metrics and an Event for one operation.
-async fn record(ctx: &Ctx, nm: &NamespaceMapping, op: &Operation, out: &Outcome) {
+async fn record(ctx: &DataCtx, nm: &NamespaceMapping, op: &Operation, out: &Outcome) {
     let m = &ctx.metrics;
     let mapping = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
     let result = format!("{:?}", out.result);
-    m.pvc_syncs
-        .get_or_create(&crate::controller::metrics::ResultLabel {
+    m.syncs
+        .get_or_create(&ResultLabel {
             mapping: mapping.clone(),
             result,
         })
         .inc();
-    m.pvc_duration
-        .get_or_create(&crate::controller::metrics::MappingLabel {
+    m.duration
+        .get_or_create(&MappingLabel {
             mapping: mapping.clone(),
         })
         .observe(out.duration.as_secs_f64());
@@ -627,16 +737,16 @@ async fn record(ctx: &Ctx, nm: &NamespaceMapping, op: &Operation, out: &Outcome)
         PvcSyncResult::Succeeded => {
             let r = out.report.clone().unwrap_or_default();
             for (kind, v) in [("literal", r.bytes_literal), ("matched", r.bytes_matched)] {
-                m.pvc_bytes
-                    .get_or_create(&crate::controller::metrics::KindLabel {
+                m.bytes
+                    .get_or_create(&KindLabel {
                         mapping: mapping.clone(),
                         kind: kind.into(),
                     })
                     .inc_by(u64::try_from(v).unwrap_or(0));
             }
             if let Some(pit) = out.point_in_time {
-                m.pvc_last_success
-                    .get_or_create(&crate::controller::metrics::PvcLabel {
+                m.last_success
+                    .get_or_create(&PvcLabel {
                         mapping: mapping.clone(),
                         pvc: pvc.clone(),
                     })
@@ -667,11 +777,7 @@ async fn record(ctx: &Ctx, nm: &NamespaceMapping, op: &Operation, out: &Outcome)
             format!("{pvc}: {}", out.message.clone().unwrap_or_default()),
         ),
     };
-    publish(ctx, nm, warning, reason, note).await;
-}
-
-async fn publish(ctx: &Ctx, nm: &NamespaceMapping, warning: bool, reason: &str, note: String) {
-    ctx.publish(nm, warning, reason, "SyncData", note).await;
+    ctx.publish(nm, warning, reason, note).await;
 }
 
 /// Marks the PVCs of `ops` as running in the status list (pure); the last results' other
@@ -747,7 +853,7 @@ pub fn merge(volumes: &mut Vec<PvcVolumeStatus>, done: Vec<Done>, now: Timestamp
 /// temporary objects on both sides, allow-list entries and PVC locks. Runs once per task
 /// start, before the task's first operation, so nothing of its own is live yet.
 async fn sweep(
-    ctx: &Ctx,
+    ctx: &DataCtx,
     setup: &Setup,
     agent_ns: &str,
     mapping: &str,
@@ -781,7 +887,7 @@ async fn sweep(
                 .await;
         }
     }
-    match lock::release_all(&ctx.client, &ctx.settings.namespace, mapping).await {
+    match lock::release_all(&ctx.client, &ctx.namespace, mapping).await {
         Ok(n) if n > 0 => tracing::info!(
             mapping,
             locks = n,
@@ -816,6 +922,132 @@ mod tests {
                 duration: Duration::from_secs(2),
                 cleanup_failed: false,
             },
+        }
+    }
+
+    fn api_error() -> kube::Error {
+        kube::Error::Api(Box::new(
+            serde_json::from_value(
+                json!({"code": 403, "message": "forbidden", "reason": "Forbidden"}),
+            )
+            .unwrap(),
+        ))
+    }
+
+    /// The messages are those of the `String` errors the typed ones replaced (they reach
+    /// users as `PvcSyncFailed` Events).
+    #[test]
+    fn data_sync_error_messages_table() {
+        let e = api_error();
+        let r = ClusterRef {
+            namespace: "dr-syncer".into(),
+            name: "prod".into(),
+            field: "spec.sourceCluster".into(),
+        };
+        let cases = [
+            (
+                "no_source",
+                DataSyncError::NoSource,
+                "spec.pvcConfig.syncData: volume data replication needs a source RemoteCluster (spec.sourceCluster or the ClusterMapping's) with spec.pvcSync.enabled".to_string(),
+            ),
+            (
+                "source_missing",
+                DataSyncError::SourceMissing(r.clone()),
+                "spec.sourceCluster: RemoteCluster dr-syncer/prod not found".into(),
+            ),
+            (
+                "read_source",
+                DataSyncError::ReadSource {
+                    cluster: r,
+                    source: api_error(),
+                },
+                e.to_string(),
+            ),
+            (
+                "pvc_sync_disabled",
+                DataSyncError::PvcSyncDisabled {
+                    namespace: "dr-syncer".into(),
+                    name: "prod".into(),
+                },
+                "RemoteCluster prod: spec.pvcSync.enabled must be true to replicate volume data"
+                    .into(),
+            ),
+            (
+                "client_key",
+                DataSyncError::ClientKey {
+                    secret: "dr-syncer/dr-syncer-pvc-m".into(),
+                    source: api_error(),
+                },
+                format!("client key Secret: {e}"),
+            ),
+            (
+                "agent_clients",
+                DataSyncError::AgentClients {
+                    namespace: "agent".into(),
+                    source: api_error(),
+                },
+                format!(
+                    "agent client keys in agent/{}: {e} (has the agent been deployed?)",
+                    agent::CLIENTS_SECRET
+                ),
+            ),
+            (
+                "host_ring",
+                DataSyncError::from(rings::ReadError {
+                    namespace: "dr-syncer".into(),
+                    name: "dr-syncer-agent-prod".into(),
+                    message: e.to_string(),
+                }),
+                format!("Secret dr-syncer/dr-syncer-agent-prod: {e}"),
+            ),
+            (
+                "host_key_missing",
+                DataSyncError::HostKeyMissing {
+                    namespace: "dr-syncer".into(),
+                    name: "prod".into(),
+                },
+                "RemoteCluster prod: the agent host key is not generated yet".into(),
+            ),
+            (
+                "selector",
+                DataSyncError::Selector(kube::core::ParseExpressionError("bad".into())),
+                format!(
+                    "spec.namespaceSelector: {}",
+                    kube::core::ParseExpressionError("bad".into())
+                ),
+            ),
+            (
+                "list_namespaces",
+                DataSyncError::ListNamespaces {
+                    selector: "tier=web".into(),
+                    source: api_error(),
+                },
+                format!("list namespaces: {e}"),
+            ),
+            (
+                "status",
+                DataSyncError::Status(api_error()),
+                format!("status: {e}"),
+            ),
+            (
+                "list_pvcs",
+                DataSyncError::ListPvcs {
+                    namespace: "shop".into(),
+                    source: api_error(),
+                },
+                format!("list PVCs in shop: {e}"),
+            ),
+            (
+                "list_pods",
+                DataSyncError::ListPods {
+                    namespace: "shop".into(),
+                    source: api_error(),
+                },
+                format!("list pods in shop: {e}"),
+            ),
+        ];
+        for (name, err, want) in cases {
+            assert_eq!(err.to_string(), want, "{name}");
         }
     }
 

@@ -526,6 +526,41 @@ async fn continuous_watch_follows_the_cluster_mappings_source() {
         s.show(deploy_path).unwrap().contains("replicas: 4"),
         "still live"
     );
+
+    // Failback (git mode): the standby form again, and syncs flow.
+    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .args([
+            "failback",
+            "--repo",
+            &s.url,
+            "--branch",
+            "main",
+            "--path",
+            "clusters/prod/shop",
+            "--yes",
+        ])
+        .arg("--ssh-key")
+        .arg(&s.sshd.client_key)
+        .arg("--known-hosts")
+        .arg(&s.sshd.known_hosts)
+        .arg("--cache-dir")
+        .arg(key_dir.join("cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "failback: {}", stderr(&out));
+    assert!(
+        s.show("clusters/prod/shop/.dr-syncer/promoted.yaml")
+            .is_none()
+    );
+    s.trigger("shop", "after-failback")
+        .await
+        .expect("syncs again after failback");
+    let standby = s.show(deploy_path).unwrap();
+    assert!(standby.contains("replicas: 0"), "standby form: {standby}");
+    s.committed(path, "the change made while promoted", |b| {
+        b.contains("color: while-promoted")
+    })
+    .await;
 }
 
 /// examples/crs/13 (direct apply into the DR RemoteCluster of examples/crs/01): a promoted
@@ -596,6 +631,84 @@ async fn direct_apply_never_scales_down_a_promoted_namespace() {
         "{err}"
     );
     assert_eq!(replicas().await, 3, "the live site kept its replicas");
+
+    // Failback (direct mode, as the README runs it), then the controller applies the
+    // standby form again.
+    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .args(["failback", "--kubeconfig"])
+        .arg(target.kubeconfig_path())
+        .args(["-n", "legacy", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "failback: {}", stderr(&out));
+    s.kubeconfig_secret("dr-kubeconfig", &target.kubeconfig())
+        .await;
+    s.trigger("legacy-direct", "after-failback")
+        .await
+        .expect("applies again after failback");
+    assert_eq!(replicas().await, 0, "standby again");
+}
+
+/// examples/crs/12 as written (every namespace labelled `dr=enabled`, exported to
+/// `<name>-dr`, via the ClusterMapping's repository and source), triggered once.
+#[tokio::test]
+async fn selector_mapping_exports_every_labelled_namespace() {
+    let s = site("user-path-selector").await;
+    for (ns, labelled) in [
+        ("team-red", true),
+        ("team-blue", true),
+        ("team-grey", false),
+    ] {
+        let labels = if labelled {
+            json!({"dr": "enabled"})
+        } else {
+            json!({})
+        };
+        s.prod_applier
+            .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}))
+            .await;
+        s.prod_applier
+            .apply(&config_map(ns, "team-config", json!({"team": ns})))
+            .await;
+    }
+    // A labelled namespace that exists only on the DR cluster must not appear.
+    s.dr_applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-dr-only", "labels": {"dr": "enabled"}}}))
+        .await;
+    s.cluster_mapping().await;
+    s.deploy_key_secret("dr-state-deploy-key", true).await;
+    let mut nm = example("12-namespacemapping-selector.yaml");
+    nm["metadata"]["annotations"] = json!({"dr-syncer.io/sync-now": "go"});
+    s.dr_applier.apply(&nm).await;
+    s.outcome("labelled-teams", |st| {
+        st.last_sync_now.as_deref() == Some("go")
+    })
+    .await
+    .expect("selector sync");
+    let files = git(
+        &s.repo,
+        &[
+            "ls-tree",
+            "-r",
+            "--name-only",
+            "main",
+            "clusters/prod/labelled-teams",
+        ],
+    );
+    for wanted in [
+        "team-red-dr/core/configmaps/team-config.yaml",
+        "team-blue-dr/core/configmaps/team-config.yaml",
+    ] {
+        assert!(files.contains(wanted), "{wanted} in {files}");
+    }
+    assert!(
+        !files.contains("team-grey"),
+        "unlabelled namespace exported: {files}"
+    );
+    assert!(
+        !files.contains("team-dr-only"),
+        "a DR-only namespace exported: {files}"
+    );
 }
 
 /// Credentials on the source that may read Namespaces and the listed namespaced resources

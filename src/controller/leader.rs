@@ -28,9 +28,10 @@ impl Leadership {
     /// `Ok` while this replica holds an unexpired lease.
     pub async fn check(&self) -> Result<(), String> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
-        let lease = api
-            .get(LEASE_NAME)
+        // Bounded: a half-open connection must not hold a push (and its mapping) forever.
+        let lease = tokio::time::timeout(std::time::Duration::from_secs(10), api.get(LEASE_NAME))
             .await
+            .map_err(|_| format!("reading the leader lease {LEASE_NAME} timed out"))?
             .map_err(|e| format!("cannot read the leader lease {LEASE_NAME}: {e}"))?;
         lease_verdict(
             &lease.spec.unwrap_or_default(),
@@ -39,7 +40,9 @@ impl Leadership {
         )
     }
 
-    /// The same check for blocking code (the git pushes run on the blocking pool).
+    /// The same check for blocking code (the git pushes run on the blocking pool). Only
+    /// call the fence from `spawn_blocking` threads: `block_on` panics on a runtime thread,
+    /// which refuses the push (fail closed).
     pub fn fence(&self) -> Fence {
         let handle = tokio::runtime::Handle::current();
         let me = self.clone();

@@ -182,7 +182,14 @@ async fn sync_and_record(
     let trigger = nm.annotations().get(keys::SYNC_NOW).cloned();
     // A watched batch is published as a patch when it can be; otherwise (or when the patch
     // path says so) the whole mapping is exported.
+    // A Degraded mapping has types that could not be listed: a patch cannot tell whether
+    // they are readable again, so only a full sync may clear Degraded and move the RPO.
+    let degraded = prev.phase == Some(crate::api::MappingPhase::Degraded);
     let result = match incoming {
+        Some(_) if degraded => {
+            tracing::info!(mapping = %key, "full sync instead of a patch: the mapping is Degraded");
+            sync::run(ctx, nm, cm.as_ref()).await
+        }
         Some(incoming) => match super::incremental::run(ctx, nm, cm.as_ref(), incoming).await {
             Ok(report) => Ok(report),
             Err(super::incremental::IncrementalError::Sync(e)) => Err(e),
@@ -231,6 +238,11 @@ async fn sync_and_record(
                 ReplicationMode::Manual => Action::await_change(),
                 _ => Action::requeue(Duration::from_secs(1)),
             })
+        }
+        // A deposed leader leaves status and Events to the new leader.
+        Err(e) if e.is_fenced() => {
+            tracing::warn!(mapping = %key, error = %e, "not written: no longer the leader");
+            Ok(Action::await_change())
         }
         Err(e) => finish_failed(ctx, nm, prev, &e).await,
     }

@@ -44,6 +44,14 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// Whether this replica was refused the write because it lost the leader lease.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            SyncError::NotLeader(_) | SyncError::Git(GitError::Fenced(_))
+        )
+    }
+
     /// Whether the git remote could not be reached or refused the push (the
     /// `dr_syncer_push_failures_total` metric).
     pub fn is_push_failure(&self) -> bool {

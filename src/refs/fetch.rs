@@ -133,13 +133,12 @@ pub fn kubeconfig_refusal(kc: &Kubeconfig) -> Option<String> {
                 "{at}: insecure-skip-tls-verify is true; dr-syncer always verifies TLS: remove it and put the cluster's CA into certificate-authority-data"
             ));
         }
-        if cluster
-            .server
-            .as_deref()
-            .is_some_and(|s| s.starts_with("http://"))
+        // Any scheme but https (in any spelling: `HTTP://` is plain http too) is refused.
+        if let Some(server) = &cluster.server
+            && !server.to_ascii_lowercase().starts_with("https://")
         {
             return Some(format!(
-                "{at}: server uses plain http://; dr-syncer only talks TLS (https://) to clusters"
+                "{at}: server is not an https:// URL (plain http:// or another scheme); dr-syncer only talks TLS to clusters"
             ));
         }
         if cluster.certificate_authority.is_some() {
@@ -207,11 +206,23 @@ pub async fn cluster_client(client: &Client, r: &ClusterRef) -> Result<Client, R
     if let Some(why) = kubeconfig_refusal(&kc) {
         return Err(invalid(&field, why));
     }
+    // kube's messages may quote decoded credential bytes (e.g. bad base64 in
+    // client-key-data): name the fields to check, never the value.
     let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .map_err(|e| invalid(&field, e.to_string()))?;
+        .map_err(|_| {
+            invalid(
+                &field,
+                "the kubeconfig's context, server, CA or credentials could not be loaded (check current-context and that the *-data fields are base64 PEM)",
+            )
+        })?;
     config.default_retry = false;
-    Client::try_from(config).map_err(|e| invalid(&field, e.to_string()))
+    Client::try_from(config).map_err(|_| {
+        invalid(
+            &field,
+            "no client could be built from the kubeconfig's CA and credentials (check certificate-authority-data, client-certificate-data, client-key-data)",
+        )
+    })
 }
 
 /// Git credentials from a Flux-style Secret: `identity` (SSH private key), `known_hosts`,

@@ -195,4 +195,10 @@ fn kubeconfig_refusal_table() {
     let plain =
         Kubeconfig::from_yaml(&base("", "    token: t\n").replace("https://", "http://")).unwrap();
     assert!(kubeconfig_refusal(&plain).is_some_and(|m| m.contains("plain http://")));
+    let shouting =
+        Kubeconfig::from_yaml(&base("", "    token: t\n").replace("https://", "HTTP://")).unwrap();
+    assert!(
+        kubeconfig_refusal(&shouting).is_some_and(|m| m.contains("not an https:// URL")),
+        "HTTP:// is plain http too"
+    );
 }

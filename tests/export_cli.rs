@@ -399,6 +399,25 @@ fn export_secrets_are_encrypted_without_churn() {
         sops_yaml.contains(&rec_a) && sops_yaml.contains(&rec_b),
         "{sops_yaml}"
     );
+    // Forgetting the recipients must not delete the encrypted Secrets: refused, unchanged.
+    let out = export(&[
+        "--from",
+        SHOP,
+        "--to",
+        to.to_str().unwrap(),
+        "--fingerprint-key",
+        fp.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "an export without recipients was accepted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no age recipients given, but the destination holds encrypted Secrets"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&to), after, "nothing written");
 }
 
 /// A fresh age identity: (file contents, recipient).

@@ -156,6 +156,19 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let recipients = recipients(args, mapping.as_ref())?;
+    // Without recipients Secrets are skipped; where the destination already holds encrypted
+    // Secrets that would delete them all, so it is refused like the controller refuses it.
+    if recipients.is_empty()
+        && let Some(path) = previous
+            .files
+            .keys()
+            .find(|p| crate::controller::sync::is_encrypted_secret(p))
+    {
+        anyhow::bail!(
+            "{}: no age recipients given, but the destination holds encrypted Secrets (e.g. {path}); pass --age-recipient (or the mapping's secrets.ageRecipients) so they are not deleted",
+            args.to.display()
+        );
+    }
     let key = if recipients.is_empty() {
         Vec::new()
     } else {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod datasync;
+pub mod events;
 pub mod export;
 pub mod gitops;
 pub mod pvc;

@@ -246,6 +246,24 @@ impl Site {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `dr-syncer failover|failback --repo <ssh url> --path <path> --yes` with the deploy
+    /// key and pinned host key as files, as docs/runbook.md runs it.
+    fn promotion(&self, verb: &str, path: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+            .args([
+                verb, "--repo", &self.url, "--branch", "main", "--path", path, "--yes",
+            ])
+            .arg("--ssh-key")
+            .arg(&self.sshd.client_key)
+            .arg("--known-hosts")
+            .arg(&self.sshd.known_hosts)
+            .arg("--cache-dir")
+            .arg(self.work.path().join("cli-cache"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{verb}: {}", stderr(&out));
+    }
+
     fn identity_string(&self) -> String {
         use age::secrecy::ExposeSecret;
         self.identity.to_string().expose_secret().to_string()
@@ -473,28 +491,7 @@ async fn continuous_watch_follows_the_cluster_mappings_source() {
     );
 
     // Failover in git mode, as docs/runbook.md runs it (deploy key and pins as files).
-    let key_dir = s.work.path().join("cli");
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-        .args([
-            "failover",
-            "--repo",
-            &s.url,
-            "--branch",
-            "main",
-            "--path",
-            "clusters/prod/shop",
-            "--yes",
-        ])
-        .arg("--ssh-key")
-        .arg(&s.sshd.client_key)
-        .arg("--known-hosts")
-        .arg(&s.sshd.known_hosts)
-        .arg("--cache-dir")
-        .arg(key_dir.join("cache"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "failover: {}", stderr(&out));
+    s.promotion("failover", "clusters/prod/shop");
     let promoted = s.head();
     let live = s.show(deploy_path).unwrap();
     assert!(
@@ -528,26 +525,7 @@ async fn continuous_watch_follows_the_cluster_mappings_source() {
     );
 
     // Failback (git mode): the standby form again, and syncs flow.
-    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-        .args([
-            "failback",
-            "--repo",
-            &s.url,
-            "--branch",
-            "main",
-            "--path",
-            "clusters/prod/shop",
-            "--yes",
-        ])
-        .arg("--ssh-key")
-        .arg(&s.sshd.client_key)
-        .arg("--known-hosts")
-        .arg(&s.sshd.known_hosts)
-        .arg("--cache-dir")
-        .arg(key_dir.join("cache"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "failback: {}", stderr(&out));
+    s.promotion("failback", "clusters/prod/shop");
     assert!(
         s.show("clusters/prod/shop/.dr-syncer/promoted.yaml")
             .is_none()

@@ -139,24 +139,9 @@ impl Ctx {
         action: &str,
         note: String,
     ) {
-        use kube::runtime::events::{Event, EventType};
-        let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(name = %obj.meta().name.as_deref().unwrap_or(""), error = %e, "cannot publish event");
-        }
+        crate::events::publish(&self.recorder, obj, warning, reason, action, note).await;
     }
 
-    /// The lock of one mapping (`namespace/name`).
     /// Whether this replica may write now (always, without leader election).
     pub async fn may_write(&self) -> Result<(), String> {
         match &self.leadership {
@@ -165,6 +150,7 @@ impl Ctx {
         }
     }
 
+    /// The lock of one mapping (`namespace/name`).
     pub fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()

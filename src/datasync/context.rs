@@ -4,7 +4,7 @@
 //! sees the controller's context, so the dependency runs one way (controller → datasync).
 
 use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 
 use super::metrics::PvcMetrics;
 
@@ -36,19 +36,6 @@ impl DataCtx {
         reason: &str,
         note: String,
     ) {
-        let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "SyncData".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(name = %obj.meta().name.as_deref().unwrap_or(""), error = %e, "cannot publish event");
-        }
+        crate::events::publish(&self.recorder, obj, warning, reason, "SyncData", note).await;
     }
 }

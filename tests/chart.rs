@@ -211,7 +211,10 @@ fn chart_lints_and_renders_its_options() {
     let cases = [
         ("replicaCount=-1", "/replicaCount"),
         ("log.format=xml", "/log/format"),
-        ("watchNamespace=Not_A_Namespace", "/watchNamespace"),
+        (
+            "tenancy.namespaces={Not_A_Namespace}",
+            "/tenancy/namespaces/0",
+        ),
         ("metrics.port=70000", "/metrics/port"),
         ("unknownKey=1", "unknownKey"),
         ("agent.allow={no-port}", "/agent/allow/0"),
@@ -260,7 +263,7 @@ async fn chart_installs_and_its_controller_syncs_with_least_privilege() {
     let rendered = render(
         ns,
         &[
-            &format!("watchNamespace={ns}"),
+            "tenancy.namespaces={team-a,team-b}",
             "agent.enabled=true",
             "agent.keysSecret=agent-keys",
             "agent.allow={10.0.0.5:2223}",
@@ -348,7 +351,7 @@ async fn chart_installs_and_its_controller_syncs_with_least_privilege() {
         })
         .collect();
     assert!(
-        args.contains(&format!("--watch-namespace={ns}")),
+        args.contains(&"--tenant-namespaces=team-a,team-b".to_string()),
         "{args:?}"
     );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dr-syncer"));

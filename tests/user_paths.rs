@@ -65,15 +65,7 @@ async fn site(name: &str) -> Site {
     let sshd = Sshd::start(&work.path().join("sshd"));
     let repo = bare_repo(&work.path().join("srv/platform"), "dr-state.git");
     let url = sshd.url(&repo);
-    let controller = chart::start(
-        &dr,
-        NS,
-        &[&format!("watchNamespace={NS}")],
-        &work.path().join("controller"),
-        name,
-        &[],
-    )
-    .await;
+    let controller = chart::start(&dr, NS, &[], &work.path().join("controller"), name, &[]).await;
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let site = Site {
@@ -894,7 +886,6 @@ async fn a_deposed_leader_pushes_nothing_after_resuming() {
     // The site's controller runs without leader election: replace it by two that elect.
     s.controller = None;
     let sets = [
-        format!("watchNamespace={NS}"),
         "leaderElection.enabled=true".to_string(),
         "leaderElection.leaseDuration=5".to_string(),
     ];

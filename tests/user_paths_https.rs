@@ -94,7 +94,7 @@ async fn site(name: &str, ca: CaValue) -> Site {
     let repo = git.bare_repo(REPO);
 
     let ca_set = format!("git.caBundle={}", git.ca_pem);
-    let mut sets = vec![format!("watchNamespace={NS}")];
+    let mut sets = vec![];
     match ca {
         CaValue::Inline => sets.push(ca_set),
         CaValue::ConfigMap => {

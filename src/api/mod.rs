@@ -1,4 +1,4 @@
-//! The three custom resources of group `dr-syncer.io/v1alpha1`.
+//! The custom resources of group `dr-syncer.io/v1alpha1`.
 //!
 //! The Rust types are the single source of truth: `dr-syncer crds` prints the CRDs generated
 //! from them (see [`crds`]) and `crds/` plus the Helm chart's copy are checked against it.
@@ -15,11 +15,14 @@ pub mod reference;
 #[allow(clippy::duplicated_attributes)]
 mod remote_cluster;
 mod schema;
+#[allow(clippy::duplicated_attributes)]
+mod tenant_policy;
 
 pub use cluster_mapping::*;
 pub use common::*;
 pub use namespace_mapping::*;
 pub use remote_cluster::*;
+pub use tenant_policy::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -57,6 +60,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ClusterMapping::crd(),
         NamespaceMapping::crd(),
         RemoteCluster::crd(),
+        TenantPolicy::crd(),
     ]
 }
 

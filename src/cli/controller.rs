@@ -29,9 +29,16 @@ pub struct ControllerArgs {
     /// This replica's name (events, leases).
     #[arg(long, env = "POD_NAME", default_value = "dr-syncer")]
     pub instance: String,
-    /// Only reconcile NamespaceMappings in this namespace (default: all namespaces).
-    #[arg(long, env = "DR_SYNCER_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Namespaces whose NamespaceMappings are reconciled as tenant mappings, comma-separated
+    /// (`*`: every namespace). Each needs a TenantPolicy in the controller's namespace; a
+    /// tenant mapping exports only its own namespace and uses only its own Secrets. Without
+    /// it only mappings in `--namespace` are reconciled.
+    #[arg(long, env = "DR_SYNCER_TENANT_NAMESPACES", default_value = "")]
+    pub tenant_namespaces: String,
+    /// Let the mappings in the controller's namespace reference Secrets, ClusterMappings and
+    /// RemoteClusters in other namespaces (never tenant mappings).
+    #[arg(long, env = "DR_SYNCER_ALLOW_CROSS_NAMESPACE_REFS")]
+    pub allow_cross_namespace_refs: bool,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "DR_SYNCER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,
@@ -57,7 +64,11 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
         cache_dir: args.cache_dir.clone(),
         list_concurrency: args.list_concurrency,
         field_manager: "dr-syncer".into(),
-        watch_namespace: args.watch_namespace.clone(),
+        tenancy: crate::refs::Tenancy {
+            controller_namespace: args.namespace.clone(),
+            tenants: crate::refs::TenantNamespaces::parse(&args.tenant_namespaces),
+            cross_namespace_refs: args.allow_cross_namespace_refs,
+        },
         image: args.image.clone(),
         watch_start_delay: std::time::Duration::from_millis(args.test_watch_start_delay_ms),
     };

@@ -90,6 +90,7 @@ pub async fn reconcile_cluster(
         namespace: ns.clone(),
         name: rc.name_any(),
         field: "RemoteCluster".into(),
+        cross_namespace_refs: ctx.settings.tenancy.cross_namespace_refs,
     };
     match refs::cluster_client(&ctx.client, &own).await {
         Err(e) => {

@@ -20,8 +20,9 @@ pub struct Settings {
     pub list_concurrency: usize,
     /// Field manager of everything the controller writes.
     pub field_manager: String,
-    /// Only reconcile NamespaceMappings in this namespace (`None`: all namespaces).
-    pub watch_namespace: Option<String>,
+    /// Which mappings are reconciled and what their references may reach (the
+    /// controller's namespace is `tenancy.controller_namespace`, equal to `namespace`).
+    pub tenancy: crate::refs::Tenancy,
     /// Image of the PVC agent and the data-sync pods (the controller's own image).
     pub image: String,
     /// Pause before a Continuous watch lists its source (tests only: it widens the window
@@ -84,6 +85,7 @@ impl Ctx {
             instance: instance.clone(),
             recorder: recorder.clone(),
             metrics: metrics.pvc.clone(),
+            tenancy: settings.tenancy.clone(),
         });
         Ok(Ctx {
             client,

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::api::{ClusterMapping, NamespaceMapping};
+use crate::api::NamespaceMapping;
 use crate::export::patch::{self, PatchError};
 use crate::export::secrets::SecretWriter;
 use crate::export::{Policy, Summary};
@@ -45,7 +45,7 @@ impl From<PatchError> for IncrementalError {
 pub async fn run(
     ctx: &Ctx,
     nm: &NamespaceMapping,
-    cm: Option<&ClusterMapping>,
+    resolved: &crate::refs::Resolved,
     incoming: Incoming,
 ) -> Result<SyncReport, IncrementalError> {
     let start = Instant::now();
@@ -67,8 +67,8 @@ pub async fn run(
         ));
     }
     let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
-    let (target, recipients, consumer) = sync::git_setup(ctx, nm, cm).await?;
-    let source_cluster = crate::refs::MappingRefs::new(nm, cm).source_name();
+    let (target, recipients, consumer) = sync::git_setup(ctx, nm, resolved).await?;
+    let source_cluster = resolved.refs(nm).source_name();
     let info = CommitInfo {
         mapping: nm.metadata.name.clone().unwrap_or_default(),
         source_cluster,

@@ -78,6 +78,15 @@ pub async fn reconcile(
     ctx: Arc<Ctx>,
 ) -> Result<Action, ControllerError> {
     let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+    // With tenants the watch spans every namespace: a mapping outside the controller's and
+    // the tenant namespaces is not ours to touch, not even its status.
+    let role = ctx
+        .settings
+        .tenancy
+        .role(&nm.namespace().unwrap_or_default());
+    if role == crate::refs::Role::Unwatched {
+        return Ok(Action::await_change());
+    }
     let lock = ctx.lock_for(&key);
     let _guard = lock.lock().await;
     // Decide on the newest object: a sync that ran while we waited for the lock may have
@@ -89,12 +98,22 @@ pub async fn reconcile(
         ctx.data_syncs.remove(&key);
         return Ok(Action::await_change());
     };
+    let prev = nm.status.clone().unwrap_or_default();
     // The watch follows the same source as the full sync. When the ClusterMapping cannot be
     // read the source is unknown: no watch is started (never the local cluster by default).
-    let listed = match crate::refs::cluster_mapping(&ctx.client, &nm).await {
-        Ok(cm) => {
-            let source = crate::refs::MappingRefs::new(&nm, cm.as_ref()).source();
+    // A mapping the tenancy rules refuse gets neither a watch nor data syncs, only status.
+    let listed = match crate::refs::resolve(&ctx.client, &ctx.settings.tenancy, &nm).await {
+        Ok(resolved) => {
+            let source = resolved.refs(&nm).source();
             ctx.watches.ensure(&ctx, &nm, source)
+        }
+        Err(e @ crate::refs::RefError::Forbidden(_)) => {
+            ctx.watches.remove(&key);
+            ctx.data_syncs.remove(&key);
+            let e = sync::SyncError::Ref(e);
+            finish_failed(&ctx, &nm, &prev, &e).await?;
+            // A TenantPolicy change re-triggers this mapping; the requeue is a backstop.
+            return Ok(Action::requeue(Duration::from_secs(300)));
         }
         Err(e) => {
             tracing::warn!(mapping = %key, error = %e, "continuous watch: source unknown");
@@ -105,7 +124,6 @@ pub async fn reconcile(
     if let Some(listed) = listed {
         super::continuous::Watches::wait_listed(listed).await;
     }
-    let prev = nm.status.clone().unwrap_or_default();
     let resync = nm
         .spec
         .continuous
@@ -172,8 +190,8 @@ async fn sync_and_record(
 ) -> Result<Action, ControllerError> {
     let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
     tracing::info!(mapping = %key, reason, "sync started");
-    let cm = match crate::refs::cluster_mapping(&ctx.client, nm).await {
-        Ok(cm) => cm,
+    let resolved = match crate::refs::resolve(&ctx.client, &ctx.settings.tenancy, nm).await {
+        Ok(resolved) => resolved,
         Err(e) => {
             let e = sync::SyncError::Ref(e);
             return finish_failed(ctx, nm, prev, &e).await;
@@ -188,17 +206,17 @@ async fn sync_and_record(
     let result = match incoming {
         Some(_) if degraded => {
             tracing::info!(mapping = %key, "full sync instead of a patch: the mapping is Degraded");
-            sync::run(ctx, nm, cm.as_ref()).await
+            sync::run(ctx, nm, &resolved).await
         }
-        Some(incoming) => match super::incremental::run(ctx, nm, cm.as_ref(), incoming).await {
+        Some(incoming) => match super::incremental::run(ctx, nm, &resolved, incoming).await {
             Ok(report) => Ok(report),
             Err(super::incremental::IncrementalError::Sync(e)) => Err(e),
             Err(super::incremental::IncrementalError::NeedsFull(why)) => {
                 tracing::info!(mapping = %key, why, "full sync instead of a patch");
-                sync::run(ctx, nm, cm.as_ref()).await
+                sync::run(ctx, nm, &resolved).await
             }
         },
-        None => sync::run(ctx, nm, cm.as_ref()).await,
+        None => sync::run(ctx, nm, &resolved).await,
     };
     match result {
         Ok(report) => {

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 
-use crate::api::{ClusterMapping, NamespaceMapping, RemoteCluster};
+use crate::api::{ClusterMapping, NamespaceMapping, RemoteCluster, TenantPolicy};
 
 pub use context::{Ctx, Settings};
 
@@ -119,9 +119,12 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
         tracing::info!(identity = %opts.instance, "became leader");
         leadership = Some((rx, task));
     }
-    let mappings: Api<NamespaceMapping> = match &settings.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    // Tenant mappings may live in any namespace the admin lists: watch them all and let the
+    // reconciler drop the others (`Tenancy::role`).
+    let mappings: Api<NamespaceMapping> = if settings.tenancy.has_tenants() {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), &settings.namespace)
     };
     let mut ctx = Ctx::new(client, settings, opts.instance.clone(), metrics).await?;
     if leadership.is_some() {
@@ -134,16 +137,36 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
         ctx.leadership = Some(lease);
     }
     let ctx = Arc::new(ctx);
-    let (clusters, cluster_mappings): (Api<RemoteCluster>, Api<ClusterMapping>) =
-        match &ctx.settings.watch_namespace {
-            Some(ns) => (
-                Api::namespaced(ctx.client.clone(), ns),
-                Api::namespaced(ctx.client.clone(), ns),
-            ),
-            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    // RemoteClusters and ClusterMappings get health status only in the controller's
+    // namespace: the admin registers clusters there (tenants are granted them by name), and
+    // the controller never dials a kubeconfig a tenant wrote.
+    let own = ctx.settings.namespace.clone();
+    let clusters: Api<RemoteCluster> = Api::namespaced(ctx.client.clone(), &own);
+    let cluster_mappings: Api<ClusterMapping> = Api::namespaced(ctx.client.clone(), &own);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        if ctx.settings.tenancy.cross_namespace_refs {
+            Api::all(ctx.client.clone())
+        } else {
+            Api::namespaced(ctx.client.clone(), &own)
         };
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::all(ctx.client.clone());
-    let mapping_controller = Controller::new(mappings, watcher::Config::default())
+    let policies: Api<TenantPolicy> = Api::namespaced(ctx.client.clone(), &own);
+    let mapping_controller = Controller::new(mappings, watcher::Config::default());
+    let mapping_store = mapping_controller.store();
+    // A policy granted, changed or revoked re-judges the mappings of its namespaces.
+    let mapping_controller = mapping_controller
+        .watches(policies, watcher::Config::default(), move |tp| {
+            let namespaces = tp.spec.namespaces.clone();
+            mapping_store
+                .state()
+                .into_iter()
+                .filter(move |nm| {
+                    nm.metadata
+                        .namespace
+                        .as_ref()
+                        .is_some_and(|ns| namespaces.contains(ns))
+                })
+                .map(|nm| kube::runtime::reflector::ObjectRef::from_obj(&*nm))
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
         .run(mapping::reconcile, mapping::error_policy, ctx.clone())

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use kube::core::Selector;
 
-use crate::api::{ClusterMapping, NamespaceMapping, keys};
+use crate::api::{NamespaceMapping, keys};
 use crate::export::layout::Consumer;
 use crate::export::promote::PROMOTED_FILE;
 use crate::export::secrets::SecretWriter;
@@ -15,7 +15,7 @@ use crate::gitops::{Breaker, CommitInfo, GitError, Published, Repo, Target};
 use crate::sops::Recipients;
 
 use super::context::Ctx;
-use crate::refs::{self, MappingRefs, RefError};
+use crate::refs::{self, RefError};
 
 /// Why a sync failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,13 +97,13 @@ pub const PROMOTED_MESSAGE: &str = "the DR side was promoted by `dr-syncer failo
 pub async fn run(
     ctx: &Ctx,
     nm: &NamespaceMapping,
-    cm: Option<&ClusterMapping>,
+    resolved: &crate::refs::Resolved,
 ) -> Result<SyncReport, SyncError> {
     let start = Instant::now();
     let ns = nm.metadata.namespace.clone().unwrap_or_default();
     let name = nm.metadata.name.clone().unwrap_or_default();
     let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
-    let refs = MappingRefs::new(nm, cm);
+    let refs = resolved.refs(nm);
     let source = refs::source_client(&ctx.client, refs).await?;
     let client = source.client.clone();
     let version = client
@@ -179,7 +179,7 @@ pub async fn run(
         });
     }
 
-    let (target, recipients, consumer) = git_setup(ctx, nm, cm).await?;
+    let (target, recipients, consumer) = git_setup(ctx, nm, resolved).await?;
     let info = CommitInfo {
         mapping: name,
         source_cluster: source.name,
@@ -231,9 +231,9 @@ pub fn is_encrypted_secret(path: &str) -> bool {
 pub async fn git_setup(
     ctx: &Ctx,
     nm: &NamespaceMapping,
-    cm: Option<&ClusterMapping>,
+    resolved: &crate::refs::Resolved,
 ) -> Result<(Target, Recipients, Consumer), SyncError> {
-    let refs = MappingRefs::new(nm, cm);
+    let refs = resolved.refs(nm);
     let Some((git, git_field)) = refs.git() else {
         return Err(SyncError::Config(
             "spec.destination: none set and the ClusterMapping has no defaults.git".into(),

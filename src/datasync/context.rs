@@ -24,6 +24,8 @@ pub struct DataCtx {
     pub recorder: Recorder,
     /// PVC data-sync metrics, registered by the controller.
     pub metrics: PvcMetrics,
+    /// The tenancy rules every data sync is authorized against, like a manifest sync.
+    pub tenancy: crate::refs::Tenancy,
 }
 
 impl DataCtx {

@@ -220,9 +220,10 @@ struct Setup {
 }
 
 async fn resolve(ctx: &DataCtx, nm: &NamespaceMapping) -> Result<Setup, DataSyncError> {
-    let cm = refs::cluster_mapping(&ctx.client, nm).await?;
-    // The same resolution as the manifest sync: data goes where the manifests go.
-    let mapping_refs = refs::MappingRefs::new(nm, cm.as_ref());
+    // The same resolution and authorization as the manifest sync: data goes where the
+    // manifests go, and only where the mapping may write.
+    let resolved = refs::resolve(&ctx.client, &ctx.tenancy, nm).await?;
+    let mapping_refs = resolved.refs(nm);
     let source_ref = mapping_refs.source().ok_or(DataSyncError::NoSource)?;
     let rc = match Api::<RemoteCluster>::namespaced(ctx.client.clone(), &source_ref.namespace)
         .get_opt(&source_ref.name)
@@ -251,7 +252,7 @@ async fn resolve(ctx: &DataCtx, nm: &NamespaceMapping) -> Result<Setup, DataSync
     };
     let policy = Policy::from_spec(&nm.spec)?;
     Ok(Setup {
-        cm,
+        cm: resolved.cluster_mapping.clone(),
         rc,
         source,
         dest,
@@ -943,6 +944,7 @@ mod tests {
             namespace: "dr-syncer".into(),
             name: "prod".into(),
             field: "spec.sourceCluster".into(),
+            cross_namespace_refs: false,
         };
         let cases = [
             (

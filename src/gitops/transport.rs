@@ -11,8 +11,9 @@ use git2::{
 use super::known_hosts::KnownHosts;
 use super::{GitError, Target};
 
-/// Credentials and pins for one remote.
-#[derive(Debug, Clone, Default)]
+/// Credentials and pins for one remote. `Debug` shows which credentials are set, never
+/// their values (an `Auth` may end up in a log line or a panic message).
+#[derive(Clone, Default)]
 pub struct Auth {
     /// SSH private key file (a deploy key).
     pub ssh_key: Option<PathBuf>,
@@ -27,6 +28,23 @@ pub struct Auth {
     pub username: Option<String>,
     /// HTTPS token or password.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: bool| if v { "<set>" } else { "<none>" };
+        f.debug_struct("Auth")
+            .field("ssh_key", &self.ssh_key)
+            .field("ssh_key_pem", &set(self.ssh_key_pem.is_some()))
+            .field("secret", &self.secret)
+            .field(
+                "known_hosts",
+                &self.known_hosts.as_ref().map(|_| "<pinned>"),
+            )
+            .field("username", &self.username)
+            .field("token", &set(self.token.is_some()))
+            .finish()
+    }
 }
 
 /// How a push ended when it did not succeed.
@@ -283,6 +301,19 @@ pub fn push(repo: &Repository, target: &Target) -> Result<(), PushError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_debug_hides_credentials() {
+        let auth = Auth {
+            ssh_key_pem: Some("-----BEGIN OPENSSH PRIVATE KEY----- s3cr3t-key".into()),
+            token: Some("s3cr3t-token".into()),
+            username: Some("bot".into()),
+            ..Auth::default()
+        };
+        let shown = format!("{auth:?} {auth:#?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("bot") && shown.contains("<set>"), "{shown}");
+    }
 
     #[test]
     fn ssh_host_table() {

@@ -9,10 +9,97 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
-use crate::api::{ClusterMapping, NamespaceMapping, ObjectRef, RemoteCluster, SecretsSpec};
+use crate::api::{
+    ClusterMapping, NamespaceMapping, ObjectRef, RemoteCluster, SecretsSpec, TenantPolicy,
+};
 use crate::gitops::{Auth, KnownHosts};
 
+use super::tenancy::{self, Role, Scope, Tenancy};
 use super::{ClusterRef, MappingRefs};
+
+/// A mapping's ClusterMapping and the scope its references were authorized under: the
+/// only way the controller gets at a mapping's references (see [`resolve`]).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Its ClusterMapping, if it references one.
+    pub cluster_mapping: Option<ClusterMapping>,
+    /// The scope it was authorized under.
+    pub scope: Scope,
+}
+
+impl Resolved {
+    /// The mapping's references under the authorized scope.
+    pub fn refs<'a>(&'a self, nm: &'a NamespaceMapping) -> MappingRefs<'a> {
+        MappingRefs::new(nm, self.cluster_mapping.as_ref()).scoped(&self.scope)
+    }
+}
+
+/// Reads a mapping's ClusterMapping and checks every reference and destination against the
+/// tenancy rules; a refusal names the field. An error reading the TenantPolicies refuses
+/// (fail closed). Mappings outside the controller's and the tenant namespaces are refused
+/// too, so a caller that forgot to filter them still writes nothing.
+pub async fn resolve(
+    client: &Client,
+    tenancy: &Tenancy,
+    nm: &NamespaceMapping,
+) -> Result<Resolved, RefError> {
+    let ns = nm.metadata.namespace.clone().unwrap_or_default();
+    let scope = match tenancy.role(&ns) {
+        Role::Admin => Scope::Admin {
+            cross_namespace_refs: tenancy.cross_namespace_refs,
+        },
+        Role::Unwatched => {
+            return Err(tenancy::Refusal {
+                field: "metadata.namespace".into(),
+                message: format!(
+                    "namespace {ns} is neither the controller's ({}) nor a tenant namespace (--tenant-namespaces)",
+                    tenancy.controller_namespace
+                ),
+            }
+            .into());
+        }
+        Role::Tenant => {
+            let policies =
+                Api::<TenantPolicy>::namespaced(client.clone(), &tenancy.controller_namespace)
+                    .list(&Default::default())
+                    .await?;
+            let grants =
+                tenancy::grants_for(&ns, &policies.items).ok_or_else(|| tenancy::Refusal {
+                    field: "metadata.namespace".into(),
+                    message: format!(
+                        "no TenantPolicy in namespace {} grants namespace {ns} anything",
+                        tenancy.controller_namespace
+                    ),
+                })?;
+            Scope::Tenant {
+                controller_namespace: tenancy.controller_namespace.clone(),
+                grants,
+            }
+        }
+    };
+    // The ClusterMappingRef is checked before it is read: a refused reference is not
+    // followed, not even to report that it does not exist.
+    if !scope.cross_namespace_refs()
+        && let Some(r) = &nm.spec.cluster_mapping_ref
+        && let Some(other) = &r.namespace
+        && *other != ns
+    {
+        return Err(tenancy::Refusal {
+            field: "spec.clusterMappingRef.namespace".into(),
+            message: format!(
+                "references namespace {other}, but references may not leave namespace {ns}"
+            ),
+        }
+        .into());
+    }
+    let cluster_mapping = cluster_mapping(client, nm).await?;
+    let resolved = Resolved {
+        cluster_mapping,
+        scope,
+    };
+    tenancy::authorize(resolved.refs(nm), &resolved.scope)?;
+    Ok(resolved)
+}
 
 /// A reference that cannot be resolved; the message names the field.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +124,9 @@ pub enum RefError {
         /// Why.
         message: String,
     },
+    /// The tenancy rules refuse it (see [`super::tenancy`]).
+    #[error("not allowed: {0}")]
+    Forbidden(#[from] super::tenancy::Refusal),
     /// API error while reading a referenced object.
     #[error("{0}")]
     Kube(#[from] kube::Error),
@@ -183,6 +273,18 @@ pub async fn cluster_client(client: &Client, r: &ClusterRef) -> Result<Client, R
     let name = &r.name;
     let s = &rc.spec.kubeconfig_secret_ref;
     let ns = s.namespace.clone().unwrap_or_else(|| r.namespace.clone());
+    if ns != r.namespace && !r.cross_namespace_refs {
+        return Err(invalid(
+            &format!(
+                "RemoteCluster {}/{name}: spec.kubeconfigSecretRef.namespace",
+                r.namespace
+            ),
+            format!(
+                "references namespace {ns}, but references may not leave namespace {} (run the controller with --allow-cross-namespace-refs)",
+                r.namespace
+            ),
+        ));
+    }
     let data = secret_data(
         client,
         &format!("RemoteCluster {name}: spec.kubeconfigSecretRef"),
@@ -278,16 +380,22 @@ pub async fn recipients(client: &Client, refs: MappingRefs<'_>) -> Result<Vec<St
         let data = secret_data(client, &field, &ns, &r.name).await?;
         let body = text(&data, &key)
             .ok_or_else(|| invalid(&field, format!("Secret {ns}/{} has no key {key:?}", r.name)))?;
-        // The parser's message would quote the offending line: name the Secret and key only.
-        out.extend(crate::sops::Recipients::parse_file(&body).map_err(|_| {
-            invalid(
-                &field,
-                format!(
-                    "Secret {ns}/{} key {key:?} holds a line that is not an age recipient (age1…)",
-                    r.name
-                ),
-            )
-        })?);
+        // Every line is checked here, where it is still known to come from a Secret: the
+        // parser's message would quote the offending line, so only its number is named.
+        let lines = crate::sops::Recipients::parse_file(&body).unwrap_or_default();
+        for (i, line) in lines.iter().enumerate() {
+            if crate::sops::Recipients::from_list(std::slice::from_ref(line)).is_err() {
+                return Err(invalid(
+                    &field,
+                    format!(
+                        "Secret {ns}/{} key {key:?}: recipient {} (not counting comments and blank lines) is not an age recipient (age1…)",
+                        r.name,
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        out.extend(lines);
         // An emptied recipients Secret is a configuration error, not "skip Secrets": the
         // sync would otherwise drop every Secret from git.
         if out.is_empty() {

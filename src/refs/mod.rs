@@ -10,13 +10,15 @@
 //! ClusterMapping's namespace, like its own status does.
 
 pub mod fetch;
+pub mod tenancy;
 
 use crate::api::{ClusterMapping, GitDestination, NamespaceMapping};
 
 pub use fetch::{
-    RefError, Source, cluster_client, cluster_mapping, git_auth, kubeconfig_refusal, recipients,
-    source_client,
+    RefError, Resolved, Source, cluster_client, cluster_mapping, git_auth, kubeconfig_refusal,
+    recipients, resolve, source_client,
 };
+pub use tenancy::{Role, Scope, Tenancy, TenantNamespaces};
 
 /// A RemoteCluster named by a mapping, with the field that named it (for error messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,9 @@ pub struct ClusterRef {
     /// The field holding the reference, e.g. `spec.sourceCluster` or
     /// `ClusterMapping dr-syncer/prod-to-dr spec.sourceCluster`.
     pub field: String,
+    /// Whether the RemoteCluster's kubeconfig Secret may live in another namespace (only
+    /// with `--allow-cross-namespace-refs`).
+    pub cross_namespace_refs: bool,
 }
 
 /// A mapping together with the ClusterMapping it references: answers "which object does
@@ -38,6 +43,11 @@ pub struct MappingRefs<'a> {
     pub mapping: &'a NamespaceMapping,
     /// Its ClusterMapping, if it references one (already fetched).
     pub cluster_mapping: Option<&'a ClusterMapping>,
+    /// Where RemoteCluster names resolve instead of the referring object's namespace (a
+    /// tenant's mappings only name the admin's clusters, in the controller's namespace).
+    pub clusters_namespace: Option<&'a str>,
+    /// Whether references may leave the mapping's namespace.
+    pub cross_namespace_refs: bool,
 }
 
 impl<'a> MappingRefs<'a> {
@@ -46,6 +56,30 @@ impl<'a> MappingRefs<'a> {
         MappingRefs {
             mapping,
             cluster_mapping,
+            clusters_namespace: None,
+            cross_namespace_refs: false,
+        }
+    }
+
+    /// The same references judged under `scope` (where RemoteClusters resolve, whether
+    /// references may cross namespaces).
+    pub fn scoped(self, scope: &'a Scope) -> Self {
+        MappingRefs {
+            clusters_namespace: scope.clusters_namespace(),
+            cross_namespace_refs: scope.cross_namespace_refs(),
+            ..self
+        }
+    }
+
+    fn cluster_ref(&self, namespace: String, name: String, field: String) -> ClusterRef {
+        ClusterRef {
+            namespace: self
+                .clusters_namespace
+                .map(str::to_string)
+                .unwrap_or(namespace),
+            name,
+            field,
+            cross_namespace_refs: self.cross_namespace_refs,
         }
     }
 
@@ -67,20 +101,16 @@ impl<'a> MappingRefs<'a> {
     /// ClusterMapping's; `None` means the cluster the controller runs in.
     pub fn source(&self) -> Option<ClusterRef> {
         if let Some(name) = &self.mapping.spec.source_cluster {
-            return Some(ClusterRef {
-                namespace: self.mapping_namespace(),
-                name: name.clone(),
-                field: "spec.sourceCluster".into(),
-            });
+            return Some(self.cluster_ref(
+                self.mapping_namespace(),
+                name.clone(),
+                "spec.sourceCluster".into(),
+            ));
         }
         let cm = self.cluster_mapping?;
         let name = cm.spec.source_cluster.clone()?;
         let (namespace, field) = self.cm_field(cm, "spec.sourceCluster");
-        Some(ClusterRef {
-            namespace,
-            name,
-            field,
-        })
+        Some(self.cluster_ref(namespace, name, field))
     }
 
     /// The name recorded as the source in commits (`Source-Cluster:`): the RemoteCluster's
@@ -102,14 +132,15 @@ impl<'a> MappingRefs<'a> {
             .cluster
             .as_ref()?
             .remote_cluster_ref;
-        Some(ClusterRef {
-            namespace: r
-                .namespace
-                .clone()
-                .unwrap_or_else(|| self.mapping_namespace()),
-            name: r.name.clone(),
-            field: "spec.destination.cluster.remoteClusterRef".into(),
-        })
+        let namespace = r
+            .namespace
+            .clone()
+            .unwrap_or_else(|| self.mapping_namespace());
+        Some(self.cluster_ref(
+            namespace,
+            r.name.clone(),
+            "spec.destination.cluster.remoteClusterRef".into(),
+        ))
     }
 
     /// The DR cluster that receives volume data: the direct destination, else the
@@ -121,11 +152,7 @@ impl<'a> MappingRefs<'a> {
         let cm = self.cluster_mapping?;
         let name = cm.spec.target_cluster.clone()?;
         let (namespace, field) = self.cm_field(cm, "spec.targetCluster");
-        Some(ClusterRef {
-            namespace,
-            name,
-            field,
-        })
+        Some(self.cluster_ref(namespace, name, field))
     }
 
     /// The effective git destination and the field it came from: the mapping's own, or the

@@ -29,6 +29,7 @@ fn cref(ns: &str, name: &str, field: &str) -> Option<ClusterRef> {
         namespace: ns.into(),
         name: name.into(),
         field: field.into(),
+        cross_namespace_refs: false,
     })
 }
 

@@ -13,6 +13,8 @@ pub mod keys;
 
 use std::io::{Read, Write};
 
+use zeroize::Zeroizing;
+
 use sha2::{Digest, Sha512};
 
 use crate::export::render::Node;
@@ -133,8 +135,9 @@ pub fn encrypt(
             "the object already has a top-level `sops` key".into(),
         ));
     }
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| SopsError::Random(e.to_string()))?;
+    // The data key is wiped from memory when it goes out of scope.
+    let mut key = Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut *key).map_err(|e| SopsError::Random(e.to_string()))?;
     let mut mac = Sha512::new();
     walk(&mut doc, &mut Vec::new(), &mut |path, leaf| {
         let Some((bytes, kind)) = leaf_bytes(leaf) else {
@@ -193,13 +196,18 @@ fn wrap_key(key: &[u8; 32], recipient: &age::x25519::Recipient) -> Result<String
     String::from_utf8(out).map_err(|_| SopsError::Crypto("age armor is not UTF-8".into()))
 }
 
-fn unwrap_key(enc: &str, identities: &Identities) -> Option<[u8; 32]> {
+fn unwrap_key(enc: &str, identities: &Identities) -> Option<Zeroizing<[u8; 32]>> {
     let reader = age::armor::ArmoredReader::new(enc.as_bytes());
     let decryptor = age::Decryptor::new(reader).ok()?;
     let mut r = decryptor.decrypt(identities.iter()).ok()?;
-    let mut key = Vec::new();
+    let mut key = Zeroizing::new(Vec::new());
     r.read_to_end(&mut key).ok()?;
-    key.try_into().ok()
+    let mut out = Zeroizing::new([0u8; 32]);
+    if key.len() != out.len() {
+        return None;
+    }
+    out.copy_from_slice(&key);
+    Some(out)
 }
 
 /// The recipients a SOPS document is encrypted for (from `sops.age[].recipient`).
@@ -272,20 +280,26 @@ pub fn decrypt(yaml: &str, identities: &Identities) -> Result<serde_json::Value,
             && cipher::is_encrypted(s)
         {
             let (plain, kind) = cipher::decrypt(&key, s, &aad(path))?;
+            // Errors name the value's path, never the decrypted text.
+            let at = path.join(".");
             let text = String::from_utf8(plain)
-                .map_err(|_| SopsError::Format("decrypted value is not UTF-8".into()))?;
+                .map_err(|_| SopsError::Format(format!("{at}: decrypted value is not UTF-8")))?;
             *leaf = match kind.as_str() {
                 "str" => Node::Str(text),
                 "int" => Node::Num(
                     text.parse::<i64>()
-                        .map_err(|_| SopsError::Format(format!("bad int {text}")))?
+                        .map_err(|_| {
+                            SopsError::Format(format!("{at}: decrypted value is not an int"))
+                        })?
                         .into(),
                 ),
                 "float" => Node::Num(
                     text.parse::<f64>()
                         .ok()
                         .and_then(serde_json::Number::from_f64)
-                        .ok_or_else(|| SopsError::Format(format!("bad float {text}")))?,
+                        .ok_or_else(|| {
+                            SopsError::Format(format!("{at}: decrypted value is not a float"))
+                        })?,
                 ),
                 "bool" => Node::Bool(text == "True"),
                 other => return Err(SopsError::Unsupported(format!("value type {other}"))),

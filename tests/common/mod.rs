@@ -132,7 +132,7 @@ pub fn free_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// Starts the controller on `kubeconfig`, watching and living in `ns`; its log goes to
+/// Starts the controller on `kubeconfig`, living in (and reconciling the mappings of) `ns`; its log goes to
 /// `target/test-logs/<name>.log` (kept for debugging).
 pub fn start_controller_with(
     kubeconfig: &Path,
@@ -151,8 +151,6 @@ pub fn start_controller_with(
             .arg(kubeconfig)
             .args([
                 "--namespace",
-                ns,
-                "--watch-namespace",
                 ns,
                 "--http-addr",
                 http,

@@ -49,6 +49,7 @@ fn chart_lints_and_renders_its_options() {
         [
             "ServiceAccount/dr-syncer",
             "ClusterRole/dr-syncer",
+            "ClusterRole/dr-syncer-tenant",
             "ClusterRoleBinding/dr-syncer",
             "Role/dr-syncer",
             "RoleBinding/dr-syncer",

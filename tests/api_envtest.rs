@@ -37,8 +37,8 @@ async fn ensure_namespace(client: &Client, name: &str) {
 fn dynamic_api(client: &Client, obj: &DynamicObject) -> Api<DynamicObject> {
     let types = obj.types.as_ref().expect("apiVersion and kind");
     let gvk = GroupVersionKind::try_from(types).unwrap();
-    let plural = format!("{}s", gvk.kind.to_lowercase());
-    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    // kube's plural rule (TenantPolicy → tenantpolicies), which the CRDs follow.
+    let ar = ApiResource::from_gvk(&gvk);
     Api::namespaced_with(
         client.clone(),
         obj.metadata.namespace.as_deref().unwrap(),
@@ -50,10 +50,12 @@ fn dynamic_api(client: &Client, obj: &DynamicObject) -> Api<DynamicObject> {
 async fn crds_become_established_with_expected_names() {
     let (_, client) = plane_with_crds().await;
     let api: Api<CustomResourceDefinition> = Api::all(client);
-    for (name, short) in [
-        ("namespacemappings.dr-syncer.io", "nsm"),
-        ("remoteclusters.dr-syncer.io", "rc"),
-        ("clustermappings.dr-syncer.io", "clm"),
+    // (name, short name, has a status subresource: a TenantPolicy is only read)
+    for (name, short, status) in [
+        ("namespacemappings.dr-syncer.io", "nsm", true),
+        ("remoteclusters.dr-syncer.io", "rc", true),
+        ("tenantpolicies.dr-syncer.io", "tp", false),
+        ("clustermappings.dr-syncer.io", "clm", true),
     ] {
         let crd = api.get(name).await.unwrap();
         let names = crd.status.unwrap().accepted_names.unwrap();
@@ -64,14 +66,13 @@ async fn crds_become_established_with_expected_names() {
             "{name} must not take ConfigMap's short name"
         );
         assert_eq!(crd.spec.scope, "Namespaced");
-        assert!(
+        assert_eq!(
             crd.spec.versions[0]
                 .subresources
                 .as_ref()
-                .unwrap()
-                .status
-                .is_some(),
-            "{name} has a status subresource"
+                .is_some_and(|s| s.status.is_some()),
+            status,
+            "{name}: status subresource"
         );
     }
 }
@@ -80,6 +81,7 @@ async fn crds_become_established_with_expected_names() {
 async fn examples_are_accepted_by_server_side_apply() {
     let (_, client) = plane_with_crds().await;
     ensure_namespace(&client, "dr-syncer").await;
+    ensure_namespace(&client, "team-a").await;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/crs");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -103,6 +105,9 @@ async fn examples_are_accepted_by_server_side_apply() {
             "NamespaceMapping" => serde_json::from_value::<NamespaceMapping>(stored).map(|_| ()),
             "RemoteCluster" => serde_json::from_value::<RemoteCluster>(stored).map(|_| ()),
             "ClusterMapping" => serde_json::from_value::<ClusterMapping>(stored).map(|_| ()),
+            "TenantPolicy" => {
+                serde_json::from_value::<dr_syncer::api::TenantPolicy>(stored).map(|_| ())
+            }
             other => panic!("unexpected kind {other} in {}", file.display()),
         };
         parsed.unwrap_or_else(|e| panic!("{} does not read back as {kind}: {e}", file.display()));

@@ -124,19 +124,24 @@ fn tree(repo: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A mapping of `team-a` as its tenant writes it: its own namespace, its own deploy key,
-/// into its granted repository; `patch` changes one part of the spec for an attack.
+/// An example custom resource from `examples/crs/`, as JSON.
+fn example(file: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/crs")
+        .join(file);
+    serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// examples/crs/21 as team-a's tenant writes it (repository URL, path and recipient
+/// substituted); `patch` changes one part of the spec for an attack.
 fn tenant_mapping(name: &str, url: &str, recipient: &str, patch: Value) -> Value {
-    let mut spec = json!({
-        "replicationMode": "Continuous",
-        "sourceNamespace": "team-a",
-        "destination": {"git": {"url": url, "branch": "main", "path": format!("apps/{name}"),
-            "credentialsSecretRef": {"name": "deploy-key"}}},
-        "secrets": {"ageRecipients": [recipient]},
-    });
-    json_patch_merge(&mut spec, patch);
-    json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
-        "metadata": {"name": name, "namespace": "team-a"}, "spec": spec})
+    let mut nm = example("21-namespacemapping-tenant.yaml");
+    nm["metadata"]["name"] = json!(name);
+    nm["spec"]["destination"]["git"]["url"] = json!(url);
+    nm["spec"]["destination"]["git"]["path"] = json!(format!("apps/{name}"));
+    nm["spec"]["secrets"]["ageRecipients"] = json!([recipient]);
+    json_patch_merge(&mut nm["spec"], patch);
+    nm
 }
 
 fn json_patch_merge(target: &mut Value, patch: Value) {
@@ -204,13 +209,11 @@ async fn tenants_are_held_to_their_policy() {
     let repo_a = s.repo("team-a");
     let repo_b = s.repo("team-b");
     let url_a = s.sshd.url(&repo_a);
-    // The admin grants team-a its directory of the git server, below `apps`.
-    let prefix = s.sshd.url(repo_a.parent().unwrap());
-    s.applier
-        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "TenantPolicy",
-            "metadata": {"name": "team-a", "namespace": NS},
-            "spec": {"namespaces": ["team-a"], "git": [{"urlPrefix": prefix, "pathPrefix": "apps"}]}}))
-        .await;
+    // The admin grants team-a its directory of the git server, below `apps`: examples/crs/20
+    // with the server's URL substituted.
+    let mut policy = example("20-tenantpolicy.yaml");
+    policy["spec"]["git"][0]["urlPrefix"] = json!(s.sshd.url(repo_a.parent().unwrap()));
+    s.applier.apply(&policy).await;
 
     // A tenant cannot grant itself anything: policies live in the admin's namespace.
     let own_policy = json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "TenantPolicy",

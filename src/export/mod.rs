@@ -94,7 +94,18 @@ pub fn process_object(
     let mut transformed = builtin::apply(&mut value, &rt, source_ns, dest_ns, policy, hpa);
     for t in &policy.transforms {
         let counts = summary.transforms.entry(t.name.clone()).or_default();
+        let before = value.clone();
         match t.apply(&rt, source_ns, &mut value) {
+            // The DR namespace is decided by the mapping (and, for tenants, checked against
+            // their policy): a transform may not move an object elsewhere.
+            transform::Outcome::Applied
+                if value["metadata"]["namespace"] != before["metadata"]["namespace"] =>
+            {
+                value = before;
+                counts.skipped += 1;
+                counts.last_skip_reason =
+                    Some("a transform may not change metadata.namespace".into());
+            }
             transform::Outcome::Applied => {
                 counts.applied += 1;
                 transformed = true;
@@ -167,4 +178,42 @@ pub fn build_tree(
     }
     tree.write_kustomizations();
     Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transform that would move an object into another DR namespace (kube-system) is
+    /// undone and reported: the mapping, not a transform, decides where objects land.
+    #[test]
+    fn process_object_transform_cannot_move_namespace() {
+        let spec: crate::api::NamespaceMappingSpec = serde_saphyr::from_str(
+            "sourceNamespace: team-a\ntransforms:\n  - name: escape\n    mergePatch: {metadata: {namespace: kube-system}, data: {k: moved}}\n",
+        )
+        .unwrap();
+        let policy = Policy::from_spec(&spec).unwrap();
+        let registry = Registry::builtin();
+        let rt = registry.lookup("v1", "ConfigMap").unwrap().clone();
+        let obj = SourceObject {
+            rt,
+            value: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "team-a"}, "data": {"k": "v"}}),
+            origin: object::Origin::Live,
+        };
+        let mut summary = Summary::default();
+        let out = process_object(
+            obj,
+            "team-a",
+            "team-a",
+            &policy,
+            &Default::default(),
+            &mut summary,
+        )
+        .unwrap();
+        assert_eq!(out.value["metadata"]["namespace"], "team-a");
+        assert_eq!(out.value["data"]["k"], "v", "the whole transform is undone");
+        let counts = &summary.transforms["escape"];
+        assert_eq!((counts.applied, counts.skipped), (0, 1));
+    }
 }

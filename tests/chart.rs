@@ -265,6 +265,7 @@ async fn chart_installs_and_its_controller_syncs_with_least_privilege() {
         ns,
         &[
             "tenancy.namespaces={team-a,team-b}",
+            "tenancy.allowCrossNamespaceRefs=true",
             "agent.enabled=true",
             "agent.keysSecret=agent-keys",
             "agent.allow={10.0.0.5:2223}",
@@ -352,7 +353,8 @@ async fn chart_installs_and_its_controller_syncs_with_least_privilege() {
         })
         .collect();
     assert!(
-        args.contains(&"--tenant-namespaces=team-a,team-b".to_string()),
+        args.contains(&"--tenant-namespaces=team-a,team-b".to_string())
+            && args.contains(&"--allow-cross-namespace-refs".to_string()),
         "{args:?}"
     );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dr-syncer"));

@@ -229,6 +229,18 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
     let (serve_key, serve_pub) = super::keys::generate(&format!("dr-syncer-op-{}", op.id));
     let credential = OperationKey::new(op, deadline);
     let authorized = credential.authorized_keys();
+    // The bastion's client list gets the one-off key under this operation's own entry
+    // (removed at cleanup, and expiring at the deadline anyway). Published now, so the
+    // agent's mounted copy has caught up by the time the Job connects.
+    agent::set_entry(
+        &env.source,
+        &env.agent_namespace,
+        true,
+        &allow_key(op),
+        Some(&authorized),
+    )
+    .await
+    .map_err(kube_err("add the operation's client key at the agent"))?;
     Api::<Secret>::namespaced(env.source.clone(), &src_ns)
         .create(&pp, &op.serve_secret(&serve_key, &authorized))
         .await
@@ -270,17 +282,6 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
             })?
         }
     };
-    // The bastion's client list gets the one-off key under this operation's own entry
-    // (removed at cleanup, and expiring at the deadline anyway).
-    agent::set_entry(
-        &env.source,
-        &env.agent_namespace,
-        true,
-        &allow_key(op),
-        Some(&authorized),
-    )
-    .await
-    .map_err(kube_err("add the operation's client key at the agent"))?;
     let entry = objects::allow_line(&server, &credential.fingerprint(), deadline);
     agent::set_entry(
         &env.source,

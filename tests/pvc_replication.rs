@@ -1074,8 +1074,8 @@ async fn replication_rotation_of_client_and_host_keys() {
 }
 
 /// A restart in the middle of an operation: the new process sweeps what the old one left
-/// (temporary objects on both sides, the allow-list entry, the PVC lock) before it runs
-/// the still unanswered trigger again.
+/// (temporary objects on both sides, the allow-list entry and the one-off client key at the
+/// agent, the PVC lock) before it runs the still unanswered trigger again.
 #[tokio::test]
 async fn replication_restart_sweeps_what_the_old_process_left() {
     let mut fx = Fixture::start("pvcrestart").await;
@@ -1093,6 +1093,8 @@ async fn replication_restart_sweeps_what_the_old_process_left() {
     let old_entry = format!("{}..{old}", fx.label("direct"));
     let entries = allow_entries(&client, &fx.env.agent_ns).await;
     assert!(entries.contains_key(&old_entry), "{entries:?}");
+    let clients = client_entries(&client, &fx.env.agent_ns).await;
+    assert!(clients.contains_key(&old_entry), "{clients:?}");
     fx.restart("pvcrestart-restarted");
     let env = &fx.env;
     let sel = format!("dr-syncer.io/operation={old}");
@@ -1118,6 +1120,12 @@ async fn replication_restart_sweeps_what_the_old_process_left() {
                 });
             if entries.contains_key(&old_entry) {
                 left.push(format!("allow entry {old_entry}"));
+            }
+            if client_entries(&client, &env.agent_ns)
+                .await
+                .contains_key(&old_entry)
+            {
+                left.push(format!("client key entry {old_entry}"));
             }
             if stale_lock {
                 left.push("lock of the old operation".into());
@@ -1567,14 +1575,16 @@ async fn replication_credential_of_one_namespace_is_refused_by_anothers_server()
             .unwrap();
     }
     Applier::new(client.clone(), "test")
-        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+        .apply(
+            &json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
             "metadata": {"name": "both", "namespace": env.ctl},
             "spec": {"replicationMode": "Manual",
                      "namespaceSelector": {"matchLabels": {"dr-data": "pvcns"}},
                      "destinationNamespaceSuffix": "-dr",
                      "clusterMappingRef": {"name": "cm"},
                      "destination": {"git": {"url": "ssh://git@127.0.0.1:9/unused.git"}},
-                     "pvcConfig": {"syncData": true, "dataSyncConfig": {"copyMethod": "Clone"}}}}))
+                     "pvcConfig": {"syncData": true, "dataSyncConfig": {"copyMethod": "Clone"}}}}),
+        )
         .await;
     trigger(&client, &env.ctl, "both", "dr-syncer.io/sync-data-now", "1").await;
     // Both operations run at once (the agent's default concurrency is 4).

@@ -644,14 +644,20 @@ async fn volume_server_limits_sessions_and_channels() {
         if h.channel_open_session().await.is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "the closed channel's slot stayed taken");
+        assert!(
+            Instant::now() < deadline,
+            "the closed channel's slot stayed taken"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Ending connections frees their slots.
     held.clear();
     let deadline = Instant::now() + Duration::from_secs(5);
     while login(&w.volume, &w.host_pub, &w.client).await.is_none() {
-        assert!(Instant::now() < deadline, "closed sessions' slots stayed taken");
+        assert!(
+            Instant::now() < deadline,
+            "closed sessions' slots stayed taken"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

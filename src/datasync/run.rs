@@ -546,3 +546,52 @@ pub async fn cleanup(env: &Env, op: &Operation) -> Result<(), kube::Error> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pvc::access::{Source, key_allowed, parse_authorized_keys};
+    use russh::keys::PublicKey;
+
+    fn op(id: &str) -> Operation {
+        Operation {
+            id: id.into(),
+            mapping: "ns.m".into(),
+            method: CopyMethod::Clone,
+            source: Default::default(),
+            dest_namespace: "d".into(),
+            image: "i".into(),
+            pull_policy: None,
+            run_as_root: false,
+            node: None,
+            snapshot_class: None,
+            timeout: Duration::from_secs(60),
+            bwlimit_kib: None,
+        }
+    }
+
+    /// The one-off key's `authorized_keys` line accepts that key only, and only until the
+    /// deadline; another operation's key is refused.
+    #[test]
+    fn operation_key_authorized_only_for_itself_until_the_deadline() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let deadline = t("2026-11-26T10:00:00Z");
+        let a = OperationKey::new(&op("a"), deadline);
+        let b = OperationKey::new(&op("b"), deadline);
+        let list = Source::Fixed(parse_authorized_keys(&a.authorized_keys()).unwrap());
+        let key = |k: &OperationKey| PublicKey::from_openssh(&k.public).unwrap();
+        let cases = [
+            ("own_key_before", key(&a), t("2026-11-26T09:59:59Z"), true),
+            ("own_key_at_deadline", key(&a), deadline, false),
+            ("other_operation", key(&b), t("2026-11-26T09:00:00Z"), false),
+        ];
+        for (name, k, now, want) in cases {
+            assert_eq!(key_allowed(&list, &k, now), want, "{name}");
+        }
+        assert_eq!(a.fingerprint(), crate::pvc::access::fingerprint(&key(&a)));
+        assert!(
+            !format!("{a:?}").contains("PRIVATE KEY"),
+            "Debug hides the key"
+        );
+    }
+}

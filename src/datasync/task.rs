@@ -439,10 +439,10 @@ async fn step(
     // agent's client list exists before an operation needs it).
     agent::set_entry(&setup.source, &pvc_spec.namespace, true, &mapping, None)
         .await
-    .map_err(|source| DataSyncError::AgentClients {
-        namespace: pvc_spec.namespace.clone(),
-        source,
-    })?;
+        .map_err(|source| DataSyncError::AgentClients {
+            namespace: pvc_spec.namespace.clone(),
+            source,
+        })?;
     state.published = Some(Published {
         source: setup.source.clone(),
         agent_namespace: pvc_spec.namespace.clone(),

@@ -179,7 +179,13 @@ pub async fn serve_volume(
         tracing::info!(?peer, "connection");
         let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = srv.session(authenticated.clone());
-        tokio::spawn(run_session(config.clone(), tcp, handler, authenticated, permit));
+        tokio::spawn(run_session(
+            config.clone(),
+            tcp,
+            handler,
+            authenticated,
+            permit,
+        ));
     }
 }
 
@@ -321,11 +327,7 @@ impl server::Handler for VolumeSession {
         Ok(())
     }
 
-    async fn channel_close(
-        &mut self,
-        id: ChannelId,
-        _: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn channel_close(&mut self, id: ChannelId, _: &mut Session) -> Result<(), Self::Error> {
         // A channel closed before its command frees its slot here; a running one frees it
         // when its sync ends.
         self.channels.remove(&id);
@@ -551,16 +553,18 @@ impl server::Handler for Bastion {
         }
         let permit = self.slots.clone().try_acquire_owned().ok();
         if allowed && permit.is_none() {
-            tracing::warn!(host, port, "forwarding refused: too many on this connection");
+            tracing::warn!(
+                host,
+                port,
+                "forwarding refused: too many on this connection"
+            );
         }
         let host = host.to_string();
         // The connect (and a refusal's wait) runs beside the session, which keeps serving
         // its other channels meanwhile.
         tokio::spawn(async move {
             let tcp = match (allowed, permit) {
-                (true, Some(permit)) => reach(&host, port as u16)
-                    .await
-                    .map(|tcp| (tcp, permit)),
+                (true, Some(permit)) => reach(&host, port as u16).await.map(|tcp| (tcp, permit)),
                 _ => None,
             };
             match tcp {

@@ -137,7 +137,7 @@ pub const MAX_CHANNELS_PER_SESSION: usize = 2;
 pub const MAX_FORWARDS_PER_SESSION: usize = 4;
 /// A connection that has not authenticated within this time is closed, so that peers
 /// without a key cannot hold the volume server's few session slots.
-const AUTH_DEADLINE: Duration = Duration::from_secs(20);
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the bastion tries to reach a forwarding target. A refused forwarding is
 /// answered after the same time as a failed one, with the same reason, so the answers do
 /// not tell allowed-but-unreachable targets from refused ones.

@@ -1,11 +1,13 @@
 //! PVC sync over SSH with real binaries and a real OpenSSH client: `agent serve-volume`,
 //! `agent bastion` and `pvc-sync` as processes; keys made by `ssh-keygen`; everything the
-//! servers must refuse tried with `ssh`.
+//! servers must refuse tried with `ssh`, or with a russh client where an attack needs more
+//! control over one connection than `ssh` gives (channels opened later, many at once).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Running, free_addr};
@@ -87,6 +89,11 @@ struct World {
     known_hosts: PathBuf,
     volume: String,
     bastion: String,
+    /// Host keys of the volume server and the bastion (public lines).
+    host_pub: String,
+    bastion_pub: String,
+    /// The client's public key line.
+    client_pub: String,
     _servers: Vec<Running>,
 }
 
@@ -164,6 +171,9 @@ fn world() -> World {
         known_hosts,
         volume,
         bastion,
+        host_pub,
+        bastion_pub,
+        client_pub,
         _servers: servers,
     }
 }
@@ -388,4 +398,309 @@ fn openssh_client_gets_nothing_but_the_sync_protocol() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Accepts exactly the expected host key (the test's pin).
+struct Pin(russh::keys::PublicKey);
+
+impl russh::client::Handler for Pin {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(matches!(key,
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. }
+                if key.key_data() == self.0.key_data()))
+    }
+}
+
+/// A russh connection to `addr` (host key `host_pub`), authenticated with `key`; `None`
+/// when the server closes it or refuses the key.
+async fn login(addr: &str, host_pub: &str, key: &Path) -> Option<russh::client::Handle<Pin>> {
+    let pin = Pin(russh::keys::PublicKey::from_openssh(host_pub).unwrap());
+    let config = Arc::new(russh::client::Config::default());
+    let mut h = tokio::time::timeout(
+        Duration::from_secs(10),
+        russh::client::connect(config, addr, pin),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let key = russh::keys::load_secret_key(key, None).unwrap();
+    let auth = h
+        .authenticate_publickey(
+            "drsync",
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
+        )
+        .await
+        .ok()?;
+    auth.success().then_some(h)
+}
+
+/// Opens a session channel and asks for the sync command: whether the server agreed.
+async fn exec_serve(h: &russh::client::Handle<Pin>) -> bool {
+    let Ok(mut ch) = h.channel_open_session().await else {
+        return false;
+    };
+    if ch.exec(true, "drsync serve").await.is_err() {
+        return false;
+    }
+    loop {
+        match ch.wait().await {
+            Some(russh::ChannelMsg::Success) => return true,
+            Some(russh::ChannelMsg::Failure) | Some(russh::ChannelMsg::Close) | None => {
+                return false;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Issue 14 §3: keys are checked per channel. A connection authenticated while its key was
+/// valid gets no new channel (volume server) or forwarding (bastion) once the key has
+/// expired or was removed from the authorized keys.
+#[tokio::test]
+async fn open_connection_loses_access_when_its_key_expires_or_is_revoked() {
+    let w = world();
+    let ak = w.dir.join("authorized_keys");
+    for scenario in ["expired", "revoked"] {
+        // Seconds precision, as `expiry-time` has: the key works for the next 3 s or so.
+        let expiry = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
+        let line = match scenario {
+            "expired" => format!(
+                "expiry-time=\"{}\" {}\n",
+                dr_syncer::pvc::access::format_expiry(expiry),
+                w.client_pub
+            ),
+            _ => format!("{}\n", w.client_pub),
+        };
+        std::fs::write(&ak, line).unwrap();
+        let volume = login(&w.volume, &w.host_pub, &w.client)
+            .await
+            .unwrap_or_else(|| panic!("{scenario}: login to the volume server"));
+        let bastion = login(&w.bastion, &w.bastion_pub, &w.client)
+            .await
+            .unwrap_or_else(|| panic!("{scenario}: login to the bastion"));
+        let (vh, vp) = w.volume.rsplit_once(':').unwrap();
+        let vp: u32 = vp.parse().unwrap();
+        // While the key is good, both answer.
+        assert!(exec_serve(&volume).await, "{scenario}: sync command before");
+        assert!(
+            bastion
+                .channel_open_direct_tcpip(vh, vp, "127.0.0.1", 0)
+                .await
+                .is_ok(),
+            "{scenario}: forwarding before"
+        );
+        match scenario {
+            "expired" => {
+                let wait = jiff::Timestamp::now().duration_until(expiry).as_millis() + 1200;
+                tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+            }
+            _ => std::fs::write(&ak, "").unwrap(),
+        }
+        assert!(
+            !exec_serve(&volume).await,
+            "{scenario}: the volume server ran the sync command for a dead key"
+        );
+        assert!(
+            bastion
+                .channel_open_direct_tcpip(vh, vp, "127.0.0.1", 0)
+                .await
+                .is_err(),
+            "{scenario}: the bastion forwarded for a dead key"
+        );
+    }
+}
+
+/// Issue 14 §3: the bastion answers a target outside its allow-list exactly like an
+/// allowed target that cannot be reached (same message, about the same time), so its
+/// answers do not enumerate the allowed targets.
+#[test]
+fn bastion_answers_refused_and_unreachable_targets_alike() {
+    let w = world();
+    // A second bastion whose allow-list also names a closed port (allowed, unreachable).
+    let closed = free_addr();
+    let bastion = free_addr();
+    let _b = agent(&[
+        "bastion",
+        "--allow",
+        &w.volume,
+        "--allow",
+        &closed,
+        "--listen",
+        &bastion,
+        "--host-key",
+        w.dir.join("bastion-host").to_str().unwrap(),
+        "--authorized-keys",
+        w.dir.join("authorized_keys").to_str().unwrap(),
+    ]);
+    wait_listening(&bastion);
+    let (bh, bp) = bastion.rsplit_once(':').unwrap();
+    let kh = w.dir.join("known_hosts_b2");
+    let mut parts = w.bastion_pub.split_whitespace();
+    std::fs::write(
+        &kh,
+        format!(
+            "[{bh}]:{bp} {} {}\n",
+            parts.next().unwrap(),
+            parts.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let not_allowed = free_addr();
+    let answer = |target: &str| {
+        let started = Instant::now();
+        let out = ssh(&w.client, &kh, &bastion, &["-W", target], None);
+        let text = String::from_utf8_lossy(&out.stderr).replace(target, "TARGET");
+        (out.status.code(), text, started.elapsed())
+    };
+    let (refused_code, refused, refused_time) = answer(&not_allowed);
+    let (unreachable_code, unreachable, unreachable_time) = answer(&closed);
+    assert_ne!(refused_code, Some(0), "{refused}");
+    assert!(refused.contains("open failed"), "{refused}");
+    assert_eq!(
+        (refused_code, &refused),
+        (unreachable_code, &unreachable),
+        "refused and unreachable targets must look the same"
+    );
+    // Both are answered no sooner than the bastion's fixed answer time; what is left is
+    // the noise of starting `ssh` (generous bound: the test host may be loaded).
+    let floor = dr_syncer::pvc::ssh::FORWARD_ANSWER_TIME;
+    assert!(
+        refused_time >= floor && unreachable_time >= floor,
+        "{refused_time:?} / {unreachable_time:?}"
+    );
+    let gap = refused_time.abs_diff(unreachable_time);
+    assert!(
+        gap < Duration::from_millis(1500),
+        "answer times differ by {gap:?} ({refused_time:?} vs {unreachable_time:?})"
+    );
+}
+
+/// Issue 14 §3: `known_hosts` honours `@revoked`: a pinned host key that is also marked
+/// revoked is refused.
+#[test]
+fn pvc_sync_refuses_a_revoked_host_key() {
+    let w = world();
+    let mut parts = w.host_pub.split_whitespace();
+    let (kind, b64) = (parts.next().unwrap(), parts.next().unwrap());
+    let kh = w.dir.join("known_hosts_revoked");
+    let pinned = std::fs::read_to_string(&w.known_hosts).unwrap();
+    std::fs::write(&kh, format!("{pinned}@revoked * {kind} {b64}\n")).unwrap();
+    let to = w.dir.join("dst");
+    let out = pvc_sync(&[
+        "--from",
+        &format!("ssh://{}", w.volume),
+        "--to",
+        to.to_str().unwrap(),
+        "--identity",
+        w.client.to_str().unwrap(),
+        "--known-hosts",
+        kh.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("revoked"), "{stderr}");
+    assert!(
+        !to.exists() || std::fs::read_dir(&to).unwrap().count() == 0,
+        "nothing written"
+    );
+}
+
+/// Issue 14 §4: a hostile client opening many connections or channels gets at most
+/// `MAX_SESSIONS` connections and `MAX_CHANNELS_PER_SESSION` channels per connection; a
+/// closed channel frees its slot.
+#[tokio::test]
+async fn volume_server_limits_sessions_and_channels() {
+    use dr_syncer::pvc::ssh::{MAX_CHANNELS_PER_SESSION, MAX_SESSIONS};
+    let w = world();
+    let mut held = Vec::new();
+    for i in 0..MAX_SESSIONS {
+        let h = login(&w.volume, &w.host_pub, &w.client).await;
+        held.push(h.unwrap_or_else(|| panic!("session {i} within the limit")));
+    }
+    for _ in 0..3 {
+        assert!(
+            login(&w.volume, &w.host_pub, &w.client).await.is_none(),
+            "a session beyond the limit was served"
+        );
+    }
+    let h = &held[0];
+    let mut channels = Vec::new();
+    for i in 0..MAX_CHANNELS_PER_SESSION {
+        channels.push(
+            h.channel_open_session()
+                .await
+                .unwrap_or_else(|e| panic!("channel {i} within the limit: {e}")),
+        );
+    }
+    for _ in 0..3 {
+        assert!(
+            h.channel_open_session().await.is_err(),
+            "a channel beyond the limit was opened"
+        );
+    }
+    // Closing a channel frees its slot (the server answers the close first).
+    let ch = channels.pop().unwrap();
+    ch.close().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if h.channel_open_session().await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed channel's slot stayed taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ending connections frees their slots.
+    held.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while login(&w.volume, &w.host_pub, &w.client).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "closed sessions' slots stayed taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The session limit is no lever for peers without a key: connections that never
+/// authenticate (here: never even send the SSH banner) hold their slots for at most
+/// `AUTH_DEADLINE`, then the client with the key gets in.
+#[tokio::test]
+async fn volume_server_closes_idle_unauthenticated_connections() {
+    use dr_syncer::pvc::ssh::{AUTH_DEADLINE, MAX_SESSIONS};
+    let w = world();
+    let started = Instant::now();
+    let idle: Vec<_> = (0..MAX_SESSIONS)
+        .map(|_| std::net::TcpStream::connect(&w.volume).unwrap())
+        .collect();
+    // Precondition: the idle connections hold every slot (the server may take a moment
+    // to accept them under load).
+    let full = Instant::now() + Duration::from_secs(5);
+    while login(&w.volume, &w.host_pub, &w.client).await.is_some() {
+        assert!(
+            Instant::now() < full,
+            "idle connections never filled the slots"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = started + AUTH_DEADLINE + Duration::from_secs(5);
+    loop {
+        if login(&w.volume, &w.host_pub, &w.client).await.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle unauthenticated connections kept their slots"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(started.elapsed() >= AUTH_DEADLINE - Duration::from_secs(1));
+    drop(idle);
 }

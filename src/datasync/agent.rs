@@ -1,8 +1,8 @@
 //! The PVC agent in a source cluster (a RemoteCluster with `pvcSync.enabled`): a DaemonSet
-//! running `dr-syncer agent bastion` on port 2222 with the cluster's host key, the client
-//! keys of the mappings that read from it (Secret `dr-syncer-agent-clients`, one key per
-//! mapping) and the per-operation allow-list (ConfigMap `dr-syncer-agent-allow`, one key per
-//! operation). Both lists are re-read by the bastion on every login and forwarding request,
+//! running `dr-syncer agent bastion` on port 2222 with the cluster's host key, the one-off
+//! client keys of the running operations (Secret `dr-syncer-agent-clients`, one data key per
+//! operation, each with an `expiry-time` at the operation's deadline) and the per-operation
+//! allow-list (ConfigMap `dr-syncer-agent-allow`, one key per operation). Both lists are re-read by the bastion on every login and forwarding request,
 //! so operations and rotations never restart it; only a new host key rolls the DaemonSet.
 
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ use crate::api::{AgentStatus, PvcSyncSpec, RemoteCluster};
 pub const NAME: &str = "dr-syncer-agent";
 /// Secret with the agent's host key (in the source cluster).
 pub const HOST_SECRET: &str = "dr-syncer-agent-host";
-/// Secret with the client keys, one data key per mapping.
+/// Secret with the client keys, one data key per running operation.
 pub const CLIENTS_SECRET: &str = "dr-syncer-agent-clients";
 /// ConfigMap with the forwarding allow-list, one data key per operation.
 pub const ALLOW_CONFIGMAP: &str = "dr-syncer-agent-allow";

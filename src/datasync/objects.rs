@@ -214,7 +214,8 @@ impl Operation {
         c
     }
 
-    /// The Secret of the volume server: its one-off host key and the client keys allowed.
+    /// The Secret of the volume server: its one-off host key and the one client key it
+    /// accepts (the operation's, with an `expiry-time`).
     pub fn serve_secret(&self, host_key: &str, authorized_keys: &str) -> Secret {
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -277,7 +278,8 @@ impl Operation {
         .expect("valid Pod")
     }
 
-    /// The DR job's Secret: the mapping's client key and the pinned host keys.
+    /// The DR job's Secret: the operation's one-off client key (never the mapping's) and
+    /// the pinned host keys.
     pub fn job_secret(&self, client_key: &str, known_hosts: &str) -> Secret {
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -357,7 +359,7 @@ pub fn known_hosts(bastion: &str, agent_pins: &[String], server: &str, server_pi
     out
 }
 
-/// One allow-list line: the server pod, only for the mapping's current client key, until
+/// One allow-list line: the server pod, only for the operation's one-off client key, until
 /// the operation's deadline.
 pub fn allow_line(server: &str, client_fingerprint: &str, until: jiff::Timestamp) -> String {
     format!("{server} {client_fingerprint} expires={until}\n")

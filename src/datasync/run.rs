@@ -1,7 +1,15 @@
-//! One PVC sync operation: lock → point-in-time source → volume server pod → allow-list
-//! entry → destination PVC → `pvc-sync` Job → report → cleanup (always) → unlock. The
-//! waits poll the objects the kubelet, the snapshot controller and the Job controller move
-//! forward; every step has the operation's deadline.
+//! One PVC sync operation: lock → point-in-time source → volume server pod → client key
+//! and allow-list entry at the agent → destination PVC → `pvc-sync` Job → report → cleanup
+//! (always) → unlock. The waits poll the objects the kubelet, the snapshot controller and
+//! the Job controller move forward; every step has the operation's deadline.
+//!
+//! Credentials are per operation: a one-off client key, generated here, is the only key
+//! the operation's volume server accepts, the only key its bastion allow-list entry
+//! accepts, and is authorized at the bastion under the operation's own entry; all three
+//! expire at the operation's deadline and are removed at cleanup. Only that key reaches the
+//! DR namespace's Job Secret, so reading Secrets in one DR namespace gives access to that
+//! one operation's volume until its deadline, and to nothing else. The mapping's
+//! long-lived key never leaves the controller's namespace.
 
 use std::time::{Duration, Instant};
 
@@ -39,8 +47,6 @@ pub struct Env {
     pub agent_port: i32,
     /// A fixed bastion address instead of the agent pod's.
     pub endpoint: Option<String>,
-    /// The mapping's client key ring.
-    pub client: KeyRing,
     /// The agent's host key ring.
     pub host: KeyRing,
     /// The mapping's export policy (destination PVC shape).
@@ -216,9 +222,25 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
         }
         CopyMethod::Direct => Timestamp::now(),
     };
-    // 2. The volume server with a one-off host key.
+    // 2. The volume server with a one-off host key, accepting only the operation's one-off
+    // client key, until the deadline (the whole operation runs under `op.timeout`, so a
+    // deadline taken now is never earlier than the operation's end).
+    let deadline = super::keys::later(Timestamp::now(), op.timeout);
     let (serve_key, serve_pub) = super::keys::generate(&format!("dr-syncer-op-{}", op.id));
-    let authorized = env.client.authorized_keys(Timestamp::now());
+    let credential = OperationKey::new(op, deadline);
+    let authorized = credential.authorized_keys();
+    // The bastion's client list gets the one-off key under this operation's own entry
+    // (removed at cleanup, and expiring at the deadline anyway). Published now, so the
+    // agent's mounted copy has caught up by the time the Job connects.
+    agent::set_entry(
+        &env.source,
+        &env.agent_namespace,
+        true,
+        &allow_key(op),
+        Some(&authorized),
+    )
+    .await
+    .map_err(kube_err("add the operation's client key at the agent"))?;
     Api::<Secret>::namespaced(env.source.clone(), &src_ns)
         .create(&pp, &op.serve_secret(&serve_key, &authorized))
         .await
@@ -260,8 +282,7 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
             })?
         }
     };
-    let deadline = super::keys::later(Timestamp::now(), op.timeout);
-    let entry = objects::allow_line(&server, &env.client.fingerprint(), deadline);
+    let entry = objects::allow_line(&server, &credential.fingerprint(), deadline);
     agent::set_entry(
         &env.source,
         &env.agent_namespace,
@@ -297,7 +318,7 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
         &serve_pub,
     );
     Api::<Secret>::namespaced(env.dest.clone(), &op.dest_namespace)
-        .create(&pp, &op.job_secret(&env.client.private, &known))
+        .create(&pp, &op.job_secret(&credential.private, &known))
         .await
         .map_err(kube_err("create job Secret"))?;
     let jobs: Api<Job> = Api::namespaced(env.dest.clone(), &op.dest_namespace);
@@ -351,10 +372,58 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
     Ok((report, point_in_time))
 }
 
-/// Key of an operation's allow-list entry: the mapping, `..` (which no mapping label
-/// contains, so one mapping's prefix never matches another's), the operation id.
+/// Key of an operation's entries in the agent's allow-list and client list: the mapping,
+/// `..` (which no mapping label contains, so one mapping's prefix never matches
+/// another's), the operation id.
 pub fn allow_key(op: &Operation) -> String {
     format!("{}..{}", op.mapping, op.id)
+}
+
+/// An operation's one-off client key and its deadline.
+pub struct OperationKey {
+    /// The private key (OpenSSH text); goes only into the operation's Job Secret.
+    pub private: String,
+    /// The public key line.
+    pub public: String,
+    /// When the key stops working everywhere.
+    pub expires: Timestamp,
+}
+
+impl std::fmt::Debug for OperationKey {
+    // Never print the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperationKey")
+            .field("public", &self.public)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OperationKey {
+    /// A fresh key for `op`, valid until `expires`.
+    pub fn new(op: &Operation, expires: Timestamp) -> Self {
+        let (private, public) = super::keys::generate(&format!("dr-syncer-op-{}-client", op.id));
+        OperationKey {
+            private,
+            public,
+            expires,
+        }
+    }
+
+    /// The `authorized_keys` line of the volume server and of the operation's entry in the
+    /// bastion's client list: this key only, with `expiry-time` at the deadline.
+    pub fn authorized_keys(&self) -> String {
+        format!(
+            "expiry-time=\"{}\" {}\n",
+            crate::pvc::access::format_expiry(self.expires),
+            self.public.trim()
+        )
+    }
+
+    /// SHA-256 fingerprint (what the allow-list entry is bound to).
+    pub fn fingerprint(&self) -> String {
+        super::keys::fingerprint_of(&self.public)
+    }
 }
 
 async fn ensure_namespace(client: &Client, name: &str) -> Result<(), String> {
@@ -446,27 +515,83 @@ pub async fn delete_labeled(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Removes an operation's temporary objects on both sides and its allow-list entry.
+/// Removes an operation's temporary objects on both sides and its entries in the agent's
+/// allow-list and client list (the one-off key stops working at the bastion).
 pub async fn cleanup(env: &Env, op: &Operation) -> Result<(), kube::Error> {
     let sel = format!("{}={}", objects::OPERATION, op.id);
-    let removed = agent::set_entry(
-        &env.source,
-        &env.agent_namespace,
-        false,
-        &allow_key(op),
-        None,
-    )
-    .await;
+    let mut removed = Ok(());
+    for secret in [true, false] {
+        let r = agent::set_entry(
+            &env.source,
+            &env.agent_namespace,
+            secret,
+            &allow_key(op),
+            None,
+        )
+        .await;
+        let r = match r {
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            other => other,
+        };
+        if removed.is_ok() {
+            removed = r;
+        }
+    }
     // Both sides are always attempted (the job Secret holds a private key); the first
     // error is reported.
     let source = delete_labeled(&env.source, &op.source_namespace(), &sel).await;
     let dest = delete_labeled(&env.dest, &op.dest_namespace, &sel).await;
-    let removed = match removed {
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        other => other,
-    };
     match (dest, source, removed) {
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pvc::access::{Source, key_allowed, parse_authorized_keys};
+    use russh::keys::PublicKey;
+
+    fn op(id: &str) -> Operation {
+        Operation {
+            id: id.into(),
+            mapping: "ns.m".into(),
+            method: CopyMethod::Clone,
+            source: Default::default(),
+            dest_namespace: "d".into(),
+            image: "i".into(),
+            pull_policy: None,
+            run_as_root: false,
+            node: None,
+            snapshot_class: None,
+            timeout: Duration::from_secs(60),
+            bwlimit_kib: None,
+        }
+    }
+
+    /// The one-off key's `authorized_keys` line accepts that key only, and only until the
+    /// deadline; another operation's key is refused.
+    #[test]
+    fn operation_key_authorized_only_for_itself_until_the_deadline() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let deadline = t("2026-11-26T10:00:00Z");
+        let a = OperationKey::new(&op("a"), deadline);
+        let b = OperationKey::new(&op("b"), deadline);
+        let list = Source::Fixed(parse_authorized_keys(&a.authorized_keys()).unwrap());
+        let key = |k: &OperationKey| PublicKey::from_openssh(&k.public).unwrap();
+        let cases = [
+            ("own_key_before", key(&a), t("2026-11-26T09:59:59Z"), true),
+            ("own_key_at_deadline", key(&a), deadline, false),
+            ("other_operation", key(&b), t("2026-11-26T09:00:00Z"), false),
+        ];
+        for (name, k, now, want) in cases {
+            assert_eq!(key_allowed(&list, &k, now), want, "{name}");
+        }
+        assert_eq!(a.fingerprint(), crate::pvc::access::fingerprint(&key(&a)));
+        assert!(
+            !format!("{a:?}").contains("PRIVATE KEY"),
+            "Debug hides the key"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! One task per NamespaceMapping with `pvcConfig.syncData`: it keeps the mapping's client
-//! key (creating, rotating, publishing it to the agent), sweeps what an earlier process
-//! left behind, and runs the data syncs on the schedule or the `dr-syncer.io/sync-data-now`
-//! trigger, recording status, Events and metrics. The schedule follows the attempts in
+//! key ring (creating and rotating it in the controller's namespace; it is never published
+//! to the agent nor copied to a DR namespace: each operation gets its own one-off key, see
+//! `run`), sweeps what an earlier process left behind, and runs the data syncs on the
+//! schedule or the `dr-syncer.io/sync-data-now` trigger, recording status, Events and
+//! metrics. The schedule follows the attempts in
 //! `status.pvcData` (see `due`), so a slot missed while no controller ran is caught up once.
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -73,7 +75,7 @@ pub enum DataSyncError {
         /// The API error.
         source: kube::Error,
     },
-    /// The mapping's key could not be published in the agent's client list.
+    /// The agent's client list could not be updated.
     #[error(
         "agent client keys in {namespace}/{}: {source} (has the agent been deployed?)",
         agent::CLIENTS_SECRET
@@ -260,7 +262,8 @@ async fn resolve(ctx: &DataCtx, nm: &NamespaceMapping) -> Result<Setup, DataSync
     })
 }
 
-/// Where a mapping's client key is published, so it can be revoked when the task ends.
+/// The agent a mapping's operations use, so the mapping's legacy entry in its client list
+/// (published by earlier versions) is revoked again when the task ends.
 struct Published {
     source: Client,
     agent_namespace: String,
@@ -269,7 +272,8 @@ struct Published {
 
 impl Published {
     /// Removes the mapping's entry from the agent's client list: its key stops working
-    /// at the bastion with the next volume refresh.
+    /// at the bastion with the next volume refresh. (Operations' own entries go at their
+    /// cleanup.)
     async fn revoke(self) {
         match agent::set_entry(
             &self.source,
@@ -430,20 +434,16 @@ async fn step(
     }
     let ring = checked.ring;
     let now = Timestamp::now();
-    // The agent's client list: this mapping's entry, refreshed every pass so an expired
-    // previous key leaves it.
-    agent::set_entry(
-        &setup.source,
-        &pvc_spec.namespace,
-        true,
-        &mapping,
-        Some(&ring.authorized_keys(now)),
-    )
-    .await
-    .map_err(|source| DataSyncError::AgentClients {
-        namespace: pvc_spec.namespace.clone(),
-        source,
-    })?;
+    // The mapping's long-lived key is not authorized at the agent: operations log in with
+    // their own one-off keys. Earlier versions published it under the mapping's entry;
+    // removing that entry every pass revokes it after an upgrade (and checks that the
+    // agent's client list exists before an operation needs it).
+    agent::set_entry(&setup.source, &pvc_spec.namespace, true, &mapping, None)
+        .await
+        .map_err(|source| DataSyncError::AgentClients {
+            namespace: pvc_spec.namespace.clone(),
+            source,
+        })?;
     state.published = Some(Published {
         source: setup.source.clone(),
         agent_namespace: pvc_spec.namespace.clone(),
@@ -496,7 +496,6 @@ async fn step(
         state.last_run = Some(now);
         let env_base = EnvParts {
             cancel: state.cancel.clone(),
-            ring: ring.clone(),
             host,
             setup: &setup,
             mapping: mapping.clone(),
@@ -539,7 +538,6 @@ async fn step(
 
 struct EnvParts<'a> {
     cancel: tokio::sync::watch::Receiver<bool>,
-    ring: super::keys::KeyRing,
     host: super::keys::KeyRing,
     setup: &'a Setup,
     mapping: String,
@@ -600,7 +598,6 @@ async fn run_all(
         agent_namespace: pvc_spec.namespace.clone(),
         agent_port: pvc_spec.port,
         endpoint: pvc_spec.endpoint.clone(),
-        client: parts.ring.clone(),
         host: parts.host.clone(),
         policy: setup.policy.clone(),
         keep_snapshots: dsc.keep_snapshots.unwrap_or(0),
@@ -851,7 +848,8 @@ pub fn merge(volumes: &mut Vec<PvcVolumeStatus>, done: Vec<Done>, now: Timestamp
 }
 
 /// Removes what an earlier process of this controller left behind for this mapping:
-/// temporary objects on both sides, allow-list entries and PVC locks. Runs once per task
+/// temporary objects on both sides, operations' entries in the agent's allow-list and
+/// client list, and PVC locks. Runs once per task
 /// start, before the task's first operation, so nothing of its own is live yet.
 async fn sweep(
     ctx: &DataCtx,
@@ -868,24 +866,31 @@ async fn sweep(
             }
         }
     }
-    let cms: Api<ConfigMap> = Api::namespaced(setup.source.clone(), agent_ns);
-    if let Ok(Some(cm)) = cms.get_opt(agent::ALLOW_CONFIGMAP).await {
-        let prefix = format!("{mapping}..");
-        let stale: BTreeMap<String, Value> = cm
-            .data
-            .unwrap_or_default()
-            .into_keys()
+    let prefix = format!("{mapping}..");
+    let stale = |keys: Vec<String>| -> BTreeMap<String, Value> {
+        keys.into_iter()
             .filter(|k| k.starts_with(&prefix))
             .map(|k| (k, Value::Null))
-            .collect();
+            .collect()
+    };
+    let params = PatchParams::default();
+    let cms: Api<ConfigMap> = Api::namespaced(setup.source.clone(), agent_ns);
+    if let Ok(Some(cm)) = cms.get_opt(agent::ALLOW_CONFIGMAP).await {
+        let stale = stale(cm.data.unwrap_or_default().into_keys().collect());
         if !stale.is_empty() {
-            let _ = cms
-                .patch(
-                    agent::ALLOW_CONFIGMAP,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"data": stale})),
-                )
-                .await;
+            let patch = Patch::Merge(json!({"data": stale}));
+            let _ = cms.patch(agent::ALLOW_CONFIGMAP, &params, &patch).await;
+        }
+    }
+    // One-off client keys of operations that never reached their cleanup.
+    let secrets: Api<Secret> = Api::namespaced(setup.source.clone(), agent_ns);
+    if let Ok(Some(s)) = secrets.get_opt(agent::CLIENTS_SECRET).await {
+        let stale = stale(s.data.unwrap_or_default().into_keys().collect());
+        if !stale.is_empty() {
+            let patch = Patch::Merge(json!({"data": stale}));
+            if let Err(e) = secrets.patch(agent::CLIENTS_SECRET, &params, &patch).await {
+                tracing::warn!(mapping, error = %e, "sweep of operation client keys");
+            }
         }
     }
     match lock::release_all(&ctx.client, &ctx.namespace, mapping).await {

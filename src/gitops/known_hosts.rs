@@ -1,5 +1,6 @@
 //! SSH host-key pinning from an OpenSSH `known_hosts` file: an unknown host or a changed
-//! key is an error, never silently accepted (no trust on first use).
+//! key is an error, never silently accepted (no trust on first use), and a key marked
+//! `@revoked` is refused for every host.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -10,6 +11,11 @@ use sha1::Sha1;
 #[derive(Debug, Clone, Default)]
 pub struct KnownHosts {
     entries: Vec<Entry>,
+    /// Key blobs of the `@revoked` lines.
+    revoked: Vec<Vec<u8>>,
+    /// An `@revoked` line could not be read: which key it revokes is unknown, so every
+    /// key is refused (fail closed).
+    revocation_unreadable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -40,12 +46,32 @@ pub enum HostKeyError {
         "host key of {0} does not match known_hosts (possible man-in-the-middle); refusing to connect"
     )]
     Mismatch(String),
+    /// The key is marked `@revoked` (or an `@revoked` line is unreadable).
+    #[error("host key of {0} is revoked in known_hosts; refusing to connect")]
+    Revoked(String),
 }
 
 impl KnownHosts {
-    /// Parses a `known_hosts` file; malformed lines and `@revoked`/`@cert-authority` markers
-    /// are skipped (a skipped line can only make a host unknown, never trusted).
+    /// Parses a `known_hosts` file. Malformed lines and `@cert-authority` lines are skipped
+    /// (a skipped line can only make a host unknown, never trusted). `@revoked` lines
+    /// revoke their key for every host, whatever their host pattern; an unreadable one
+    /// makes every key refused, since skipping it could trust the key it revokes.
     pub fn parse(text: &str) -> Self {
+        let mut revoked = Vec::new();
+        let mut revocation_unreadable = false;
+        for line in text.lines() {
+            let Some(rest) = line.trim().strip_prefix("@revoked") else {
+                continue;
+            };
+            let mut parts = rest.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(_hosts), Some(_kind), Some(key)) => match STANDARD.decode(key) {
+                    Ok(k) => revoked.push(k),
+                    Err(_) => revocation_unreadable = true,
+                },
+                _ => revocation_unreadable = true,
+            }
+        }
         let entries = text
             .lines()
             .filter_map(|line| {
@@ -72,7 +98,11 @@ impl KnownHosts {
                 })
             })
             .collect();
-        KnownHosts { entries }
+        KnownHosts {
+            entries,
+            revoked,
+            revocation_unreadable,
+        }
     }
 
     /// Checks the raw public key blob `key` (SSH wire format, as libgit2 reports it) of
@@ -83,6 +113,9 @@ impl KnownHosts {
         } else {
             format!("[{host}]:{port}")
         };
+        if self.revocation_unreadable || self.revoked.iter().any(|r| r == key) {
+            return Err(HostKeyError::Revoked(name));
+        }
         let matching: Vec<&Entry> = self
             .entries
             .iter()
@@ -163,7 +196,9 @@ mod tests {
     fn known_hosts_check_table() {
         let good = blob("ssh-ed25519", b"good-key");
         let bad = blob("ssh-ed25519", b"evil-key");
+        let old = blob("ssh-ed25519", b"old-key");
         let b64 = STANDARD.encode(&good);
+        let old64 = STANDARD.encode(&old);
         // A hashed entry for "[git.example.com]:2222", as `ssh-keygen -H` writes it.
         let salt = b"0123456789abcdef0123";
         let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(salt).unwrap();
@@ -174,7 +209,7 @@ mod tests {
             STANDARD.encode(mac.finalize().into_bytes())
         );
         let text = format!(
-            "# comment\n[127.0.0.1]:2222 ssh-ed25519 {b64}\ngithub.com,*.corp.example ssh-ed25519 {b64}\n{hashed} ssh-ed25519 {b64}\n@revoked * ssh-ed25519 {b64}\n"
+            "# comment\n[127.0.0.1]:2222 ssh-ed25519 {b64}\ngithub.com,*.corp.example ssh-ed25519 {b64}\n{hashed} ssh-ed25519 {b64}\n[127.0.0.1]:2222 ssh-ed25519 {old64}\n@revoked other.example ssh-ed25519 {old64}\n"
         );
         let kh = KnownHosts::parse(&text);
         let cases = [
@@ -209,6 +244,25 @@ mod tests {
         ];
         for (host, port, key, expected) in cases {
             assert_eq!(kh.check(host, port, key), expected, "{host}:{port}");
+        }
+        // Pinned for the host, but revoked (by a line naming another host): refused.
+        assert_eq!(
+            kh.check("127.0.0.1", 2222, &old),
+            Err(HostKeyError::Revoked("[127.0.0.1]:2222".into()))
+        );
+    }
+
+    #[test]
+    fn known_hosts_revoked_unreadable_refuses_every_key() {
+        let good = blob("ssh-ed25519", b"good-key");
+        let b64 = STANDARD.encode(&good);
+        for broken in ["@revoked *", "@revoked * ssh-ed25519 !!notbase64!!"] {
+            let kh = KnownHosts::parse(&format!("[h]:22 ssh-ed25519 {b64}\n{broken}\n"));
+            assert_eq!(
+                kh.check("h", 22, &good),
+                Err(HostKeyError::Revoked("h".into())),
+                "{broken}"
+            );
         }
     }
 }

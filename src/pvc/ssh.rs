@@ -2,13 +2,18 @@
 //! thing: `exec "drsync serve"` on a session channel, after public-key authentication
 //! against its authorized keys — no shell, pty, environment, other command, subsystem or
 //! forwarding. The bastion offers only `direct-tcpip` to allow-listed `host:port` targets.
-//! The client pins host keys from a `known_hosts` file (never trust on first use) and can
-//! reach the volume server through the bastion (ProxyJump).
+//! The client pins host keys from a `known_hosts` file (never trust on first use, and never
+//! a key marked `@revoked`) and can reach the volume server through the bastion (ProxyJump).
+//!
+//! Keys are checked again at every channel open and `exec` (the authorized list is re-read
+//! each time), so a key that expires or is removed loses access on a connection opened
+//! before. The volume server bounds its concurrent sessions and the channels per session; a
+//! client may only hurt its own sync by opening more.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::server::{
@@ -16,6 +21,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, ChannelMsg, client, server};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::access::{AllowSource, KeySource, fingerprint, forward_allowed, key_allowed};
 use crate::gitops::KnownHosts;
@@ -113,24 +119,123 @@ impl Gate {
             Auth::reject()
         }
     }
+
+    /// Whether the key a connection authenticated with is still authorized now: checked at
+    /// every channel open and request, so an expired or revoked key loses access on an open
+    /// connection too. No key (not authenticated) is never allowed.
+    fn still_allows(&self, key: Option<&PublicKey>) -> bool {
+        key.is_some_and(|k| self.allows(k))
+    }
 }
 
-/// Serves the volume at `root` on `listener` until the process ends.
+/// Concurrent connections the volume server accepts; more are closed at once. One
+/// operation's `pvc-sync` needs one; the rest is room for its retries.
+pub const MAX_SESSIONS: usize = 4;
+/// Channels one volume-server connection may have open at a time (`pvc-sync` uses one).
+pub const MAX_CHANNELS_PER_SESSION: usize = 2;
+/// Forwardings one bastion connection may have open at a time (`pvc-sync` uses one).
+pub const MAX_FORWARDS_PER_SESSION: usize = 4;
+/// A connection that has not authenticated within this time is closed, so that peers
+/// without a key cannot hold the volume server's few session slots.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the bastion tries to reach a forwarding target. A refused forwarding is
+/// answered after the same time as a failed one, with the same reason, so the answers do
+/// not tell allowed-but-unreachable targets from refused ones.
+pub const FORWARD_ANSWER_TIME: Duration = Duration::from_secs(2);
+
+/// Serves the volume at `root` on `listener` until the process ends, with at most
+/// [`MAX_SESSIONS`] connections at a time.
 pub async fn serve_volume(
     listener: TcpListener,
     root: PathBuf,
     host_key: PrivateKey,
     authorized: KeySource,
 ) -> Result<(), SshError> {
-    let mut srv = VolumeServer {
+    let srv = VolumeServer {
         gate: Gate {
             authorized: Arc::new(authorized),
         },
         root: Arc::new(root),
     };
-    srv.run_on_socket(server_config(host_key), &listener)
-        .await
-        .map_err(|e| SshError::Transport(e.to_string()))
+    let config = server_config(host_key);
+    let slots = Arc::new(Semaphore::new(MAX_SESSIONS));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: transient, the server keeps serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Over the limit the connection is closed before the SSH banner: cheapest for us.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(?peer, "connection refused: too many sessions");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        tracing::info!(?peer, "connection");
+        let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler = srv.session(authenticated.clone());
+        tokio::spawn(run_session(
+            config.clone(),
+            tcp,
+            handler,
+            authenticated,
+            permit,
+        ));
+    }
+}
+
+/// Runs one volume-server connection, holding its session slot until it ends; closes it if
+/// it has not authenticated within [`AUTH_DEADLINE`] (the SSH banner exchange included).
+async fn run_session(
+    config: Arc<server::Config>,
+    tcp: TcpStream,
+    handler: VolumeSession,
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let deadline = tokio::time::Instant::now() + AUTH_DEADLINE;
+    let session =
+        match tokio::time::timeout_at(deadline, server::run_stream(config, tcp, handler)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "connection setup failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("connection closed: no SSH handshake in time");
+                return;
+            }
+        };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        r = &mut session => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = tokio::time::sleep_until(deadline) => {}
+    }
+    if !authenticated.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::warn!("connection closed: not authenticated in time");
+        let _ = handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "authentication timeout".into(),
+                String::new(),
+            )
+            .await;
+        return;
+    }
+    if let Err(e) = session.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 #[derive(Clone)]
@@ -139,13 +244,14 @@ struct VolumeServer {
     root: Arc<PathBuf>,
 }
 
-impl server::Server for VolumeServer {
-    type Handler = VolumeSession;
-    fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> VolumeSession {
-        tracing::info!(?peer, "connection");
+impl VolumeServer {
+    fn session(&self, authenticated: Arc<std::sync::atomic::AtomicBool>) -> VolumeSession {
         VolumeSession {
             gate: self.gate.clone(),
             root: self.root.clone(),
+            key: None,
+            authenticated,
+            slots: Arc::new(Semaphore::new(MAX_CHANNELS_PER_SESSION)),
             channels: HashMap::new(),
         }
     }
@@ -154,7 +260,14 @@ impl server::Server for VolumeServer {
 struct VolumeSession {
     gate: Gate,
     root: Arc<PathBuf>,
-    channels: HashMap<ChannelId, Channel<Msg>>,
+    /// The key this connection authenticated with, checked again per channel.
+    key: Option<PublicKey>,
+    /// Set at authentication (the accept loop closes connections that never get there).
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
+    /// Channel slots of this connection; a permit lives as long as its channel.
+    slots: Arc<Semaphore>,
+    /// Channels opened but not yet running the sync command.
+    channels: HashMap<ChannelId, (Channel<Msg>, OwnedSemaphorePermit)>,
 }
 
 /// Refuses a channel request and closes the channel: anything but the sync command.
@@ -180,7 +293,13 @@ impl server::Handler for VolumeSession {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.gate.verdict(key.public_key))
+        let verdict = self.gate.verdict(key.public_key);
+        if matches!(verdict, Auth::Accept) {
+            self.key = Some(key.public_key.clone());
+            self.authenticated
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(verdict)
     }
 
     async fn channel_open_session(
@@ -189,8 +308,29 @@ impl server::Handler for VolumeSession {
         reply: ChannelOpenHandle,
         _: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.insert(channel.id(), channel);
+        if !self.gate.still_allows(self.key.as_ref()) {
+            tracing::warn!("channel refused: the client key is no longer authorized");
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!("channel refused: too many channels on this connection");
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
+        self.channels.insert(channel.id(), (channel, permit));
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, id: ChannelId, _: &mut Session) -> Result<(), Self::Error> {
+        // A channel closed before its command frees its slot here; a running one frees it
+        // when its sync ends.
+        self.channels.remove(&id);
         Ok(())
     }
 
@@ -203,13 +343,18 @@ impl server::Handler for VolumeSession {
         if data != SERVE_COMMAND {
             return refuse(session, id, "command");
         }
-        let Some(channel) = self.channels.remove(&id) else {
+        if !self.gate.still_allows(self.key.as_ref()) {
+            self.channels.remove(&id);
+            return refuse(session, id, "exec: the client key is no longer authorized");
+        }
+        let Some((channel, permit)) = self.channels.remove(&id) else {
             return refuse(session, id, "exec on an unknown channel");
         };
         session.channel_success(id)?;
         let handle = session.handle();
         let root = self.root.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let code = match super::sender::serve(&root, channel.into_stream()).await {
                 Ok(()) => 0,
                 Err(e) => {
@@ -301,6 +446,7 @@ pub async fn bastion(
         },
         allow: Arc::new(allow),
         client: None,
+        slots: Arc::new(Semaphore::new(MAX_FORWARDS_PER_SESSION)),
     };
     srv.run_on_socket(server_config(host_key), &listener)
         .await
@@ -311,15 +457,57 @@ pub async fn bastion(
 struct Bastion {
     gate: Gate,
     allow: Arc<AllowSource>,
-    /// Fingerprint of the key this connection authenticated with: allow-list entries can
-    /// be bound to one client key.
-    client: Option<String>,
+    /// The key this connection authenticated with: checked again per forwarding, and
+    /// allow-list entries can be bound to it (by fingerprint).
+    client: Option<PublicKey>,
+    /// Forwarding slots of this connection; a permit lives as long as its forwarding.
+    slots: Arc<Semaphore>,
 }
 
 impl server::Server for Bastion {
     type Handler = Bastion;
     fn new_client(&mut self, _: Option<std::net::SocketAddr>) -> Bastion {
-        self.clone()
+        Bastion {
+            slots: Arc::new(Semaphore::new(MAX_FORWARDS_PER_SESSION)),
+            ..self.clone()
+        }
+    }
+}
+
+impl Bastion {
+    /// Whether this connection may forward to `host:port` now: its key still authorized
+    /// (re-read) and an allow-list entry for the target bound to that key or to none.
+    /// Anything unparsable or unknown refuses.
+    fn may_forward(&self, host: &str, port: u32) -> bool {
+        let Some(key) = self.client.as_ref() else {
+            return false;
+        };
+        let Ok(port) = u16::try_from(port) else {
+            return false;
+        };
+        self.gate.allows(key)
+            && forward_allowed(
+                &self.allow,
+                host,
+                port,
+                Some(&fingerprint(key)),
+                jiff::Timestamp::now(),
+            )
+    }
+}
+
+/// Connects to an allowed forwarding target within [`FORWARD_ANSWER_TIME`].
+async fn reach(host: &str, port: u16) -> Option<TcpStream> {
+    match tokio::time::timeout(FORWARD_ANSWER_TIME, TcpStream::connect((host, port))).await {
+        Ok(Ok(tcp)) => Some(tcp),
+        Ok(Err(e)) => {
+            tracing::warn!(host, port, error = %e, "forward target unreachable");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(host, port, "forward target did not answer in time");
+            None
+        }
     }
 }
 
@@ -341,7 +529,7 @@ impl server::Handler for Bastion {
     ) -> Result<Auth, Self::Error> {
         let verdict = self.gate.verdict(key.public_key);
         if matches!(verdict, Auth::Accept) {
-            self.client = Some(fingerprint(key.public_key));
+            self.client = Some(key.public_key.clone());
         }
         Ok(verdict)
     }
@@ -356,35 +544,45 @@ impl server::Handler for Bastion {
         reply: ChannelOpenHandle,
         _: &mut Session,
     ) -> Result<(), Self::Error> {
-        let allowed = u16::try_from(port).is_ok_and(|p| {
-            forward_allowed(
-                &self.allow,
-                host,
-                p,
-                self.client.as_deref(),
-                jiff::Timestamp::now(),
-            )
-        });
+        let asked = Instant::now();
+        let allowed = self.may_forward(host, port);
         if !allowed {
-            tracing::warn!(host, port, "forwarding refused: not allow-listed");
-            reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+            // Logged here only: the client gets the same answer as for a target that
+            // cannot be reached (below).
+            tracing::warn!(host, port, "forwarding refused: not allowed for this key");
         }
-        match TcpStream::connect((host, port as u16)).await {
-            Ok(mut tcp) => {
-                reply.accept().await;
-                tokio::spawn(async move {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        if allowed && permit.is_none() {
+            tracing::warn!(
+                host,
+                port,
+                "forwarding refused: too many on this connection"
+            );
+        }
+        let host = host.to_string();
+        // The connect (and a refusal's wait) runs beside the session, which keeps serving
+        // its other channels meanwhile.
+        tokio::spawn(async move {
+            let tcp = match (allowed, permit) {
+                (true, Some(permit)) => reach(&host, port as u16).await.map(|tcp| (tcp, permit)),
+                _ => None,
+            };
+            match tcp {
+                Some((mut tcp, _permit)) => {
+                    reply.accept().await;
                     let mut stream = channel.into_stream();
                     let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
-                });
+                }
+                None => {
+                    // One answer for refused, unreachable and over-the-limit targets, at
+                    // the same time after the request.
+                    tokio::time::sleep_until((asked + FORWARD_ANSWER_TIME).into()).await;
+                    reply
+                        .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                        .await;
+                }
             }
-            Err(e) => {
-                tracing::warn!(host, port, error = %e, "forward target unreachable");
-                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-            }
-        }
+        });
         Ok(())
     }
 }

@@ -68,16 +68,17 @@ async fn snapshot_crds(plane: &ControlPlane) {
     .await;
 }
 
-fn start_controller(plane: &ControlPlane, ns: &str, name: &str, http: &str) -> Running {
+fn start_controller(
+    plane: &ControlPlane,
+    ns: &str,
+    name: &str,
+    http: &str,
+    extra: &[&str],
+) -> Running {
     let cache = tempfile::tempdir().unwrap().keep();
-    start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &cache,
-        name,
-        http,
-        &["--image", "registry.test/dr-syncer:e2e"],
-    )
+    let mut args = vec!["--image", "registry.test/dr-syncer:e2e"];
+    args.extend_from_slice(extra);
+    start_controller_with(&plane.kubeconfig_path(), ns, &cache, name, http, &args)
 }
 
 async fn labeled<K>(client: &Client, ns: &str, selector: &str) -> Vec<K>
@@ -484,10 +485,15 @@ const REPORT: &str =
 
 impl Fixture {
     async fn start(ctl: &str) -> Fixture {
+        Self::start_with(ctl, &[]).await
+    }
+
+    /// Like [`Fixture::start`], with extra controller arguments.
+    async fn start_with(ctl: &str, extra: &[&str]) -> Fixture {
         let plane = envtest::shared().await;
         let env = base(plane, ctl, 2222, "1h").await;
         let http = free_addr();
-        let controller = start_controller(plane, ctl, ctl, &http);
+        let controller = start_controller(plane, ctl, ctl, &http, extra);
         agent_pod(&env, "node-a", "10.0.0.1").await;
         agent_pod(&env, "node-b", "10.0.0.2").await;
         Fixture {
@@ -515,6 +521,7 @@ impl Fixture {
             &self.env.ctl,
             name,
             &free_addr(),
+            &[],
         ));
     }
 
@@ -1185,7 +1192,7 @@ async fn replication_catches_up_a_scheduled_run_missed_while_the_controller_was_
     // A first controller deploys the agent (its Secrets and DaemonSet), then goes down:
     // the restarted one finds the agent ready, so its first pass can sync.
     {
-        let _first = start_controller(plane, &env.ctl, "pvcmiss-first", &free_addr());
+        let _first = start_controller(plane, &env.ctl, "pvcmiss-first", &free_addr(), &[]);
         eventually("agent DaemonSet", Duration::from_secs(60), || async {
             Api::<DaemonSet>::namespaced(client.clone(), &env.agent_ns)
                 .get_opt("dr-syncer-agent")
@@ -1225,7 +1232,7 @@ async fn replication_catches_up_a_scheduled_run_missed_while_the_controller_was_
     .unwrap();
 
     let started = Instant::now();
-    let _controller = start_controller(plane, &env.ctl, "pvcmiss", &free_addr());
+    let _controller = start_controller(plane, &env.ctl, "pvcmiss", &free_addr(), &[]);
     agent_pod(&env, "node-a", "10.0.0.1").await;
     // Within seconds (the old task waited for the next slot, 22 h away); 30 s leave room
     // for a loaded machine, far from any slot.
@@ -1305,7 +1312,8 @@ async fn replication_catches_up_a_scheduled_run_missed_while_the_controller_was_
 /// looked the name up in the mapping's namespace and wrote to the decoy).
 #[tokio::test]
 async fn replication_writes_to_the_remote_cluster_ref_namespace_not_a_namesake() {
-    let fx = Fixture::start("pvcref").await;
+    // A RemoteCluster in another namespace is an admin's choice the controller must allow.
+    let fx = Fixture::start_with("pvcref", &["--allow-cross-namespace-refs"]).await;
     let env = &fx.env;
     let client = fx.client().clone();
     let dr_plane = envtest::shared_named("dr").await;
@@ -1694,7 +1702,7 @@ async fn replication_end_to_end_with_real_binaries() {
     std::fs::write(src_dir.join("db/wal/000001"), b"wal record").unwrap();
     std::fs::write(src_dir.join("README"), b"hello DR").unwrap();
     std::os::unix::fs::symlink("db/base.dat", src_dir.join("current")).unwrap();
-    let _controller = start_controller(plane, &env.ctl, "pvce2e", &free_addr());
+    let _controller = start_controller(plane, &env.ctl, "pvce2e", &free_addr(), &[]);
     source_namespace(&env, "pvce2e-src").await;
     mapping(
         &env,

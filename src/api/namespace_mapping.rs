@@ -503,10 +503,12 @@ pub struct NamespaceMappingStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcDataStatus {
-    /// SHA-256 fingerprint of the mapping's SSH client key (`SHA256:…`).
+    /// SHA-256 fingerprint of the mapping's long-lived SSH client key (`SHA256:…`). It stays
+    /// in the controller's namespace and authenticates nothing: every volume sync gets a
+    /// one-off key valid until its deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_fingerprint: Option<String>,
-    /// The previous client key, still accepted until `previousKeyExpires`.
+    /// The previous long-lived client key (kept for its grace window, `previousKeyExpires`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_key_fingerprint: Option<String>,
     /// End of the previous key's grace window.

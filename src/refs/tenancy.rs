@@ -198,28 +198,13 @@ pub fn authorize(refs: MappingRefs<'_>, scope: &Scope) -> Result<(), Refusal> {
     };
     tenant_source(nm, &own)?;
     tenant_destination_namespace(nm, &own, grants)?;
-    if let Some(r) = refs.source()
-        && !grants.source_clusters.contains(&r.name)
-    {
-        return Err(refuse(
-            r.field,
-            format!(
-                "RemoteCluster {:?} is not among the source clusters a TenantPolicy grants namespace {own}",
-                r.name
-            ),
-        ));
-    }
-    if let Some(r) = refs.dr_cluster()
-        && !grants.destination_clusters.contains(&r.name)
-    {
-        return Err(refuse(
-            r.field,
-            format!(
-                "RemoteCluster {:?} is not among the destination clusters a TenantPolicy grants namespace {own}",
-                r.name
-            ),
-        ));
-    }
+    granted_cluster(refs.source(), &grants.source_clusters, "source", &own)?;
+    granted_cluster(
+        refs.dr_cluster(),
+        &grants.destination_clusters,
+        "destination",
+        &own,
+    )?;
     if let Some((git, field)) = refs.git() {
         let path = git.path.clone().unwrap_or_default();
         if !grants
@@ -237,6 +222,25 @@ pub fn authorize(refs: MappingRefs<'_>, scope: &Scope) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// A RemoteCluster a tenant names must be among the `role` clusters its policies grant.
+fn granted_cluster(
+    r: Option<super::ClusterRef>,
+    granted: &BTreeSet<String>,
+    role: &str,
+    own: &str,
+) -> Result<(), Refusal> {
+    match r {
+        Some(r) if !granted.contains(&r.name) => Err(refuse(
+            r.field,
+            format!(
+                "RemoteCluster {:?} is not among the {role} clusters a TenantPolicy grants namespace {own}",
+                r.name
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A reference's namespace must be absent or `allowed`.

@@ -19,7 +19,7 @@ use common::chart::{self, ChartController};
 use common::eventually;
 use dr_syncer::api::{NamespaceMapping, RemoteCluster};
 use dr_syncer_testkit::envtest::ControlPlane;
-use dr_syncer_testkit::git::{Sshd, bare_repo};
+use dr_syncer_testkit::git::{Sshd, bare_repo, git};
 use dr_syncer_testkit::git_https::HttpsGit;
 use dr_syncer_testkit::objects::Applier;
 use kube::{Api, Client};
@@ -232,22 +232,31 @@ async fn tenants_are_held_to_their_policy() {
     );
 
     // The legitimate use works: its own namespace into its granted repository.
+    // Its transform tries to turn the ConfigMap into a ClusterRoleBinding (applied on DR
+    // with the admin's rights): the transform is undone, the ConfigMap stays one.
+    let escalate = json!({"transforms": [{"name": "escalate", "mergePatch": {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "team-a"}]}}]});
     as_tenant
-        .apply(&tenant_mapping("good", &url_a, &s.recipient, json!({})))
+        .apply(&tenant_mapping("good", &url_a, &s.recipient, escalate))
         .await;
-    eventually(
+    let config = eventually(
         "team-a/good is committed",
         Duration::from_secs(90),
         || async {
             let files = tree(&repo_a);
-            files
-                .iter()
-                .any(|f| f.contains("app-config"))
-                .then_some(())
-                .ok_or(files)
+            let Some(file) = files.iter().find(|f| f.contains("app-config")) else {
+                return Err(files);
+            };
+            Ok(git(&repo_a, &["show", &format!("main:{file}")]))
         },
     )
     .await;
+    assert!(
+        config.contains("kind: ConfigMap") && !config.contains("cluster-admin"),
+        "{config}"
+    );
 
     // Each attack: what the tenant writes, and the field the refusal must name.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -292,6 +301,11 @@ async fn tenants_are_held_to_their_policy() {
             "dr-namespace",
             json!({"destinationNamespace": "kube-system"}),
             "spec.destinationNamespace",
+        ),
+        (
+            "path-name",
+            json!({"destination": {"git": {"credentialsSecretRef": {"name": "../../dr-syncer/secrets/deploy-key"}}}}),
+            "spec.destination.git.credentialsSecretRef.name",
         ),
     ];
     for (name, patch, _) in &attacks {

@@ -66,7 +66,9 @@ pub async fn run(
             "the direct destination applies whole syncs".into(),
         ));
     }
-    let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
+    let policy = resolved
+        .restrict(Policy::from_spec(&nm.spec))
+        .map_err(|e| SyncError::Config(e.to_string()))?;
     let (target, recipients, consumer) = sync::git_setup(ctx, nm, resolved).await?;
     let source_cluster = resolved.refs(nm).source_name();
     let info = CommitInfo {

@@ -152,21 +152,22 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
     let policies: Api<TenantPolicy> = Api::namespaced(ctx.client.clone(), &own);
     let mapping_controller = Controller::new(mappings, watcher::Config::default());
     let mapping_store = mapping_controller.store();
-    // A policy granted, changed or revoked re-judges the mappings of its namespaces.
+    // A policy granted, changed or revoked re-judges every tenant mapping: the event shows
+    // only the policy's new namespaces, not those an edit removed.
+    let admin_ns = own.clone();
     let mapping_controller = mapping_controller
-        .watches(policies, watcher::Config::default(), move |tp| {
-            let namespaces = tp.spec.namespaces.clone();
-            mapping_store
-                .state()
-                .into_iter()
-                .filter(move |nm| {
-                    nm.metadata
-                        .namespace
-                        .as_ref()
-                        .is_some_and(|ns| namespaces.contains(ns))
-                })
-                .map(|nm| kube::runtime::reflector::ObjectRef::from_obj(&*nm))
-        })
+        .watches(
+            policies,
+            watcher::Config::default(),
+            move |_: TenantPolicy| {
+                let admin_ns = admin_ns.clone();
+                mapping_store
+                    .state()
+                    .into_iter()
+                    .filter(move |nm| nm.metadata.namespace.as_deref() != Some(admin_ns.as_str()))
+                    .map(|nm| kube::runtime::reflector::ObjectRef::from_obj(&*nm))
+            },
+        )
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
         .run(mapping::reconcile, mapping::error_policy, ctx.clone())

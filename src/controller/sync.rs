@@ -102,7 +102,9 @@ pub async fn run(
     let start = Instant::now();
     let ns = nm.metadata.namespace.clone().unwrap_or_default();
     let name = nm.metadata.name.clone().unwrap_or_default();
-    let policy = Policy::from_spec(&nm.spec).map_err(|e| SyncError::Config(e.to_string()))?;
+    let policy = resolved
+        .restrict(Policy::from_spec(&nm.spec))
+        .map_err(|e| SyncError::Config(e.to_string()))?;
     let refs = resolved.refs(nm);
     let source = refs::source_client(&ctx.client, refs).await?;
     let client = source.client.clone();

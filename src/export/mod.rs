@@ -94,17 +94,24 @@ pub fn process_object(
     let mut transformed = builtin::apply(&mut value, &rt, source_ns, dest_ns, policy, hpa);
     for t in &policy.transforms {
         let counts = summary.transforms.entry(t.name.clone()).or_default();
+        if !policy.transforms_on_rbac && rt.group == RBAC_GROUP {
+            counts.skipped += 1;
+            counts.last_skip_reason =
+                Some("a tenant mapping's transforms do not apply to RBAC objects".into());
+            continue;
+        }
         let before = value.clone();
         match t.apply(&rt, source_ns, &mut value) {
-            // The DR namespace is decided by the mapping (and, for tenants, checked against
-            // their policy): a transform may not move an object elsewhere.
-            transform::Outcome::Applied
-                if value["metadata"]["namespace"] != before["metadata"]["namespace"] =>
-            {
+            // What an object is and where it lands are decided by the mapping (for tenants,
+            // checked against their policy): a transform that changes them is undone, or it
+            // could turn a ConfigMap into a ClusterRoleBinding applied on the DR side.
+            transform::Outcome::Applied if identity_changed(&before, &value) => {
                 value = before;
                 counts.skipped += 1;
-                counts.last_skip_reason =
-                    Some("a transform may not change metadata.namespace".into());
+                counts.last_skip_reason = Some(
+                    "a transform may not change apiVersion, kind, metadata.name or metadata.namespace"
+                        .into(),
+                );
             }
             transform::Outcome::Applied => {
                 counts.applied += 1;
@@ -126,6 +133,17 @@ pub fn process_object(
         name,
         value,
     })
+}
+
+/// API group of the RBAC types (Roles, RoleBindings).
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Whether a transform changed what the object is or where it lands.
+fn identity_changed(before: &Value, after: &Value) -> bool {
+    before["apiVersion"] != after["apiVersion"]
+        || before["kind"] != after["kind"]
+        || before["metadata"]["name"] != after["metadata"]["name"]
+        || before["metadata"]["namespace"] != after["metadata"]["namespace"]
 }
 
 /// The destination Namespace: the source's (labels and annotations kept, cleaned) or a
@@ -184,21 +202,23 @@ pub fn build_tree(
 mod tests {
     use super::*;
 
-    /// A transform that would move an object into another DR namespace (kube-system) is
-    /// undone and reported: the mapping, not a transform, decides where objects land.
-    #[test]
-    fn process_object_transform_cannot_move_namespace() {
-        let spec: crate::api::NamespaceMappingSpec = serde_saphyr::from_str(
-            "sourceNamespace: team-a\ntransforms:\n  - name: escape\n    mergePatch: {metadata: {namespace: kube-system}, data: {k: moved}}\n",
-        )
+    fn run(transform: &str, api_version: &str, kind: &str, tenant: bool) -> (Value, (u64, u64)) {
+        let spec: crate::api::NamespaceMappingSpec = serde_saphyr::from_str(&format!(
+            "sourceNamespace: team-a\ntransforms:\n  - name: t\n    mergePatch: {transform}\n"
+        ))
         .unwrap();
-        let policy = Policy::from_spec(&spec).unwrap();
+        let mut policy = Policy::from_spec(&spec).unwrap();
+        if tenant {
+            policy = policy.for_tenant();
+        }
         let registry = Registry::builtin();
-        let rt = registry.lookup("v1", "ConfigMap").unwrap().clone();
+        let rt = registry.lookup(api_version, kind).unwrap().clone();
         let obj = SourceObject {
             rt,
-            value: json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "c", "namespace": "team-a"}, "data": {"k": "v"}}),
+            value: json!({"apiVersion": api_version, "kind": kind,
+                "metadata": {"name": "c", "namespace": "team-a"}, "data": {"k": "v"},
+                "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "team-a"}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "view"}}),
             origin: object::Origin::Live,
         };
         let mut summary = Summary::default();
@@ -211,9 +231,68 @@ mod tests {
             &mut summary,
         )
         .unwrap();
-        assert_eq!(out.value["metadata"]["namespace"], "team-a");
-        assert_eq!(out.value["data"]["k"], "v", "the whole transform is undone");
-        let counts = &summary.transforms["escape"];
-        assert_eq!((counts.applied, counts.skipped), (0, 1));
+        let c = &summary.transforms["t"];
+        (out.value, (c.applied, c.skipped))
+    }
+
+    /// A transform that changes what an object is or where it lands (a ConfigMap turned
+    /// into a ClusterRoleBinding, moved to kube-system or renamed) is undone and counted as
+    /// skipped: the mapping, not a transform, decides that.
+    #[test]
+    fn process_object_transform_identity_table() {
+        let cases = [
+            (
+                "{metadata: {namespace: kube-system}, data: {k: moved}}",
+                false,
+            ),
+            (
+                "{apiVersion: rbac.authorization.k8s.io/v1, kind: ClusterRoleBinding, data: {k: moved}}",
+                false,
+            ),
+            ("{metadata: {name: other}, data: {k: moved}}", false),
+            ("{data: {k: moved}}", true),
+        ];
+        for (transform, applies) in cases {
+            let (value, counts) = run(transform, "v1", "ConfigMap", false);
+            assert_eq!(value["kind"], "ConfigMap", "{transform}");
+            assert_eq!(value["metadata"]["namespace"], "team-a", "{transform}");
+            let want = if applies {
+                ("moved", (1, 0))
+            } else {
+                ("v", (0, 1))
+            };
+            assert_eq!(
+                (value["data"]["k"].as_str().unwrap(), counts),
+                want,
+                "{transform}"
+            );
+        }
+    }
+
+    /// A tenant's transform does not touch RBAC objects (applied with the admin's
+    /// credentials on the DR side); an admin's still does.
+    #[test]
+    fn process_object_tenant_transform_skips_rbac() {
+        let escalate = "{roleRef: {kind: ClusterRole, name: cluster-admin}}";
+        let (v, counts) = run(
+            escalate,
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            true,
+        );
+        assert_eq!(
+            (v["roleRef"]["name"].as_str().unwrap(), counts),
+            ("view", (0, 1))
+        );
+        let (v, counts) = run(
+            escalate,
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            false,
+        );
+        assert_eq!(
+            (v["roleRef"]["name"].as_str().unwrap(), counts),
+            ("cluster-admin", (1, 0))
+        );
     }
 }

@@ -67,6 +67,18 @@ pub struct Policy {
     pub destination_namespace: Option<String>,
     /// Suffix appended to each source namespace name.
     pub destination_namespace_suffix: Option<String>,
+    /// Whether user transforms may touch RBAC objects. Off for tenant mappings: on the DR
+    /// side objects are applied with the admin's credentials, so a transformed RoleBinding
+    /// would grant what the tenant could never grant itself.
+    pub transforms_on_rbac: bool,
+}
+
+impl Policy {
+    /// The restrictions of a tenant mapping (see [`crate::refs::tenancy`]).
+    pub fn for_tenant(mut self) -> Self {
+        self.transforms_on_rbac = false;
+        self
+    }
 }
 
 impl Default for Policy {
@@ -85,6 +97,7 @@ impl Default for Policy {
             include_helm_releases: false,
             destination_namespace: None,
             destination_namespace_suffix: None,
+            transforms_on_rbac: true,
         }
     }
 }
@@ -186,6 +199,7 @@ impl Policy {
                 .is_some_and(|s| s.include_helm_releases),
             destination_namespace: spec.destination_namespace.clone(),
             destination_namespace_suffix: spec.destination_namespace_suffix.clone(),
+            transforms_on_rbac: true,
         })
     }
 

@@ -32,6 +32,18 @@ impl Resolved {
     pub fn refs<'a>(&'a self, nm: &'a NamespaceMapping) -> MappingRefs<'a> {
         MappingRefs::new(nm, self.cluster_mapping.as_ref()).scoped(&self.scope)
     }
+
+    /// The export policy with the restrictions of the scope (a tenant's transforms leave
+    /// RBAC objects alone).
+    pub fn restrict<E>(
+        &self,
+        policy: Result<crate::export::Policy, E>,
+    ) -> Result<crate::export::Policy, E> {
+        policy.map(|p| match self.scope {
+            Scope::Tenant { .. } => p.for_tenant(),
+            Scope::Admin { .. } => p,
+        })
+    }
 }
 
 /// Reads a mapping's ClusterMapping and checks every reference and destination against the
@@ -92,7 +104,32 @@ pub async fn resolve(
         }
         .into());
     }
+    if let Some(r) = &nm.spec.cluster_mapping_ref
+        && !tenancy::valid_name(&r.name)
+    {
+        return Err(tenancy::Refusal {
+            field: "spec.clusterMappingRef.name".into(),
+            message: "not a valid object name (lowercase letters, digits, '-' and '.')".into(),
+        }
+        .into());
+    }
     let cluster_mapping = cluster_mapping(client, nm).await?;
+    // What came back must be the object asked for, in the namespace asked for.
+    if let Some(cm) = &cluster_mapping {
+        let want = nm
+            .spec
+            .cluster_mapping_ref
+            .as_ref()
+            .and_then(|r| r.namespace.clone())
+            .unwrap_or_else(|| ns.clone());
+        if cm.metadata.namespace.as_deref() != Some(want.as_str()) {
+            return Err(tenancy::Refusal {
+                field: "spec.clusterMappingRef".into(),
+                message: format!("the ClusterMapping read is not in namespace {want}"),
+            }
+            .into());
+        }
+    }
     let resolved = Resolved {
         cluster_mapping,
         scope,
@@ -273,6 +310,15 @@ pub async fn cluster_client(client: &Client, r: &ClusterRef) -> Result<Client, R
     let name = &r.name;
     let s = &rc.spec.kubeconfig_secret_ref;
     let ns = s.namespace.clone().unwrap_or_else(|| r.namespace.clone());
+    if !super::tenancy::valid_name(&s.name) {
+        return Err(invalid(
+            &format!(
+                "RemoteCluster {}/{name}: spec.kubeconfigSecretRef.name",
+                r.namespace
+            ),
+            "not a valid object name (lowercase letters, digits, '-' and '.')",
+        ));
+    }
     if ns != r.namespace && !r.cross_namespace_refs {
         return Err(invalid(
             &format!(

@@ -190,6 +190,7 @@ fn refuse(field: impl Into<String>, message: impl Into<String>) -> Refusal {
 pub fn authorize(refs: MappingRefs<'_>, scope: &Scope) -> Result<(), Refusal> {
     let nm = refs.mapping;
     let own = nm.metadata.namespace.clone().unwrap_or_default();
+    check_names(refs)?;
     if !scope.cross_namespace_refs() {
         same_namespace(nm, refs, &own, scope)?;
     }
@@ -198,6 +199,14 @@ pub fn authorize(refs: MappingRefs<'_>, scope: &Scope) -> Result<(), Refusal> {
     };
     tenant_source(nm, &own)?;
     tenant_destination_namespace(nm, &own, grants)?;
+    // Volume data is written where the DR cluster is; "none named" would mean the
+    // controller's own cluster, which no grant covers.
+    if nm.spec.pvc_config.as_ref().is_some_and(|p| p.sync_data) && refs.dr_cluster().is_none() {
+        return Err(refuse(
+            "spec.pvcConfig.syncData",
+            "a tenant's volume data needs a DR cluster its TenantPolicy grants (spec.destination.cluster or the ClusterMapping's targetCluster)",
+        ));
+    }
     granted_cluster(refs.source(), &grants.source_clusters, "source", &own)?;
     granted_cluster(
         refs.dr_cluster(),
@@ -218,6 +227,87 @@ pub fn authorize(refs: MappingRefs<'_>, scope: &Scope) -> Result<(), Refusal> {
                     "repository {:?} path {path:?} is not allowed for namespace {own} by any TenantPolicy (git[].urlPrefix, git[].pathPrefix)",
                     git.url
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a valid object name (a DNS-1123 subdomain). Names go into request
+/// paths unescaped, so `../../dr-syncer/secrets/x` must never get that far.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
+}
+
+/// Every object name a mapping (and its ClusterMapping) references is a valid name.
+pub fn check_names(refs: MappingRefs<'_>) -> Result<(), Refusal> {
+    let spec = &refs.mapping.spec;
+    let git = spec.destination.as_ref().and_then(|d| d.git.as_ref());
+    let mut names: Vec<(&str, Option<&str>)> = vec![
+        (
+            "spec.clusterMappingRef.name",
+            spec.cluster_mapping_ref.as_ref().map(|r| r.name.as_str()),
+        ),
+        ("spec.sourceCluster", spec.source_cluster.as_deref()),
+        (
+            "spec.destination.git.credentialsSecretRef.name",
+            git.and_then(|g| g.credentials_secret_ref.as_ref())
+                .map(|r| r.name.as_str()),
+        ),
+        (
+            "spec.destination.cluster.remoteClusterRef.name",
+            spec.destination
+                .as_ref()
+                .and_then(|d| d.cluster.as_ref())
+                .map(|c| c.remote_cluster_ref.name.as_str()),
+        ),
+        (
+            "spec.secrets.ageRecipientsSecretRef.name",
+            spec.secrets
+                .as_ref()
+                .and_then(|s| s.age_recipients_secret_ref.as_ref())
+                .map(|r| r.name.as_str()),
+        ),
+    ];
+    if let Some(cm) = refs.cluster_mapping {
+        let d = cm.spec.defaults.as_ref();
+        names.extend([
+            (
+                "ClusterMapping spec.sourceCluster",
+                cm.spec.source_cluster.as_deref(),
+            ),
+            (
+                "ClusterMapping spec.targetCluster",
+                cm.spec.target_cluster.as_deref(),
+            ),
+            (
+                "ClusterMapping spec.defaults.git.credentialsSecretRef.name",
+                d.and_then(|d| d.git.as_ref())
+                    .and_then(|g| g.credentials_secret_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            ),
+            (
+                "ClusterMapping spec.defaults.secrets.ageRecipientsSecretRef.name",
+                d.and_then(|d| d.secrets.as_ref())
+                    .and_then(|s| s.age_recipients_secret_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            ),
+        ]);
+    }
+    for (field, name) in names {
+        if let Some(name) = name
+            && !valid_name(name)
+        {
+            return Err(refuse(
+                field,
+                "not a valid object name (lowercase letters, digits, '-' and '.')",
             ));
         }
     }

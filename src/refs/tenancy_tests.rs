@@ -338,3 +338,57 @@ fn tenancy_role_table() {
     assert_eq!(TenantNamespaces::parse(""), TenantNamespaces::None);
     assert_eq!(TenantNamespaces::parse("a,*"), TenantNamespaces::All);
 }
+
+#[test]
+fn valid_name_table() {
+    let cases = [
+        ("deploy-key", true),
+        ("a.b-c", true),
+        ("../../dr-syncer/secrets/admin-git", false),
+        ("a/b", false),
+        ("a..b", false),
+        ("Upper", false),
+        ("-a", false),
+        ("", false),
+    ];
+    for (name, want) in cases {
+        assert_eq!(valid_name(name), want, "{name:?}");
+    }
+}
+
+#[test]
+fn authorize_refuses_path_names_and_tenant_data_without_dr_cluster() {
+    let scope = tenant_scope();
+    let nm = mapping(
+        "team-a",
+        "spec: {sourceNamespace: team-a, destination: {git: {url: 'ssh://git@git.example.com/dr/team-a/s.git', path: apps, credentialsSecretRef: {name: '../../dr-syncer/secrets/admin-git'}}}}",
+    );
+    assert_eq!(
+        judge(&nm, None, &scope),
+        Err("spec.destination.git.credentialsSecretRef.name".into())
+    );
+    let admin = Scope::Admin {
+        cross_namespace_refs: true,
+    };
+    let nm = mapping(
+        "dr-syncer",
+        "spec: {sourceNamespace: shop, clusterMappingRef: {name: '../../x/clustermappings/y'}}",
+    );
+    assert_eq!(
+        judge(&nm, None, &admin),
+        Err("spec.clusterMappingRef.name".into())
+    );
+    let nm = mapping(
+        "team-a",
+        &format!("spec: {{sourceNamespace: team-a, pvcConfig: {{syncData: true}}, {GIT}}}"),
+    );
+    assert_eq!(
+        judge(&nm, None, &scope),
+        Err("spec.pvcConfig.syncData".into())
+    );
+    let nm = mapping(
+        "team-a",
+        "spec: {sourceNamespace: team-a, pvcConfig: {syncData: true}, destination: {cluster: {remoteClusterRef: {name: dr}}}}",
+    );
+    assert_eq!(judge(&nm, None, &scope), Ok(()));
+}

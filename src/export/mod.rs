@@ -138,9 +138,15 @@ pub fn process_object(
 /// API group of the RBAC types (Roles, RoleBindings).
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
-/// Whether a transform changed what the object is or where it lands.
+/// Whether a transform changed what the object is or where it lands. Moving to another
+/// version of the same group (`autoscaling/v2beta2` → `autoscaling/v2`) is allowed.
 fn identity_changed(before: &Value, after: &Value) -> bool {
-    before["apiVersion"] != after["apiVersion"]
+    let group = |v: &Value| {
+        v["apiVersion"]
+            .as_str()
+            .map(|a| a.rsplit_once('/').map_or("", |(g, _)| g).to_string())
+    };
+    group(before) != group(after)
         || before["kind"] != after["kind"]
         || before["metadata"]["name"] != after["metadata"]["name"]
         || before["metadata"]["namespace"] != after["metadata"]["namespace"]
@@ -266,6 +272,25 @@ mod tests {
                 want,
                 "{transform}"
             );
+        }
+    }
+
+    #[test]
+    fn identity_changed_table() {
+        let base = json!({"apiVersion": "autoscaling/v2beta2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "a", "namespace": "n"}});
+        let cases = [
+            ("/apiVersion", json!("autoscaling/v2"), false),
+            ("/apiVersion", json!("rbac.authorization.k8s.io/v1"), true),
+            ("/apiVersion", json!("v1"), true),
+            ("/kind", json!("ClusterRoleBinding"), true),
+            ("/metadata/name", json!("b"), true),
+            ("/metadata/namespace", json!("kube-system"), true),
+        ];
+        for (path, value, changed) in cases {
+            let mut after = base.clone();
+            *after.pointer_mut(path).unwrap() = value.clone();
+            assert_eq!(identity_changed(&base, &after), changed, "{path} = {value}");
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Local {
 }
 
 impl From<&Stat> for Local {
+    // `struct stat` field types differ between architectures: the casts are needed on some.
+    #[allow(clippy::unnecessary_cast)]
     fn from(s: &Stat) -> Local {
         Local {
             is_file: beneath::kind(s) == FileType::RegularFile,

@@ -54,6 +54,14 @@ pub struct Answers<'a> {
     current: Option<Incoming>,
 }
 
+/// The entry an answer is for. Answers are matched against our own requests first, so
+/// this cannot fail; it is checked anyway rather than trusted.
+fn entry(entries: &[Entry], idx: u32) -> Result<&Entry, PvcError> {
+    entries
+        .get(idx as usize)
+        .ok_or_else(|| PvcError::Protocol(format!("answer for unknown entry {idx}")))
+}
+
 fn tmp_name(idx: u32) -> Vec<u8> {
     idx.to_string().into_bytes()
 }
@@ -105,7 +113,7 @@ impl<'a> Answers<'a> {
             };
             let entries = self.entries;
             let cur = self.current_for(idx).await?;
-            let entry = &entries[cur.idx as usize];
+            let entry = entry(entries, cur.idx)?;
             let Message::FileEnd { size, blake3, .. } = msg else {
                 accept(cur, entry, msg, summary)?;
                 continue;
@@ -182,7 +190,7 @@ impl<'a> Answers<'a> {
                     order.idx
                 )));
             }
-            let path = &self.entries[idx as usize].path;
+            let path = &entry(self.entries, idx)?.path;
             let file = beneath::create(self.state.tmp.as_fd(), &tmp_name(idx))
                 .map_err(|e| PvcError::io(beneath::os(path), e))?;
             self.current = Some(Incoming {
@@ -212,7 +220,9 @@ impl<'a> Answers<'a> {
         if let Some(cur) = self.current.take() {
             let _ = cur.file.sync_all();
             drop(cur.file);
-            let path = &self.entries[cur.idx as usize].path;
+            let Ok(Entry { path, .. }) = entry(self.entries, cur.idx) else {
+                return;
+            };
             let _ = rustix::fs::renameat(
                 self.state.tmp.as_fd(),
                 beneath::os(&tmp_name(cur.idx)),

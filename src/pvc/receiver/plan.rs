@@ -156,3 +156,70 @@ impl<'a> Planner<'a> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pvc::wire::Kind;
+
+    #[test]
+    fn plan_file_table() {
+        let entry = Entry {
+            path: b"f".to_vec(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            size: 100 << 10,
+            mtime_s: 10,
+            mtime_ns: 5,
+        };
+        let same = Local {
+            is_file: true,
+            size: 100 << 10,
+            mtime_s: 10,
+            mtime_ns: 5,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+        };
+        let other_mode = Local {
+            mode: 0o600,
+            ..same
+        };
+        let older = Local { mtime_s: 9, ..same };
+        let small = Local {
+            size: 10,
+            mtime_s: 9,
+            ..same
+        };
+        // Same size and times, but not a regular file (a FIFO, a symlink): never a basis.
+        let special = Local {
+            is_file: false,
+            ..same
+        };
+        let cases: [(&str, Option<Local>, Option<u64>, Plan); 8] = [
+            ("nothing there", None, None, Plan::Whole),
+            ("identical", Some(same), None, Plan::Skip),
+            ("mode differs", Some(other_mode), None, Plan::Metadata),
+            (
+                "changed, large",
+                Some(older),
+                None,
+                Plan::Delta(DeltaBasis::Current),
+            ),
+            ("changed, small basis", Some(small), None, Plan::Whole),
+            ("not a regular file", Some(special), None, Plan::Whole),
+            (
+                "partial file",
+                None,
+                Some(5),
+                Plan::Delta(DeltaBasis::Partial),
+            ),
+            ("empty partial file", None, Some(0), Plan::Whole),
+        ];
+        for (case, local, partial, want) in cases {
+            assert_eq!(plan_file(&entry, local.as_ref(), partial), want, "{case}");
+        }
+    }
+}

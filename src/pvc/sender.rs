@@ -207,13 +207,14 @@ where
     }
     .await;
     if let Err(e) = &result {
-        // Tell the receiver why (best effort: the connection may be what failed).
-        let _ = out
-            .send(&Message::Error {
-                message: e.to_string(),
-            })
-            .await;
-        let _ = out.w.flush().await;
+        // Tell the receiver why — best effort, and briefly: the connection may be what
+        // failed, or the receiver may have stopped reading.
+        let tell = async {
+            let message = e.to_string();
+            let _ = out.send(&Message::Error { message }).await;
+            let _ = out.w.flush().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), tell).await;
     }
     reader.abort();
     result?;

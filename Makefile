@@ -30,7 +30,7 @@ crds:
 static:
 	scripts/build-static.sh
 
-## fuzz: the PVC frame decoder under libFuzzer for FUZZ_SECONDS (installs nightly + cargo-fuzz)
+## fuzz: the PVC frame decoder and the receiver (hostile sender) under libFuzzer, FUZZ_SECONDS each (installs nightly + cargo-fuzz)
 FUZZ_SECONDS ?= 60
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -338,6 +338,7 @@ async fn pvc_engine_bandwidth_limit_and_progress() {
         progress: Some(Box::new(move |done, total, bytes| {
             log.lock().unwrap().push((done, total, bytes))
         })),
+        ..Default::default()
     };
     let start = std::time::Instant::now();
     let s = receiver::sync(b, &dst, &opts).await.unwrap();
@@ -384,8 +385,6 @@ async fn pvc_engine_refuses_a_sender_naming_paths_outside_the_root() {
             size: 4,
             mtime_s: 0,
             mtime_ns: 0,
-            target: None,
-            link: None,
         });
         let _ = wire::write(&mut wr, &entry).await;
         let _ = wire::write(&mut wr, &Message::ManifestEnd { entries: 1 }).await;
@@ -432,8 +431,6 @@ async fn pvc_engine_resends_a_file_that_fails_verification_once() {
                 size: content.len() as u64,
                 mtime_s: 1_600_000_000,
                 mtime_ns: 0,
-                target: None,
-                link: None,
             };
             wire::write(&mut wr, &Message::Entry(entry)).await.unwrap();
             wire::write(&mut wr, &Message::ManifestEnd { entries: 1 })
@@ -448,7 +445,7 @@ async fn pvc_engine_resends_a_file_that_fails_verification_once() {
                 let bad = served < bad_copies;
                 served += 1;
                 let bytes = if bad {
-                    b"corrupted content".to_vec()
+                    b"the real CONTENT".to_vec()
                 } else {
                     content.clone()
                 };

@@ -109,6 +109,7 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
     let opts = receiver::Options {
         bwlimit: args.bwlimit,
         progress,
+        ..Default::default()
     };
     let result = receiver::sync(conn.stream, &args.to, &opts).await;
     if tty {

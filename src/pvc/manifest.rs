@@ -29,20 +29,30 @@ pub fn open_root(root: &Path) -> io::Result<Dir> {
     Dir::open_ambient_dir(root, cap_std::ambient_authority())
 }
 
+/// Which inode the walk saw at a path (`st_dev`, `st_ino`): the sender checks that the file
+/// it opens to send is still that one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
 /// The manifest of `root`: parents before children, names sorted bytewise per directory.
 pub fn walk(root: &Dir) -> io::Result<(Vec<Entry>, Skipped)> {
     let mut out = Vec::new();
-    let skipped = walk_each(root, &mut |e| {
+    let skipped = walk_each(root, &mut |e, _| {
         out.push(e);
         true
     })?;
     Ok((out, skipped))
 }
 
-/// Streams the manifest of `root` entry by entry into `sink` (in [`walk`]'s order, hard
-/// links referring to the index of their first name), so the sender can send while it
-/// walks. `sink` returning `false` stops the walk.
-pub fn walk_each(root: &Dir, sink: &mut dyn FnMut(Entry) -> bool) -> io::Result<Skipped> {
+/// Streams the manifest of `root` entry by entry into `sink` with the inode each entry was
+/// (in [`walk`]'s order, hard links referring to the index of their first name), so the
+/// sender can send while it walks. `sink` returning `false` stops the walk.
+pub fn walk_each(root: &Dir, sink: &mut dyn FnMut(Entry, FileId) -> bool) -> io::Result<Skipped> {
     let mut walk = Walk {
         sink,
         count: 0,
@@ -55,17 +65,17 @@ pub fn walk_each(root: &Dir, sink: &mut dyn FnMut(Entry) -> bool) -> io::Result<
 }
 
 struct Walk<'a> {
-    sink: &'a mut dyn FnMut(Entry) -> bool,
+    sink: &'a mut dyn FnMut(Entry, FileId) -> bool,
     count: u32,
-    links: HashMap<(u64, u64), u32>,
+    links: HashMap<FileId, u32>,
     skipped: Skipped,
     stopped: bool,
 }
 
 impl Walk<'_> {
-    fn emit(&mut self, e: Entry) {
+    fn emit(&mut self, e: Entry, id: FileId) {
         if !self.stopped {
-            self.stopped = !(self.sink)(e);
+            self.stopped = !(self.sink)(e, id);
             self.count += 1;
         }
     }
@@ -100,34 +110,34 @@ impl Walk<'_> {
                 size: 0,
                 mtime_s: meta.mtime(),
                 mtime_ns: meta.mtime_nsec() as u32,
-                target: None,
-                link: None,
+            };
+            let id = FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
             };
             if ft.is_dir() {
                 entry.kind = Kind::Dir;
-                self.emit(entry);
+                self.emit(entry, id);
                 let sub = dir.open_dir_nofollow(os)?;
                 self.dir(&sub, &path)?;
             } else if ft.is_symlink() {
-                entry.kind = Kind::Symlink;
-                entry.target = Some(dir.read_link_contents(os)?.into_os_string().into_vec());
-                self.emit(entry);
+                let target = dir.read_link_contents(os)?.into_os_string().into_vec();
+                entry.kind = Kind::Symlink { target };
+                self.emit(entry, id);
             } else if ft.is_file() {
                 entry.size = meta.len();
                 if meta.nlink() > 1 {
-                    let key = (meta.dev(), meta.ino());
-                    match self.links.get(&key) {
+                    match self.links.get(&id) {
                         Some(first) => {
-                            entry.kind = Kind::HardLink;
-                            entry.link = Some(*first);
+                            entry.kind = Kind::HardLink { leader: *first };
                             entry.size = 0;
                         }
                         None => {
-                            self.links.insert(key, self.count);
+                            self.links.insert(id, self.count);
                         }
                     }
                 }
-                self.emit(entry);
+                self.emit(entry, id);
             } else {
                 self.skipped.paths.push(path);
             }

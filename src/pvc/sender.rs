@@ -2,20 +2,29 @@
 //! then serves each requested file whole (zero runs as holes, so sparse files stay
 //! sparse) or as deltas against the receiver's signature, computed over bounded windows of
 //! the file so memory does not grow with its size. Every file ends with its BLAKE3 hash.
+//!
+//! The receiver is not trusted either: requests are queued only as far as an honest
+//! receiver runs ahead ([`wire::MAX_AHEAD`], [`wire::SIG_AHEAD`]), and a file is sent only
+//! if what is opened at request time is still the regular file the walk saw (a tenant
+//! could have swapped it for a FIFO or a device since), and never more than the size the
+//! manifest announced.
 
 use std::ffi::OsStr;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 use fast_rsync::Signature;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::PvcError;
 use super::delta::{self, read_full};
-use super::manifest;
+use super::manifest::{self, FileId};
 use super::wire::{self, Basis, CHUNK, Entry, Kind, Message};
 
 /// Manifest entries handed from the walking thread at once.
@@ -108,12 +117,12 @@ where
     let dir = manifest::open_root(root).map_err(|e| PvcError::io(root, e))?;
     // The walk runs on a blocking thread and streams entries in batches while this task
     // sends them: the receiver plans the first files while the last are still stat'ed.
-    let (etx, mut erx) = tokio::sync::mpsc::channel::<Vec<Entry>>(16);
+    let (etx, mut erx) = tokio::sync::mpsc::channel::<Vec<(Entry, FileId)>>(16);
     let walk_root = dir.try_clone().map_err(|e| PvcError::io(root, e))?;
     let walker = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::with_capacity(WALK_BATCH);
-        let skipped = manifest::walk_each(&walk_root, &mut |e| {
-            batch.push(e);
+        let skipped = manifest::walk_each(&walk_root, &mut |e, id| {
+            batch.push((e, id));
             batch.len() < WALK_BATCH
                 || etx
                     .blocking_send(std::mem::replace(
@@ -128,12 +137,14 @@ where
         Ok::<_, std::io::Error>(skipped)
     });
     let mut entries = Vec::new();
+    let mut ids = Vec::new();
     while let Some(batch) = erx.recv().await {
-        for e in batch {
+        for (e, id) in batch {
             let msg = Message::Entry(e);
             out.send(&msg).await?;
             if let Message::Entry(e) = msg {
                 entries.push(e);
+                ids.push(id);
             }
         }
     }
@@ -154,87 +165,175 @@ where
     out.w.flush().await.map_err(wire::WireError::Io)?;
     // Requests are read by their own task: an SSH channel delivers incoming data through
     // a bounded buffer on the same event loop that sends ours, so a sender that stopped
-    // reading while writing a large file would stall both. The receiver bounds how many
-    // requests it has outstanding, which bounds this queue.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let reader = tokio::spawn(async move {
-        loop {
-            let msg = wire::read(&mut rd).await;
-            let end = !matches!(msg, Ok(Some(_)));
-            if tx.send(msg).is_err() || end {
-                break;
-            }
-        }
-    });
+    // reading while writing a large file would stall both. The reader assembles each
+    // request with its signature; the queue holds at most what an honest receiver may
+    // have outstanding, and a receiver running further ahead ends the session.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(wire::MAX_AHEAD + 2);
+    let reader = tokio::spawn(read_requests(rd, tx));
     let result = async {
         loop {
-            match next(&mut rx).await? {
-                Some(Message::Request { idx, basis }) => {
-                    let entry = entries
+            match rx.recv().await {
+                Some(Ok(Incoming::Request {
+                    idx,
+                    basis,
+                    sig,
+                    permit,
+                })) => {
+                    // Released before the answer goes out: the receiver may send its next
+                    // request as soon as it has this one's `FileEnd`.
+                    drop(permit);
+                    let file = entries
                         .get(idx as usize)
-                        .filter(|e| e.kind == Kind::File)
+                        .zip(ids.get(idx as usize))
+                        .filter(|(e, _)| e.kind == Kind::File)
                         .ok_or_else(|| {
                             PvcError::Protocol(format!("request for entry {idx}, not a file"))
                         })?;
-                    match basis {
-                        Basis::Whole => send_whole(&dir, idx, entry, &mut out).await?,
-                        Basis::Signature {
-                            block_size,
-                            hash_len,
-                        } => {
-                            let sig = read_signature(&mut rx, idx, block_size, hash_len).await?;
-                            send_delta(&dir, idx, entry, &sig, &mut out).await?;
+                    match (basis, sig) {
+                        (Basis::Signature { .. }, Some(sig)) => {
+                            send_delta(&dir, idx, file, &sig, &mut out).await?
                         }
+                        _ => send_whole(&dir, idx, file, &mut out).await?,
                     }
                     // More requests queued: keep filling the buffer.
                     if rx.is_empty() {
                         out.w.flush().await.map_err(wire::WireError::Io)?;
                     }
                 }
-                Some(Message::Done) | None => return Ok(()),
-                Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
-                Some(other) => {
-                    return Err(PvcError::Protocol(format!("unexpected {other:?}")));
-                }
+                Some(Ok(Incoming::Done)) | None => return Ok(()),
+                Some(Err(e)) => return Err(e),
             }
         }
     }
     .await;
+    if let Err(e) = &result {
+        // Tell the receiver why — best effort, and briefly: the connection may be what
+        // failed, or the receiver may have stopped reading.
+        let tell = async {
+            let message = e.to_string();
+            let _ = out.send(&Message::Error { message }).await;
+            let _ = out.w.flush().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), tell).await;
+    }
     reader.abort();
     result?;
     out.w.shutdown().await.map_err(wire::WireError::Io)?;
     Ok(())
 }
 
-/// Signatures are bounded by the block-size rule; refuse anything far larger.
-const MAX_SIGNATURE: usize = 64 << 20;
+/// What the request reader hands to the serving loop.
+enum Incoming {
+    /// A request, with its signature if it asked for a delta. `permit` holds the
+    /// signature's share of [`wire::SIG_AHEAD`] until the request is served.
+    Request {
+        idx: u32,
+        basis: Basis,
+        sig: Option<Signature>,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    /// The receiver has everything.
+    Done,
+}
 
-type Incoming = tokio::sync::mpsc::UnboundedReceiver<Result<Option<Message>, wire::WireError>>;
-
-async fn next(rx: &mut Incoming) -> Result<Option<Message>, PvcError> {
-    match rx.recv().await {
-        Some(r) => Ok(r?),
-        None => Ok(None),
+/// Reads the receiver's requests (and their signatures) into `tx` until `Done`, the end of
+/// the stream or an error — refusing a receiver that runs further ahead than
+/// [`wire::MAX_AHEAD`] requests or [`wire::SIG_AHEAD`] signature bytes, instead of
+/// queueing without bound.
+async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
+    mut rd: R,
+    tx: tokio::sync::mpsc::Sender<Result<Incoming, PvcError>>,
+) {
+    let budget = Arc::new(Semaphore::new(wire::SIG_AHEAD));
+    loop {
+        let item = next_request(&mut rd, &budget)
+            .await
+            .map(|i| i.unwrap_or(Incoming::Done));
+        let end = !matches!(item, Ok(Incoming::Request { .. }));
+        // The queue has room for every request an honest receiver may have outstanding
+        // (plus `Done`); full means the receiver ignored the bound.
+        match tx.try_send(item) {
+            Ok(()) if !end => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                let _ = tx
+                    .send(Err(PvcError::Protocol(format!(
+                        "receiver ran more than {} requests ahead",
+                        wire::MAX_AHEAD
+                    ))))
+                    .await;
+                return;
+            }
+            _ => return,
+        }
     }
 }
 
-async fn read_signature(
-    rx: &mut Incoming,
+/// The next request and its signature; `None` at `Done` or the end of the stream.
+async fn next_request<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    budget: &Arc<Semaphore>,
+) -> Result<Option<Incoming>, PvcError> {
+    match wire::read(rd).await? {
+        Some(Message::Request { idx, basis }) => {
+            let (sig, permit) = match basis {
+                Basis::Whole => (None, None),
+                Basis::Signature {
+                    block_size,
+                    hash_len,
+                } => {
+                    let (sig, permit) =
+                        read_signature(rd, budget, idx, block_size, hash_len).await?;
+                    (Some(sig), Some(permit))
+                }
+            };
+            Ok(Some(Incoming::Request {
+                idx,
+                basis,
+                sig,
+                permit,
+            }))
+        }
+        Some(Message::Done) | None => Ok(None),
+        Some(Message::Error { message }) => Err(PvcError::Remote(message)),
+        Some(other) => Err(PvcError::Protocol(format!("unexpected {other:?}"))),
+    }
+}
+
+async fn read_signature<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    budget: &Arc<Semaphore>,
     idx: u32,
     block_size: u32,
     hash_len: u32,
-) -> Result<Signature, PvcError> {
+) -> Result<(Signature, OwnedSemaphorePermit), PvcError> {
     if !(512..=(1 << 20)).contains(&block_size) || !(1..=16).contains(&hash_len) {
         return Err(PvcError::Protocol(format!(
             "signature parameters out of range (block {block_size}, hash {hash_len})"
         )));
     }
+    let ahead = || {
+        PvcError::Protocol(format!(
+            "receiver ran more than {} signature bytes ahead",
+            wire::SIG_AHEAD
+        ))
+    };
     let mut sig = delta::signature_header(block_size, hash_len);
+    let mut permit = budget
+        .clone()
+        .try_acquire_many_owned(0)
+        .map_err(|_| ahead())?;
     loop {
-        match next(rx).await? {
+        match wire::read(rd).await? {
             Some(Message::Sig { idx: i, bytes }) if i == idx => {
+                let n = u32::try_from(bytes.len()).map_err(|_| ahead())?;
+                permit.merge(
+                    budget
+                        .clone()
+                        .try_acquire_many_owned(n)
+                        .map_err(|_| ahead())?,
+                );
                 sig.extend(bytes);
-                if sig.len() > MAX_SIGNATURE {
+                if sig.len() > wire::MAX_SIGNATURE {
                     return Err(PvcError::Protocol("signature too large".into()));
                 }
             }
@@ -246,7 +345,9 @@ async fn read_signature(
             }
         }
     }
-    Signature::deserialize(sig).map_err(|e| PvcError::Protocol(format!("bad signature: {e:?}")))
+    let sig = Signature::deserialize(sig)
+        .map_err(|e| PvcError::Protocol(format!("bad signature: {e:?}")))?;
+    Ok((sig, permit))
 }
 
 /// The block size recorded in a serialized signature's header (bytes 4..8, big-endian).
@@ -255,20 +356,39 @@ fn sig_block_size(sig: &Signature) -> u32 {
     u32::from_be_bytes([h[4], h[5], h[6], h[7]])
 }
 
-fn open(dir: &Dir, entry: &Entry) -> Result<cap_std::fs::File, PvcError> {
+/// Opens the file of `entry` for sending: never through a symlink, never blocking (a FIFO
+/// would wait for a writer), never as a controlling terminal; then checks with `fstat` that
+/// it is the regular file the walk saw. Reads stop at the manifest's size, so a file that
+/// grew — or anything else that got past the check — cannot send more than announced.
+fn open(dir: &Dir, (entry, id): (&Entry, &FileId)) -> Result<impl Read, PvcError> {
+    let path = Path::new(OsStr::from_bytes(&entry.path));
     let mut opts = OpenOptions::new();
-    opts.read(true).follow(FollowSymlinks::No);
-    dir.open_with(OsStr::from_bytes(&entry.path), &opts)
-        .map_err(|e| PvcError::io(Path::new(OsStr::from_bytes(&entry.path)), e))
+    opts.read(true)
+        .follow(FollowSymlinks::No)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    let file = dir
+        .open_with(path, &opts)
+        .map_err(|e| PvcError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| PvcError::io(path, e))?;
+    if !meta.is_file() || meta.dev() != id.dev || meta.ino() != id.ino {
+        return Err(PvcError::io(
+            path,
+            std::io::Error::other(
+                "changed since the walk (no longer the regular file it saw); not sent, retry the sync",
+            ),
+        ));
+    }
+    Ok(file.take(entry.size))
 }
 
 async fn send_whole<W: AsyncWrite + Unpin>(
     dir: &Dir,
     idx: u32,
-    entry: &Entry,
+    entry: (&Entry, &FileId),
     out: &mut Out<W>,
 ) -> Result<(), PvcError> {
     let mut file = open(dir, entry)?;
+    let entry = entry.0;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let (mut offset, mut hole) = (0u64, 0u64);
@@ -320,12 +440,13 @@ async fn send_whole<W: AsyncWrite + Unpin>(
 async fn send_delta<W: AsyncWrite + Unpin>(
     dir: &Dir,
     idx: u32,
-    entry: &Entry,
+    entry: (&Entry, &FileId),
     sig: &Signature,
     out: &mut Out<W>,
 ) -> Result<(), PvcError> {
     let index = sig.index();
     let mut file = open(dir, entry)?;
+    let entry = entry.0;
     let mut hasher = blake3::Hasher::new();
     // Windows end on block boundaries, so blocks that did not move still match right up to
     // the end of each window instead of leaving its tail as literal bytes. Two windows are

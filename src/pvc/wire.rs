@@ -7,26 +7,51 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Protocol versions this build speaks (2: the receiver chooses the strong-hash length).
-pub const PROTOCOL_MIN: u32 = 2;
+/// Protocol versions this build speaks (2: the receiver chooses the strong-hash length;
+/// 3: a symlink's target and a hard link's leader live in [`Kind`], the manifest is in
+/// strict walk order, and the sender reads at most the manifest's size of each file).
+pub const PROTOCOL_MIN: u32 = 3;
 /// Highest protocol version this build speaks.
-pub const PROTOCOL_MAX: u32 = 2;
+pub const PROTOCOL_MAX: u32 = 3;
 /// Largest payload a frame may carry; data is sent in chunks well below it.
 pub const MAX_FRAME: usize = 2 << 20;
 /// File data chunk size.
 pub const CHUNK: usize = 256 << 10;
+/// Longest path (bytes, without the terminating NUL) an entry may name: Linux's
+/// `PATH_MAX` less one; the same bound applies to symlink targets.
+pub const MAX_PATH: usize = 4095;
+/// Longest path component: Linux's `NAME_MAX`.
+pub const MAX_NAME: usize = 255;
+/// Requests a receiver may have unanswered (a request counts as answered once its
+/// `FileEnd` arrives). The sender refuses a receiver that runs further ahead, so its
+/// queue of requests stays bounded.
+pub const MAX_AHEAD: usize = 256;
+/// Largest signature (header and block records) a sender accepts; bases whose signature
+/// would be larger are sent whole.
+pub const MAX_SIGNATURE: usize = 64 << 20;
+/// Signature bytes (`Sig` payloads) a receiver may have sent for unanswered requests;
+/// bounds the sender's queued signatures the same way.
+pub const SIG_AHEAD: usize = 256 << 20;
 
-/// What a manifest entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a manifest entry is. What each kind needs travels with it, so a symlink without a
+/// target or a hard link without its file cannot even be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     /// A directory.
     Dir,
     /// A regular file.
     File,
     /// A symbolic link (copied as a link, never followed).
-    Symlink,
-    /// Another name of the file entry `link` (a hard link).
-    HardLink,
+    Symlink {
+        /// Target bytes, as `readlink` returns them.
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    /// Another name of an earlier file entry (a hard link).
+    HardLink {
+        /// Manifest index of the `File` entry that carries the data.
+        leader: u32,
+    },
 }
 
 /// One path of the source volume, with the metadata the receiver restores.
@@ -49,11 +74,6 @@ pub struct Entry {
     pub mtime_s: i64,
     /// Nanoseconds of the modification time.
     pub mtime_ns: u32,
-    /// Symlink target bytes.
-    #[serde(with = "serde_bytes")]
-    pub target: Option<Vec<u8>>,
-    /// For `HardLink`: index of the entry that carries the data.
-    pub link: Option<u32>,
 }
 
 /// How the receiver wants a file.
@@ -86,7 +106,8 @@ pub enum Message {
         /// Optional features (`sparse`, `hardlink`, …).
         features: Vec<String>,
     },
-    /// One manifest entry (sender → receiver, in path order, parents first).
+    /// One manifest entry (sender → receiver). Strict walk order: a depth-first walk,
+    /// each directory's entry before its children, names sorted bytewise per directory.
     Entry(Entry),
     /// End of the manifest.
     ManifestEnd {
@@ -175,36 +196,43 @@ pub enum WireError {
     /// The payload is not a valid message.
     #[error("malformed frame: {0}")]
     Malformed(String),
-    /// A path that is absolute, empty, or has `.`/`..`/empty/NUL components.
-    #[error("refused path {0:?}: must stay beneath the volume root")]
+    /// A path that is absolute, empty, too long, or has `.`/`..`/empty/NUL components.
+    #[error(
+        "refused path {0:?}: must stay beneath the volume root, at most {MAX_PATH} bytes, components at most {MAX_NAME}"
+    )]
     Path(String),
 }
 
 /// Checks that `path` names something beneath the root: relative, no empty, `.` or `..`
-/// components, no NUL byte.
+/// components, no NUL byte, within `PATH_MAX`/`NAME_MAX` (longer names could not be
+/// created anyway; refusing them here gives the user the path, not `ENAMETOOLONG`).
 pub fn check_path(path: &[u8]) -> Result<(), WireError> {
     let bad = path.is_empty()
+        || path.len() > MAX_PATH
         || path.contains(&0)
         || path
             .split(|b| *b == b'/')
-            .any(|c| c.is_empty() || c == b"." || c == b"..");
+            .any(|c| c.is_empty() || c == b"." || c == b".." || c.len() > MAX_NAME);
     if bad {
         return Err(WireError::Path(String::from_utf8_lossy(path).into_owned()));
     }
     Ok(())
 }
 
-/// Decodes one frame's payload and validates what it names.
+/// Decodes one frame's payload and validates what it names: entry paths beneath the
+/// root, symlink targets non-empty, without NUL, within `PATH_MAX`.
 pub fn decode(payload: &[u8]) -> Result<Message, WireError> {
     let msg: Message =
         postcard::from_bytes(payload).map_err(|e| WireError::Malformed(e.to_string()))?;
     if let Message::Entry(e) = &msg {
         check_path(&e.path)?;
-        if e.kind == Kind::Symlink && e.target.is_none() {
-            return Err(WireError::Malformed("symlink without a target".into()));
-        }
-        if e.kind == Kind::HardLink && e.link.is_none() {
-            return Err(WireError::Malformed("hard link without its file".into()));
+        if let Kind::Symlink { target } = &e.kind
+            && (target.is_empty() || target.len() > MAX_PATH || target.contains(&0))
+        {
+            return Err(WireError::Malformed(format!(
+                "{:?}: symlink target empty, too long or with a NUL byte",
+                String::from_utf8_lossy(&e.path)
+            )));
         }
     }
     Ok(msg)
@@ -251,7 +279,9 @@ mod tests {
 
     #[test]
     fn check_path_table() {
-        let cases: [(&[u8], bool); 12] = [
+        let long_name = vec![b'n'; MAX_NAME + 1];
+        let long_path = [&b"d/"[..], &vec![b'n'; MAX_PATH - 1]].concat();
+        let cases: [(&[u8], bool); 15] = [
             (b"a", true),
             (b"a/b/c.txt", true),
             (b"caf\xc3\xa9/\xff\xfe", true),
@@ -264,6 +294,9 @@ mod tests {
             (b"a//b", false),
             (b"a/", false),
             (b"a\0b", false),
+            (&long_name, false),
+            (&long_path, false),
+            (&long_name[1..], true),
         ];
         for (path, ok) in cases {
             assert_eq!(
@@ -287,8 +320,6 @@ mod tests {
                 size: 1,
                 mtime_s: 0,
                 mtime_ns: 0,
-                target: None,
-                link: None,
             })
         };
         for path in [
@@ -306,6 +337,27 @@ mod tests {
             decode(&[0xff, 0xff, 0xff]),
             Err(WireError::Malformed(_))
         ));
+        for target in [&b""[..], &b"a\0b"[..], &[b'x'; MAX_PATH + 1][..]] {
+            let mut e = Entry {
+                path: b"l".to_vec(),
+                kind: Kind::Symlink {
+                    target: target.to_vec(),
+                },
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                mtime_s: 0,
+                mtime_ns: 0,
+            };
+            let frame = encode(&Message::Entry(e.clone())).unwrap();
+            assert!(matches!(decode(&frame[4..]), Err(WireError::Malformed(_))));
+            e.kind = Kind::Symlink {
+                target: b"ok".to_vec(),
+            };
+            let frame = encode(&Message::Entry(e.clone())).unwrap();
+            assert_eq!(decode(&frame[4..]).unwrap(), Message::Entry(e));
+        }
         let ok = encode(&entry(b"fine/name")).unwrap();
         assert_eq!(decode(&ok[4..]).unwrap(), entry(b"fine/name"));
     }
@@ -318,28 +370,27 @@ mod tests {
         #[derive(Serialize)]
         struct Plain {
             path: Vec<u8>,
-            target: Option<Vec<u8>>,
         }
         let e = Entry {
             path: b"d/f".to_vec(),
-            kind: Kind::Symlink,
+            kind: Kind::Symlink {
+                target: vec![0xff, 0, 7],
+            },
             mode: 0o777,
             uid: 1,
             gid: 2,
             size: 0,
             mtime_s: 3,
             mtime_ns: 4,
-            target: Some(vec![0xff, 0, 7]),
-            link: None,
         };
         let ours = postcard::to_stdvec(&e).unwrap();
         let plain = postcard::to_stdvec(&Plain {
             path: e.path.clone(),
-            target: e.target.clone(),
         })
         .unwrap();
         assert_eq!(&ours[..4], &plain[..4], "path: length then bytes");
-        assert!(ours.ends_with(&[1, 3, 0xff, 0, 7, 0]), "{ours:?}");
+        // The variant index (2), then the target: length, then its bytes.
+        assert_eq!(&ours[4..9], &[2, 3, 0xff, 0, 7], "{ours:?}");
         let frame = encode(&Message::Data {
             idx: 1,
             offset: 2,

@@ -1,0 +1,203 @@
+//! The manifest stage: reads the sender's entries, checks that they describe one tree the
+//! receiver can build without ever looking outside its root, and plans each file as it
+//! arrives (a stat each, nothing written), so the receiver's stats overlap the sender's
+//! walk.
+//!
+//! The manifest must be in strict walk order — depth first, each directory before its
+//! children, names sorted bytewise per directory — which is checked with a stack of the
+//! open directories: an entry's parent must be on it (so every parent is an earlier `Dir`
+//! entry), and each name must sort after its previous sibling (so no path comes twice and
+//! no path is both a file and a directory). Memory stays proportional to the depth.
+
+use tokio::io::AsyncRead;
+
+use super::plan::{Plan, Planner};
+use crate::pvc::PvcError;
+use crate::pvc::manifest::STATE_DIR;
+use crate::pvc::wire::{self, Entry, Kind, Message};
+
+/// The checked manifest and the plan of each file entry (by manifest index).
+pub struct Manifest {
+    /// Every entry, in manifest order.
+    pub entries: Vec<Entry>,
+    /// Plans of the `File` entries.
+    pub plans: Vec<(u32, Plan)>,
+}
+
+/// A protocol error about `path`.
+pub fn refuse(path: &[u8], why: &str) -> PvcError {
+    PvcError::Protocol(format!("{:?}: {why}", String::from_utf8_lossy(path)))
+}
+
+/// The walk-order check: the directories open along the current path, each with the last
+/// child name seen in it.
+#[derive(Default)]
+pub struct Order {
+    open: Vec<(Vec<u8>, Vec<u8>)>,
+    root_last: Option<Vec<u8>>,
+}
+
+impl Order {
+    /// Checks the next entry against the previous ones (`earlier`, in manifest order).
+    pub fn check(&mut self, e: &Entry, earlier: &[Entry]) -> Result<(), PvcError> {
+        let (parent, name) = super::beneath::split(&e.path);
+        if parent.is_empty() && name == STATE_DIR.as_bytes() {
+            return Err(refuse(&e.path, "reserved for the receiver's state"));
+        }
+        while self
+            .open
+            .last()
+            .is_some_and(|(p, _)| p.as_slice() != parent)
+        {
+            self.open.pop();
+        }
+        let last = match self.open.last_mut() {
+            Some((_, last)) => Some(last),
+            None if parent.is_empty() => None,
+            None => {
+                return Err(refuse(
+                    &e.path,
+                    "its parent is not an earlier directory entry (or the manifest is out of order)",
+                ));
+            }
+        };
+        let last = match last {
+            Some(l) => l,
+            None => self.root_last.get_or_insert_with(Vec::new),
+        };
+        if !last.is_empty() && name <= last.as_slice() {
+            return Err(refuse(
+                &e.path,
+                "duplicate or out of order (names must be unique and sorted per directory)",
+            ));
+        }
+        *last = name.to_vec();
+        match &e.kind {
+            Kind::Dir => self.open.push((e.path.clone(), Vec::new())),
+            Kind::HardLink { leader } => {
+                let ok = earlier
+                    .get(*leader as usize)
+                    .is_some_and(|l| l.kind == Kind::File);
+                if !ok {
+                    return Err(refuse(
+                        &e.path,
+                        "hard link to something that is not an earlier file entry",
+                    ));
+                }
+            }
+            Kind::File | Kind::Symlink { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks the manifest (at most `max_entries` entries), planning file entries
+/// as they arrive.
+pub async fn receive<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    planner: &mut Planner<'_>,
+    max_entries: u64,
+) -> Result<Manifest, PvcError> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut plans = Vec::new();
+    let mut order = Order::default();
+    loop {
+        match wire::read(rd).await? {
+            Some(Message::Entry(e)) => {
+                if entries.len() as u64 >= max_entries {
+                    return Err(PvcError::Protocol(format!(
+                        "manifest of more than {max_entries} entries refused (raise the limit if the volume really has that many)"
+                    )));
+                }
+                order.check(&e, &entries)?;
+                if e.kind == Kind::File {
+                    plans.push((entries.len() as u32, planner.plan(&e)?));
+                }
+                entries.push(e);
+            }
+            Some(Message::ManifestEnd { entries: n }) if n == entries.len() as u64 => {
+                return Ok(Manifest { entries, plans });
+            }
+            Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
+            other => return Err(PvcError::Protocol(format!("in manifest: {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime_s: 0,
+            mtime_ns: 0,
+        }
+    }
+
+    #[test]
+    fn order_check_table() {
+        let d = |p| entry(p, Kind::Dir);
+        let f = |p| entry(p, Kind::File);
+        let l = |p| {
+            entry(
+                p,
+                Kind::Symlink {
+                    target: b"x".to_vec(),
+                },
+            )
+        };
+        let h = |p, leader| entry(p, Kind::HardLink { leader });
+        // (case, entries, index of the first refused entry)
+        let cases: Vec<(&str, Vec<Entry>, Option<usize>)> = vec![
+            (
+                "a walk",
+                vec![d("a"), f("a/x"), d("a/y"), f("a/y/z"), f("a-b"), f("b")],
+                None,
+            ),
+            (
+                "hard link to an earlier file",
+                vec![f("a"), h("b", 0)],
+                None,
+            ),
+            ("duplicate", vec![f("a"), f("a")], Some(1)),
+            ("unsorted siblings", vec![f("b"), f("a")], Some(1)),
+            ("missing parent", vec![f("a/b")], Some(0)),
+            ("parent is a file", vec![f("a"), f("a/b")], Some(1)),
+            ("parent is a symlink", vec![l("a"), f("a/b")], Some(1)),
+            ("parent closed", vec![d("a"), d("b"), f("a/c")], Some(2)),
+            (
+                "dir then symlink of the same name",
+                vec![d("d"), d("d/s"), l("d")],
+                Some(2),
+            ),
+            ("state directory", vec![d(".drsync")], Some(0)),
+            (
+                "state directory deeper is fine",
+                vec![d("a"), d("a/.drsync")],
+                None,
+            ),
+            ("hard link to a dir", vec![d("a"), h("b", 0)], Some(1)),
+            ("hard link to itself", vec![h("a", 0)], Some(0)),
+            (
+                "hard link to a later entry",
+                vec![h("a", 1), f("b")],
+                Some(0),
+            ),
+        ];
+        for (case, entries, refused) in cases {
+            let mut order = Order::default();
+            let first_err = entries
+                .iter()
+                .enumerate()
+                .find_map(|(i, e)| order.check(e, &entries[..i]).err().map(|_| i));
+            assert_eq!(first_err, refused, "{case}");
+        }
+    }
+}

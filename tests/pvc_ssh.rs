@@ -677,9 +677,26 @@ async fn volume_server_closes_idle_unauthenticated_connections() {
     use dr_syncer::pvc::ssh::{AUTH_DEADLINE, MAX_SESSIONS};
     let w = world();
     let started = Instant::now();
-    let idle: Vec<_> = (0..MAX_SESSIONS)
-        .map(|_| std::net::TcpStream::connect(&w.volume).unwrap())
-        .collect();
+    // A connection holding a slot is greeted with the SSH banner; one over the limit is
+    // closed at once. The readiness probe of `world()` may still hold a slot for a moment,
+    // so connect until MAX_SESSIONS idle connections are greeted.
+    let mut idle = Vec::new();
+    while idle.len() < MAX_SESSIONS {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&w.volume).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut banner = [0u8; 4];
+        match s.read_exact(&mut banner) {
+            Ok(()) if &banner == b"SSH-" => idle.push(s),
+            _ => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "no free slot for the idle connections"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
     // Precondition: the idle connections hold every slot (the server may take a moment
     // to accept them under load).
     let full = Instant::now() + Duration::from_secs(5);

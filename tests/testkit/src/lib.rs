@@ -7,6 +7,7 @@
 //! - [`process`]: long-running children that are stopped with all their descendants.
 
 pub mod envtest;
+pub mod flux;
 pub mod git;
 pub mod git_https;
 pub mod objects;

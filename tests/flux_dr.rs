@@ -96,9 +96,7 @@ impl Operator {
         }
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, serde_saphyr::to_string(&merged).unwrap()).unwrap();
-        let op = Operator { dir, kubeconfig };
-        op.age_keygen("dr.agekey");
-        op
+        Operator { dir, kubeconfig }
     }
 
     /// `age-keygen -o <file>`; returns the public key.

@@ -712,7 +712,18 @@ async fn flux_applies_the_export_on_the_dr_cluster() {
             );
             secrets += 1;
         }
+        let before = src_obj.clone();
         example_mappings(&mut src_obj);
+        if matches!(
+            kind.as_str(),
+            "Ingress" | "Deployment" | "PersistentVolumeClaim"
+        ) {
+            // The comparison below shows the mapped values arrived on DR.
+            assert_ne!(
+                before, src_obj,
+                "{path}: examples/crs/10 maps something here"
+            );
+        }
         let mut dr_obj = dr_obj;
         normalize(&mut src_obj, &kind);
         normalize(&mut dr_obj, &kind);

@@ -61,6 +61,8 @@ fn export_readme_command_on_shop() {
         "shop/batch/cronjobs/nightly-report.yaml",
         "shop/core/services/db-headless.yaml",
         "shop/shop.example.com/coupons/black-friday.yaml",
+        // The custom resource brings its CRD, so the DR cluster can apply it.
+        "_cluster/apiextensions.k8s.io/customresourcedefinitions/coupons.shop.example.com.yaml",
         "shop/kustomization.yaml",
         "kustomization.yaml",
     ] {
@@ -70,10 +72,22 @@ fn export_readme_command_on_shop() {
             files.keys()
         );
     }
+    // CRDs legitimately name `status` (a schema property, a subresource); checked apart.
     let all: String = files
-        .values()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .iter()
+        .filter(|(p, _)| !p.starts_with("_cluster/apiextensions.k8s.io"))
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
         .collect();
+    let crd = String::from_utf8_lossy(
+        &files[Path::new(
+            "_cluster/apiextensions.k8s.io/customresourcedefinitions/coupons.shop.example.com.yaml",
+        )],
+    )
+    .into_owned();
+    assert!(
+        crd.contains("kind: Coupon") && !crd.contains("storedVersions") && !crd.contains("uid:"),
+        "{crd}"
+    );
     for forbidden in [
         "replicasets",
         "/pods/",

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use dr_syncer::api::NamespaceMapping;
 use dr_syncer::export::source::offline;
-use dr_syncer::export::{self, Policy, Summary};
+use dr_syncer::export::{self, Policy, Summary, crds};
 
 fn run_case(dir: &Path) -> String {
     let mapping: Option<NamespaceMapping> = std::fs::read_to_string(dir.join("mapping.yaml"))
@@ -17,10 +17,13 @@ fn run_case(dir: &Path) -> String {
         .as_ref()
         .map(|m| Policy::from_spec(&m.spec).expect("valid mapping"))
         .unwrap_or_default();
-    let input = offline::read_dir(&dir.join("input")).expect("input reads");
+    let mut input = offline::read_dir(&dir.join("input")).expect("input reads");
+    let available = crds::index(std::mem::take(&mut input.crds));
     let (namespaces, registry) = input.into_namespaces(&[], None).unwrap();
     let mut summary = Summary::default();
-    let objects = export::process(namespaces, &policy, &registry, &mut summary);
+    let mut objects = export::process(namespaces, &policy, &registry, &mut summary);
+    let needed = crds::needed(&objects, &available, &policy, &mut summary);
+    objects.extend(needed);
     let tree = export::build_tree(&objects, None, Default::default(), &mut summary).unwrap();
     let mut out = String::new();
     for (path, content) in &tree.files {

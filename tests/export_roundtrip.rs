@@ -291,7 +291,7 @@ async fn export_round_trip_two_apiservers() {
     )
     .unwrap();
     install_crd(&src_client, &crd).await;
-    install_crd(&dr_client, &crd).await; // the DR platform provides CRDs
+    // No CRD on DR: the export carries it in _cluster/.
     let applier = Applier::new(src_client.clone(), LOADER);
     let loaded = load_shop(&applier).await;
     assert!(loaded.len() >= 30, "shop fixture loaded: {}", loaded.len());
@@ -314,18 +314,31 @@ async fn export_round_trip_two_apiservers() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let applied = Command::new(kubectl_path().unwrap())
-        .arg("--kubeconfig")
-        .arg(dr.kubeconfig_path())
-        .args(["apply", "--server-side", "-k"])
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    assert!(
-        applied.status.success(),
-        "kubectl apply -k on DR failed:\n{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    // As the README tells kubectl users: the cluster-scoped directory (Namespaces, CRDs)
+    // first, wait for the CRDs to be served, then the whole tree.
+    let kubectl = |args: &[&str]| {
+        let out = Command::new(kubectl_path().unwrap())
+            .arg("--kubeconfig")
+            .arg(dr.kubeconfig_path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} on DR failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let dir = |sub: &str| out_dir.join(sub).to_str().unwrap().to_string();
+    kubectl(&["apply", "--server-side", "-k", &dir("_cluster")]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=30s",
+    ]);
+    kubectl(&["apply", "--server-side", "-k", &dir("")]);
 
     let files = dr_syncer::export::output::read_tree(&out_dir).unwrap();
     let mut compared = 0;

@@ -137,6 +137,11 @@ pub struct NamespaceMappingSpec {
     /// load balancers outside the cluster that point at fixed node ports.
     #[serde(default)]
     pub preserve_node_ports: bool,
+    /// Write the CustomResourceDefinition of every exported custom resource into
+    /// `_cluster/` (applied before the namespaces, never pruned), so the DR cluster can
+    /// apply the custom resources. Turn off where the DR platform installs CRDs itself.
+    #[serde(default = "default_true", rename = "exportCRDs")]
+    pub export_crds: bool,
     /// PersistentVolumeClaim handling and volume data replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc_config: Option<PvcConfig>,

@@ -13,7 +13,7 @@ use crate::api::NamespaceMapping;
 use crate::export::layout::Consumer;
 use crate::export::secrets::SecretWriter;
 use crate::export::source::{live, offline};
-use crate::export::{self, NamespaceInput, Policy, Summary, output};
+use crate::export::{self, NamespaceInput, Policy, Summary, crds, output};
 use crate::sops::Recipients;
 
 /// Exit code when some types could not be listed (their files were kept).
@@ -84,6 +84,10 @@ pub struct ExportArgs {
     /// Types listed at once (live).
     #[arg(long, env = "DR_SYNCER_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
+    /// Do not write the CRDs of exported custom resources into `_cluster/` (for DR
+    /// platforms that install CRDs themselves; the mapping's `exportCRDs: false`).
+    #[arg(long, env = "DR_SYNCER_NO_CRDS")]
+    pub no_crds: bool,
     /// Git destination options (used when --to is a repository URL or path).
     #[command(flatten)]
     pub git: super::export_git::GitArgs,
@@ -110,7 +114,7 @@ pub enum OutputFormat {
 /// Runs the export.
 pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let mapping = args.mapping.as_deref().map(load_mapping).transpose()?;
-    let policy = match &mapping {
+    let mut policy = match &mapping {
         Some(m) => Policy::from_spec(&m.spec).with_context(|| {
             format!(
                 "{}: invalid mapping",
@@ -119,10 +123,13 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         })?,
         None => Policy::default(),
     };
+    if args.no_crds {
+        policy.export_crds = false;
+    }
     let mut summary = Summary::default();
-    let (inputs, registry, source) = match &args.from {
+    let (inputs, registry, source, crd_source) = match &args.from {
         Some(dir) => {
-            let (i, r) = read_offline(dir, args, mapping.as_ref())?;
+            let (i, r, crds) = read_offline(dir, args, mapping.as_ref())?;
             (
                 i,
                 r,
@@ -130,11 +137,27 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
                     cluster: "offline".into(),
                     version: "unknown".into(),
                 },
+                CrdSource::Files(crds::index(crds)),
             )
         }
-        None => read_live(args, mapping.as_ref(), &policy, &mut summary).await?,
+        None => {
+            let (i, r, s, client) =
+                read_live(args, mapping.as_ref(), &policy, &mut summary).await?;
+            (i, r, s, CrdSource::Live(client))
+        }
     };
-    let objects = export::process(inputs, &policy, &registry, &mut summary);
+    let mut objects = export::process(inputs, &policy, &registry, &mut summary);
+    let available = match crd_source {
+        CrdSource::Files(available) => available,
+        CrdSource::Live(client) => {
+            let (found, failures) =
+                live::get_crds(&client, crds::candidates(&objects, &policy)).await;
+            summary.failures.extend(failures);
+            found
+        }
+    };
+    let needed = crds::needed(&objects, &available, &policy, &mut summary);
+    objects.extend(needed);
     let git = super::export_git::destination(args, mapping.as_ref())?;
     let (repo, head, previous) = match &git {
         Some(target) => {
@@ -370,23 +393,38 @@ fn wanted_namespaces(args: &ExportArgs, mapping: Option<&NamespaceMapping>) -> V
         .collect()
 }
 
+/// Where the CRDs of the exported custom resources come from.
+enum CrdSource {
+    /// The input files' CustomResourceDefinitions.
+    Files(crds::Available),
+    /// The source cluster, asked once the exported types are known.
+    Live(kube::Client),
+}
+
 fn read_offline(
     dir: &Path,
     args: &ExportArgs,
     mapping: Option<&NamespaceMapping>,
-) -> anyhow::Result<(Vec<NamespaceInput>, export::Registry)> {
+) -> anyhow::Result<(
+    Vec<NamespaceInput>,
+    export::Registry,
+    Vec<serde_json::Value>,
+)> {
     let selector = match &args.selector {
         Some(s) => {
             Some(export::selector::parse(s).map_err(|e| anyhow::anyhow!("--selector {s:?}: {e}"))?)
         }
         None => mapping_selector(mapping)?,
     };
-    let input = offline::read_dir(dir)?;
+    let mut input = offline::read_dir(dir)?;
     // On stderr, before the summary: stdout stays the table or the JSON document.
     for warning in &input.warnings {
         eprintln!("warning: {warning}");
     }
-    Ok(input.into_namespaces(&wanted_namespaces(args, mapping), selector.as_ref())?)
+    let crds = std::mem::take(&mut input.crds);
+    let (inputs, registry) =
+        input.into_namespaces(&wanted_namespaces(args, mapping), selector.as_ref())?;
+    Ok((inputs, registry, crds))
 }
 
 /// Where the objects came from, for commit trailers.
@@ -402,7 +440,12 @@ async fn read_live(
     mapping: Option<&NamespaceMapping>,
     policy: &Policy,
     summary: &mut Summary,
-) -> anyhow::Result<(Vec<NamespaceInput>, export::Registry, SourceInfo)> {
+) -> anyhow::Result<(
+    Vec<NamespaceInput>,
+    export::Registry,
+    SourceInfo,
+    kube::Client,
+)> {
     let client =
         crate::cli::client::build(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let version = client
@@ -442,7 +485,7 @@ async fn read_live(
         selector.as_deref().unwrap_or("the given names")
     );
     summary.failures.extend(read.failures);
-    Ok((read.inputs, read.registry, source))
+    Ok((read.inputs, read.registry, source, client))
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {

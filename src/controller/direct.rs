@@ -28,6 +28,9 @@ pub enum DirectError {
         /// Error.
         source: kube::Error,
     },
+    /// An applied CRD was not served in time, so its custom resources cannot be applied.
+    #[error("CustomResourceDefinition {0} was applied but not Established within 30 s")]
+    NotEstablished(String),
     /// Listing or deleting for pruning failed.
     #[error("pruning: {0}")]
     Prune(kube::Error),
@@ -162,7 +165,15 @@ pub async fn apply(
     // The Namespace first, so namespaced objects have somewhere to go.
     let mut ordered: Vec<&ExportedObject> = objects.iter().collect();
     ordered.sort_by_key(|o| o.namespace.is_some());
+    let mut new_crds = Vec::new();
     for obj in &ordered {
+        // Custom resources can be applied only once the apiserver serves their CRDs.
+        if obj.namespace.is_some() && !new_crds.is_empty() {
+            wait_established(client, &std::mem::take(&mut new_crds)).await?;
+        }
+        if obj.rt.group == crate::export::crds::GROUP {
+            new_crds.push(obj.name.clone());
+        }
         let mut value = obj.value.clone();
         crate::export::value::ensure_map(&mut value, &["metadata", "labels"])
             .insert(keys::MANAGED_BY.into(), json!(manager_label));
@@ -193,6 +204,41 @@ pub async fn apply(
         applied: objects.len(),
         pruned: stale.len(),
     })
+}
+
+/// How long a CRD may take to be served after it was applied.
+const ESTABLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the apiserver reports every CRD in `names` `Established`.
+async fn wait_established(client: &Client, names: &[String]) -> Result<(), DirectError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + ESTABLISH_TIMEOUT;
+    for name in names {
+        loop {
+            let crd = api.get(name).await.map_err(|source| DirectError::Apply {
+                what: format!(
+                    "customresourcedefinitions.{} {name}",
+                    crate::export::crds::GROUP
+                ),
+                source,
+            })?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DirectError::NotEstablished(name.clone()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::export::layout::Consumer;
 use crate::export::promote::PROMOTED_FILE;
 use crate::export::secrets::SecretWriter;
 use crate::export::source::live;
-use crate::export::{self, Policy, Summary, output};
+use crate::export::{self, Policy, Summary, crds, output};
 use crate::gitops::{Breaker, CommitInfo, GitError, Published, Repo, Target};
 use crate::sops::Recipients;
 
@@ -139,7 +139,11 @@ pub async fn run(
         failures: read.failures,
         ..Summary::default()
     };
-    let objects = export::process(read.inputs, &policy, &read.registry, &mut summary);
+    let mut objects = export::process(read.inputs, &policy, &read.registry, &mut summary);
+    let (crds, failures) = live::get_crds(&client, crds::candidates(&objects, &policy)).await;
+    summary.failures.extend(failures);
+    let needed = crds::needed(&objects, &crds, &policy, &mut summary);
+    objects.extend(needed);
     let breaker = breaker(nm);
 
     if let (Some(dr_ref), Some(cluster)) = (

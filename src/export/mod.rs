@@ -6,6 +6,7 @@
 
 pub mod builtin;
 pub mod clean;
+pub mod crds;
 pub mod filter;
 pub mod layout;
 pub mod object;

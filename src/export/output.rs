@@ -137,7 +137,9 @@ pub fn keep_failed_types(tree: &mut Tree, previous: &Tree, summary: &super::Summ
                 Some(src) => summary.namespaces.get(src).is_some_and(|d| d == top),
                 None => summary.namespaces.values().any(|d| d == top),
             };
-            in_namespace && (f.what == qualified || f.what == group)
+            // A failed cluster-wide read (the CRDs) keeps its files under `_cluster/`.
+            let cluster = top == super::layout::CLUSTER_DIR && f.namespace.is_none();
+            (in_namespace || cluster) && (f.what == qualified || f.what == group)
         })
     });
 }

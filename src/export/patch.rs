@@ -115,6 +115,21 @@ pub fn build(
             patch.insert(path, None);
             continue;
         };
+        // A custom resource needs its CRD on the DR cluster; only a full export reads it.
+        // (A type outside the built-in table without a CRD — an aggregated API — takes the
+        // full export each time: slower, never wrong.)
+        if policy.export_crds
+            && !change.rt.group.is_empty()
+            && super::Registry::builtin_shared()
+                .lookup(&change.rt.api_version(), &change.rt.kind)
+                .is_none()
+            && !committed.contains(&super::crds::crd_path(&change.rt))
+        {
+            return Err(PatchError::NeedsFull(format!(
+                "the CustomResourceDefinition of {} is not exported yet",
+                change.rt.qualified()
+            )));
+        }
         if !obj.is_secret() {
             patch.insert(path, Some(render::render(&obj.value)?.into_bytes()));
         } else if secrets.recipients.is_empty() {
@@ -446,7 +461,30 @@ mod tests {
             namespace: "billing".into(),
             ..change_of(cm("x", "1"))
         };
+        // A Coupon (custom resource) whose CRD file is not in the last commit.
+        let mut coupon = Registry::builtin();
+        let coupon = coupon
+            .add_crd(
+                &json!({"spec": {"group": "shop.example.com", "scope": "Namespaced",
+                "names": {"kind": "Coupon", "plural": "coupons"}, "versions": [{"name": "v1"}]}}),
+            )
+            .unwrap();
+        let new_custom = Change {
+            rt: coupon,
+            namespace: "shop".into(),
+            name: "black-friday".into(),
+            object: Some(
+                json!({"apiVersion": "shop.example.com/v1", "kind": "Coupon",
+                "metadata": {"name": "black-friday", "namespace": "shop"}}),
+            ),
+        };
         let cases = [
+            (
+                "custom resource without its CRD",
+                recipients.clone(),
+                new_custom,
+                "CustomResourceDefinition of coupons.shop.example.com",
+            ),
             (
                 "recipients changed",
                 other,

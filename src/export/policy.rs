@@ -71,6 +71,8 @@ pub struct Policy {
     /// side objects are applied with the admin's credentials, so a transformed RoleBinding
     /// would grant what the tenant could never grant itself.
     pub transforms_on_rbac: bool,
+    /// Write the CRD of every exported custom resource into `_cluster/` (`exportCRDs`).
+    pub export_crds: bool,
 }
 
 impl Policy {
@@ -98,6 +100,7 @@ impl Default for Policy {
             destination_namespace: None,
             destination_namespace_suffix: None,
             transforms_on_rbac: true,
+            export_crds: true,
         }
     }
 }
@@ -200,6 +203,7 @@ impl Policy {
             destination_namespace: spec.destination_namespace.clone(),
             destination_namespace_suffix: spec.destination_namespace_suffix.clone(),
             transforms_on_rbac: true,
+            export_crds: spec.export_crds,
         })
     }
 

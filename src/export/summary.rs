@@ -46,6 +46,10 @@ pub struct Summary {
     pub failures: Vec<Failure>,
     /// Namespaces exported (source → destination).
     pub namespaces: BTreeMap<String, String>,
+    /// What a DR operator must act on although the export succeeded (e.g. a CRD whose
+    /// conversion webhook must run on the DR cluster).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// How often a user transform applied.
@@ -127,6 +131,9 @@ impl Summary {
                 "FAILED {}{ns}: {} (its files were kept)\n",
                 f.what, f.error
             ));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("WARNING {w}\n"));
         }
         out
     }

@@ -173,6 +173,44 @@ pub async fn list_namespace(
     (objects, failures)
 }
 
+/// Reads the CustomResourceDefinitions named `names` (`plural.group`). A name without a
+/// CRD (a built-in or aggregated API) is skipped; a failed read is returned as a failure, so
+/// the CRD files already written are kept rather than deleted.
+pub async fn get_crds(
+    client: &Client,
+    names: std::collections::BTreeSet<String>,
+) -> (crate::export::crds::Available, Vec<Failure>) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let results: Vec<_> = stream::iter(names)
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let r = api.get_opt(&name).await;
+                (name, r)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut found = crate::export::crds::Available::new();
+    let mut failures = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(Some(crd)) => {
+                found.insert(name, serde_json::to_value(&crd).expect("CRD serializes"));
+            }
+            Ok(None) => {}
+            Err(e) => failures.push(Failure {
+                what: crate::export::crds::crd_type().qualified(),
+                namespace: None,
+                error: format!("reading CustomResourceDefinition {name}: {e}"),
+            }),
+        }
+    }
+    (found, failures)
+}
+
 /// The Namespace object, if it exists.
 pub async fn get_namespace(client: &Client, name: &str) -> Result<Option<Value>, kube::Error> {
     Ok(Api::<Namespace>::all(client.clone())

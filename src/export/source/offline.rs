@@ -58,6 +58,9 @@ pub struct OfflineInput {
     pub objects: Vec<SourceObject>,
     /// Cluster-scoped objects other than Namespaces and CRDs (not exported; counted).
     pub cluster_scoped: usize,
+    /// The CustomResourceDefinitions in the input (exported with the custom resources that
+    /// need them).
+    pub crds: Vec<Value>,
     /// Things the user should know but that do not stop the export, one line each: objects
     /// whose type was guessed because neither the built-in table nor a CRD in the input
     /// knows their kind. The CLI prints them on stderr.
@@ -132,7 +135,7 @@ pub fn read_dir(dir: &Path) -> Result<OfflineInput, OfflineError> {
                 "Namespace" => {
                     input.namespaces.insert(name, value);
                 }
-                "CustomResourceDefinition" => {}
+                "CustomResourceDefinition" => input.crds.push(value.clone()),
                 _ => input.cluster_scoped += 1,
             }
             continue;

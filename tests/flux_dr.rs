@@ -665,6 +665,7 @@ async fn flux_applies_the_export_on_the_dr_cluster() {
     let exported: BTreeSet<(String, String)> = files.iter().map(|(_, v)| kind_of(v)).collect();
     for expected in [
         ("Namespace", "shop"),
+        ("CustomResourceDefinition", "coupons.shop.example.com"),
         ("Deployment", "web"),
         ("Deployment", "worker"),
         ("StatefulSet", "db"),

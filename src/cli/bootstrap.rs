@@ -62,6 +62,7 @@ pub struct FluxArgs {
     #[arg(long, default_value = "10m")]
     interval: String,
     /// How often the GitRepository fetches: bounds how far the DR cluster lags the export.
+    /// Also how often a failed apply of a Kustomization is retried.
     #[arg(long, default_value = "1m")]
     source_interval: String,
     /// Secret with the repository credentials (Flux's `identity`/`known_hosts` keys).

@@ -17,4 +17,5 @@ pub mod pvc;
 pub mod refs;
 pub mod schedule;
 pub mod sops;
+pub mod verify;
 pub mod yaml;

@@ -13,6 +13,7 @@ mod export_git;
 mod failover;
 mod logging;
 mod pvc_sync;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,8 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Sync a volume from an agent into a local directory (the DR side of PVC data).
     PvcSync(pvc_sync::PvcSyncArgs),
+    /// Tell before a disaster whether the DR cluster would come up from the exported tree.
+    Verify(verify::VerifyArgs),
 }
 
 /// Runs a parsed command line; the exit code tells scripts what happened.
@@ -71,5 +74,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Failback(args) => failover::run(&args, failover::Direction::Failback).await,
         Command::Agent(args) => agent::run(&args).await,
         Command::PvcSync(args) => pvc_sync::run(&args).await,
+        Command::Verify(args) => verify::run(&args).await,
     }
 }

@@ -117,6 +117,18 @@ impl Operator {
 
     /// Runs `script` with `bash -euo pipefail`; panics with its output on failure.
     fn sh(&self, script: &str) -> String {
+        let out = self.run(script);
+        assert!(
+            out.status.success(),
+            "{script}\nfailed: {}\n{}",
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `script` with `bash -euo pipefail`.
+    fn run(&self, script: &str) -> Output {
         let path = format!(
             "{}:{}:{}",
             Path::new(env!("CARGO_BIN_EXE_dr-syncer"))
@@ -126,7 +138,7 @@ impl Operator {
             kubectl_path().unwrap().parent().unwrap().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let out = Command::new("bash")
+        Command::new("bash")
             .args(["-euo", "pipefail", "-c", script])
             .current_dir(&self.dir)
             .env("PATH", path)
@@ -138,14 +150,7 @@ impl Operator {
                 "ssh -i deploy_key -o IdentitiesOnly=yes -o UserKnownHostsFile=known_hosts -o StrictHostKeyChecking=yes",
             )
             .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}\nfailed: {}\n{}",
-            stderr(&out),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).unwrap()
+            .unwrap()
     }
 }
 
@@ -917,6 +922,32 @@ async fn flux_applies_the_export_on_the_dr_cluster() {
     lap(&format!(
         "wrong age key: Ready=False \"{}\"",
         message.lines().next().unwrap_or("")
+    ));
+
+    // `dr-syncer verify` says the same before Flux does: with the wrong identity it fails.
+    let verify = format!(
+        "dr-syncer verify --repo {url} --path {PATH} --ssh-key deploy_key --known-hosts known_hosts"
+    );
+    let wrong = op.run(&format!("{verify} --age-identity wrong.agekey"));
+    let report = String::from_utf8_lossy(&wrong.stdout);
+    assert_eq!(
+        wrong.status.code(),
+        Some(2),
+        "verify with the wrong key: {report}{}",
+        stderr(&wrong)
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains("db-credentials.sops.yaml") && l.contains("PROBLEM")),
+        "the report names the Secret: {report}"
+    );
+    let right = op.sh(&format!(
+        "{verify} --age-identity dr.agekey --kubeconfig kubeconfig --context dr"
+    ));
+    lap(&format!(
+        "dr-syncer verify: exit 2 with the wrong key, 0 with the right one: {:?}",
+        right.trim()
     ));
 
     // The right key back, as §5 creates it: Flux recovers on its own (retryInterval).

@@ -663,6 +663,18 @@ async fn flux_applies_the_export_on_the_dr_cluster() {
     let fluxes = FluxApi::new(&dr_client);
     let names = ["dr-syncer-cluster", "dr-syncer-shop"];
     fluxes.applied(&flux, &names, &repo.head()).await;
+    // The runbook's check: every Flux object READY True.
+    let listed = op.sh("kubectl --context dr -n flux-system get gitrepository,kustomization");
+    let rows: Vec<&str> = listed
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("NAME"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{listed}");
+    assert!(
+        rows.iter()
+            .all(|r| r.split_whitespace().any(|c| c == "True")),
+        "{listed}"
+    );
     lap("Flux applied the export");
 
     // Every exported object is on DR and equals its source but for the transforms.

@@ -28,6 +28,8 @@ pub struct Settings {
     /// Pause before a Continuous watch lists its source (tests only: it widens the window
     /// between the startup export and the watch's first listing).
     pub watch_start_delay: std::time::Duration,
+    /// How often the DR readiness check (`DrReady`) runs; `None` switches it off.
+    pub dr_check_interval: Option<std::time::Duration>,
 }
 
 /// Shared state of the reconcilers.

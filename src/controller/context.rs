@@ -57,6 +57,8 @@ pub struct Ctx {
     pub leadership: Option<super::leader::Leadership>,
     /// The blocking form of `leadership`, handed to git pushes.
     pub fence: crate::gitops::Fence,
+    /// Wakes the DR readiness check early: a commit changed what the DR cluster pulls.
+    pub dr_check_now: tokio::sync::Notify,
 }
 
 /// Name of the Secret holding the fingerprint key.
@@ -103,6 +105,7 @@ impl Ctx {
             synced: Mutex::default(),
             leadership: None,
             fence: Default::default(),
+            dr_check_now: tokio::sync::Notify::new(),
         })
     }
 

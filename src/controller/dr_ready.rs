@@ -25,8 +25,8 @@ use super::{ControllerError, status, sync};
 /// Condition type.
 pub const CONDITION: &str = "DrReady";
 
-/// Checks every eligible mapping, then waits `interval`; forever (the controller's
-/// lifetime). Runs only where the controllers run (the leader).
+/// Checks every eligible mapping, then waits `interval` or until a sync commits; forever
+/// (the controller's lifetime). Runs only where the controllers run (the leader).
 pub async fn run(ctx: Arc<Ctx>, mappings: Api<NamespaceMapping>, interval: Duration) {
     loop {
         match mappings.list(&Default::default()).await {
@@ -40,7 +40,11 @@ pub async fn run(ctx: Arc<Ctx>, mappings: Api<NamespaceMapping>, interval: Durat
             }
             Err(e) => tracing::warn!(error = %e, "DR readiness check: listing mappings"),
         }
-        tokio::time::sleep(interval).await;
+        // A commit changes what the DR cluster pulls: check again soon after one.
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = ctx.dr_check_now.notified() => {}
+        }
     }
 }
 

@@ -56,6 +56,11 @@ struct Site {
 }
 
 async fn site(name: &str) -> Site {
+    site_with(name, &[]).await
+}
+
+/// [`site`] with chart values set (`--set`).
+async fn site_with(name: &str, sets: &[&str]) -> Site {
     let prod = envtest::shared_named("prod").await;
     let prod_applier = Applier::new(prod.client().await.unwrap(), "test");
     let dr = ControlPlane::start().await.unwrap();
@@ -65,7 +70,7 @@ async fn site(name: &str) -> Site {
     let sshd = Sshd::start(&work.path().join("sshd"));
     let repo = bare_repo(&work.path().join("srv/platform"), "dr-state.git");
     let url = sshd.url(&repo);
-    let controller = chart::start(&dr, NS, &[], &work.path().join("controller"), name, &[]).await;
+    let controller = chart::start(&dr, NS, sets, &work.path().join("controller"), name, &[]).await;
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let site = Site {
@@ -1062,4 +1067,132 @@ async fn runbook_keys_mapping_and_verify_as_written() {
         plain.contains("runbook-password") || plain.contains(&base64_of("runbook-password")),
         "{plain}"
     );
+}
+
+/// DrReady (README "Will DR come up?"): the ClusterMapping of examples/crs/03 names the DR
+/// cluster (examples/crs/01's RemoteCluster, its kubeconfig Secret holding the DR
+/// apiserver's); the chart's `drCheck.interval` runs the check. An admission policy on the
+/// DR cluster that refuses the production registry's images shows as DrReady=False naming
+/// the Deployment's file and the policy's message, a Warning Event and
+/// `dr_syncer_dr_rejected_objects`; once the policy is gone, DrReady=True and 0.
+#[tokio::test]
+async fn dr_ready_reports_what_the_dr_cluster_would_reject() {
+    let s = site_with("user-path-dr-ready", &["drCheck.interval=2s"]).await;
+    s.prod_applier.apply(&namespace("billing")).await;
+    s.prod_applier.apply(&deployment("billing", "api", 2)).await;
+    s.prod_applier
+        .apply(&config_map(
+            "billing",
+            "billing-settings",
+            json!({"region": "prod-east"}),
+        ))
+        .await;
+    s.prod_applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "billing-db", "namespace": "billing"},
+            "stringData": {"password": "prod-db-password"}}))
+        .await;
+    // The DR cluster's own rule: only images from the DR registry run there.
+    s.dr_applier
+        .apply(&json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": "dr-registry-only"},
+            "spec": {"failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]},
+                "validations": [{"expression":
+                    "object.spec.template.spec.containers.all(c, !c.image.startsWith('registry.prod.example.com/'))",
+                    "message": "DR runs images from the DR registry only"}]}}))
+        .await;
+    s.dr_applier
+        .apply(&json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": "dr-registry-only"},
+            "spec": {"policyName": "dr-registry-only", "validationActions": ["Deny"]}}))
+        .await;
+    // The DR namespace exists, as the `_cluster/` Kustomization leaves it; without it the
+    // namespaced objects are deferred (the tree creates it first), not dry-run.
+    s.dr_applier.apply(&namespace("billing-dr")).await;
+    s.kubeconfig_secret("dr-kubeconfig", &s._dr.kubeconfig())
+        .await;
+    s.dr_applier.apply(&example("01-remotecluster.yaml")).await;
+    s.cluster_mapping().await;
+    s.deploy_key_secret("dr-state-deploy-key", true).await;
+    let mut nm = example("11-namespacemapping-scheduled.yaml");
+    nm["metadata"]["annotations"] = json!({"dr-syncer.io/sync-now": "first"});
+    s.dr_applier.apply(&nm).await;
+    s.outcome("billing", |st| st.last_sync_now.as_deref() == Some("first"))
+        .await
+        .expect("exported over ssh://");
+
+    let http = s.controller.as_ref().unwrap().http.clone();
+    let rejected_metric = |text: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("dr_syncer_dr_rejected_objects{")
+                    && l.contains("mapping=\"dr-syncer/billing\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    let dr_ready = |want: &'static str| {
+        let s = &s;
+        move || async move {
+            let nm = s.mapping("billing").await;
+            match condition(&nm, "DrReady") {
+                Some(c) if c.status == want => Ok(c.message.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    let message =
+        common::eventually("DrReady=False", Duration::from_secs(60), dr_ready("False")).await;
+    assert!(
+        message.contains("billing-dr/apps/deployments/api.yaml")
+            && message.contains("DR runs images from the DR registry only"),
+        "{message}"
+    );
+    assert!(message.contains("1 rejected"), "{message}");
+    assert!(!message.contains("prod-db-password"), "{message}");
+    assert_eq!(
+        rejected_metric(&chart::metrics(&http)).as_deref(),
+        Some("1")
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(s.dr_admin.clone(), NS);
+    let warned = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("DrNotReady") && e.type_.as_deref() == Some("Warning")
+        });
+    assert!(warned, "a DrNotReady Warning Event");
+    // Nothing was applied to the DR cluster by the check.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(s.dr_admin.clone(), "billing-dr");
+    assert!(deployments.get_opt("api").await.unwrap().is_none());
+
+    // The DR cluster drops the rule: DR would come up.
+    Api::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>::all(
+        s.dr_admin.clone(),
+    )
+    .delete("dr-registry-only", &Default::default())
+    .await
+    .unwrap();
+    let message =
+        common::eventually("DrReady=True", Duration::from_secs(60), dr_ready("True")).await;
+    assert!(
+        message.contains("0 rejected") && message.contains("1 Secrets verified"),
+        "{message}"
+    );
+    assert_eq!(
+        rejected_metric(&chart::metrics(&http)).as_deref(),
+        Some("0")
+    );
+    let cleared = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("DrReady") && e.type_.as_deref() == Some("Normal"));
+    assert!(cleared, "a DrReady Normal Event");
 }

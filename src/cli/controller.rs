@@ -54,6 +54,11 @@ pub struct ControllerArgs {
     /// Milliseconds a Continuous watch waits before it lists (tests only).
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_watch_start_delay_ms: u64,
+    /// How often each git mapping with a DR cluster (the ClusterMapping's targetCluster) is
+    /// checked: its tree dry-run applied there, the result in condition DrReady. `0` turns
+    /// the check off.
+    #[arg(long, env = "DR_SYNCER_DR_CHECK_INTERVAL", default_value = "10m")]
+    pub dr_check_interval: String,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -71,6 +76,12 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
         },
         image: args.image.clone(),
         watch_start_delay: std::time::Duration::from_millis(args.test_watch_start_delay_ms),
+        dr_check_interval: match args.dr_check_interval.as_str() {
+            "0" => None,
+            s => Some(crate::schedule::parse_duration(s).with_context(|| {
+                format!("--dr-check-interval: {s:?} is not a duration (e.g. 10m, 30s)")
+            })?),
+        },
     };
     tracing::info!(namespace = %args.namespace, instance = %args.instance, "dr-syncer controller starting");
     let opts = controller::RunOptions {

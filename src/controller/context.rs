@@ -28,6 +28,8 @@ pub struct Settings {
     /// Pause before a Continuous watch lists its source (tests only: it widens the window
     /// between the startup export and the watch's first listing).
     pub watch_start_delay: std::time::Duration,
+    /// How often the DR readiness check (`DrReady`) runs; `None` switches it off.
+    pub dr_check_interval: Option<std::time::Duration>,
 }
 
 /// Shared state of the reconcilers.
@@ -55,6 +57,8 @@ pub struct Ctx {
     pub leadership: Option<super::leader::Leadership>,
     /// The blocking form of `leadership`, handed to git pushes.
     pub fence: crate::gitops::Fence,
+    /// Wakes the DR readiness check early: a commit changed what the DR cluster pulls.
+    pub dr_check_now: tokio::sync::Notify,
 }
 
 /// Name of the Secret holding the fingerprint key.
@@ -101,6 +105,7 @@ impl Ctx {
             synced: Mutex::default(),
             leadership: None,
             fence: Default::default(),
+            dr_check_now: tokio::sync::Notify::new(),
         })
     }
 

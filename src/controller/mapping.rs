@@ -242,6 +242,12 @@ async fn sync_and_record(
             tracing::info!(mapping = %key, %note, ms = report.duration.as_millis() as u64, "sync finished");
             record_success(ctx, &key, &report);
             ctx.mark_synced(&key);
+            if matches!(
+                report.outcome,
+                sync::Outcome::Git(Published::Committed { .. })
+            ) {
+                ctx.dr_check_now.notify_one();
+            }
             write_status(ctx, nm, s).await?;
             match status::degraded_types(&report) {
                 Some(types) => {

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub last_success: Family<MappingLabel, Gauge<f64, AtomicU64>>,
     /// PVC data-sync metrics (`pvc_*`), recorded by [`crate::datasync`].
     pub pvc: crate::datasync::metrics::PvcMetrics,
+    /// Files of the mapping's tree the last DR readiness check found a problem with (the
+    /// DR apiserver's dry-run rejected them, or their layout or encryption is wrong).
+    pub dr_rejected_objects: Family<MappingLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -82,6 +85,7 @@ impl Default for Metrics {
             breaker_held: Family::default(),
             last_success: Family::default(),
             pvc: Default::default(),
+            dr_rejected_objects: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -129,6 +133,11 @@ impl Default for Metrics {
             "last_success_timestamp_seconds",
             "Unix time of the last successful sync (RPO = now - this)",
             m.last_success.clone(),
+        );
+        registry.register(
+            "dr_rejected_objects",
+            "Files the last DR readiness check (DrReady) found a problem with",
+            m.dr_rejected_objects.clone(),
         );
         m.pvc.register(&mut registry);
         Metrics { registry, ..m }

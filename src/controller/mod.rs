@@ -6,6 +6,7 @@ pub mod clusters;
 pub mod context;
 pub mod continuous;
 pub mod direct;
+pub mod dr_ready;
 pub mod http;
 pub mod incremental;
 pub mod leader;
@@ -150,6 +151,9 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
             Api::namespaced(ctx.client.clone(), &own)
         };
     let policies: Api<TenantPolicy> = Api::namespaced(ctx.client.clone(), &own);
+    if let Some(interval) = ctx.settings.dr_check_interval {
+        tokio::spawn(dr_ready::run(ctx.clone(), mappings.clone(), interval));
+    }
     let mapping_controller = Controller::new(mappings, watcher::Config::default());
     let mapping_store = mapping_controller.store();
     // A policy granted, changed or revoked re-judges every tenant mapping: the event shows

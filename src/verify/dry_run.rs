@@ -62,11 +62,13 @@ pub async fn run(
 ) -> Result<(), kube::Error> {
     let discovery = Discovery::new(client.clone()).run().await?;
     let supplied = supplied(candidates);
-    let results: Vec<(String, Result<(), Verdict>)> = stream::iter(candidates)
-        .map(|c| {
-            let discovery = &discovery;
-            let supplied = &supplied;
-            async move { (c.path.clone(), one(client, discovery, supplied, c).await) }
+    // Owned items: a stream over borrowed ones is not `Send` for every lifetime, which a
+    // spawned task needs.
+    let (discovery, supplied) = (&discovery, &supplied);
+    let results: Vec<(String, Result<(), Verdict>)> = stream::iter(candidates.to_vec())
+        .map(|c| async move {
+            let r = one(client, discovery, supplied, &c).await;
+            (c.path, r)
         })
         .buffer_unordered(8)
         .collect()

@@ -1,0 +1,175 @@
+//! `DrReady`: the `verify` check on a schedule, for every git mapping whose ClusterMapping
+//! names a `targetCluster`. The tree at the branch head is checked (layout; every SOPS file
+//! encrypted for exactly the configured recipients — the controller holds no DR key, so the
+//! MAC is left to `dr-syncer verify --age-identity`) and dry-run applied on the DR cluster.
+//! The result is the `DrReady` condition (with counts), an Event when it flips, and
+//! `dr_syncer_dr_rejected_objects{mapping}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::api::NamespaceMapping;
+use crate::gitops::Repo;
+use crate::refs;
+use crate::verify::{self, Check, Report, tree};
+
+use super::context::Ctx;
+use super::metrics::MappingLabel;
+use super::{ControllerError, status, sync};
+
+/// Condition type.
+pub const CONDITION: &str = "DrReady";
+
+/// Checks every eligible mapping, then waits `interval` or until a sync commits; forever
+/// (the controller's lifetime). Runs only where the controllers run (the leader).
+pub async fn run(ctx: Arc<Ctx>, mappings: Api<NamespaceMapping>, interval: Duration) {
+    loop {
+        match mappings.list(&Default::default()).await {
+            Ok(list) => {
+                for nm in list.items {
+                    let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+                    if let Err(e) = check_one(&ctx, &nm).await {
+                        tracing::warn!(mapping = %key, error = %e, "DR readiness check");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "DR readiness check: listing mappings"),
+        }
+        // A commit changes what the DR cluster pulls: check again soon after one.
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = ctx.dr_check_now.notified() => {}
+        }
+    }
+}
+
+/// Checks one mapping (under its lock) and records the result.
+async fn check_one(ctx: &Ctx, nm: &NamespaceMapping) -> Result<(), ControllerError> {
+    let namespace = nm.namespace().unwrap_or_default();
+    if ctx.settings.tenancy.role(&namespace) == refs::Role::Unwatched || nm.spec.paused {
+        return Ok(());
+    }
+    let key = format!("{namespace}/{}", nm.name_any());
+    let lock = ctx.lock_for(&key);
+    let _guard = lock.lock().await;
+    let api: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(nm) = api.get_opt(&nm.name_any()).await? else {
+        return Ok(());
+    };
+    // A mapping whose references do not resolve is reported by its sync, not here.
+    let Ok(resolved) = refs::resolve(&ctx.client, &ctx.settings.tenancy, &nm).await else {
+        return Ok(());
+    };
+    let refs = resolved.refs(&nm);
+    let has_target = refs
+        .cluster_mapping
+        .is_some_and(|cm| cm.spec.target_cluster.is_some());
+    let (Some(dr_ref), true, true) = (refs.dr_cluster(), has_target, refs.git().is_some()) else {
+        return Ok(());
+    };
+    let report = match check(ctx, &nm, &resolved, &dr_ref).await {
+        Ok(Some(report)) => report,
+        Ok(None) => return Ok(()),
+        // Fail closed: a check that could not run says DR is not known to come up.
+        Err(e) => {
+            let mut r = Report::default();
+            r.problem("(check)", Check::DryRun, format!("cannot check: {e}"));
+            r
+        }
+    };
+    ctx.metrics
+        .dr_rejected_objects
+        .get_or_create(&MappingLabel {
+            mapping: key.clone(),
+        })
+        .set(report.rejected() as i64);
+    record(ctx, &nm, &report).await
+}
+
+/// Reads the tree at the branch head and checks it; `None` before the first export.
+async fn check(
+    ctx: &Ctx,
+    nm: &NamespaceMapping,
+    resolved: &refs::Resolved,
+    dr_ref: &refs::ClusterRef,
+) -> Result<Option<Report>, sync::SyncError> {
+    let (target, recipients, consumer) = sync::git_setup(ctx, nm, resolved).await?;
+    let files = tokio::task::spawn_blocking(move || -> Result<_, sync::SyncError> {
+        let repo = Repo::open(target)?;
+        let head = repo.fetch()?;
+        Ok(head.map(|h| repo.files_at(Some(h))).transpose()?)
+    })
+    .await
+    .map_err(|e| sync::SyncError::Config(format!("check task failed: {e}")))??;
+    let Some(tree_files) = files else {
+        return Ok(None);
+    };
+    let expected = recipients.strings();
+    let keys = tree::SecretKeys::Recipients(&expected);
+    let (mut report, candidates) = tree::check(&tree_files.files, consumer, &keys);
+    let dr = refs::cluster_client(&ctx.client, dr_ref).await?;
+    if let Err(e) = verify::dry_run::run(&dr, &candidates, &mut report).await {
+        report.problem(
+            "(DR cluster)",
+            Check::DryRun,
+            format!("cannot reach the DR cluster: {e}"),
+        );
+    }
+    Ok(Some(report))
+}
+
+/// Writes the condition (only the condition: the rest of status belongs to the sync) and
+/// an Event when it flips.
+async fn record(ctx: &Ctx, nm: &NamespaceMapping, report: &Report) -> Result<(), ControllerError> {
+    let prev = nm.status.clone().unwrap_or_default();
+    let was = prev
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION)
+        .map(|c| c.status.clone());
+    let mut conditions = prev.conditions.clone();
+    let ready = report.ready();
+    status::set_condition(
+        &mut conditions,
+        CONDITION,
+        ready,
+        if ready {
+            "DrWouldComeUp"
+        } else {
+            "DrWouldNotComeUp"
+        },
+        &report.headline(),
+        nm.metadata.generation,
+        Time(jiff::Timestamp::now()),
+    );
+    if conditions != prev.conditions {
+        // A deposed leader leaves status to the new one.
+        if ctx.may_write().await.is_err() {
+            return Ok(());
+        }
+        let api: Api<NamespaceMapping> =
+            Api::namespaced(ctx.client.clone(), &nm.namespace().unwrap_or_default());
+        api.patch_status(
+            &nm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await?;
+    }
+    let now = if ready { "True" } else { "False" };
+    if was.as_deref() != Some(now) {
+        let (warning, reason) = if ready {
+            (false, "DrReady")
+        } else {
+            (true, "DrNotReady")
+        };
+        ctx.publish(nm, warning, reason, "Verify", report.headline())
+            .await;
+    }
+    Ok(())
+}

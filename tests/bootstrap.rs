@@ -61,19 +61,17 @@ async fn consumers(plane: &ControlPlane) {
                 None,
             ));
         }
-        ok(kubectl(
-            plane,
+        let client = plane.client().await.unwrap();
+        dr_syncer_testkit::objects::wait_established(
+            &client,
             &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/gitrepositories.source.toolkit.fluxcd.io",
-                "crd/kustomizations.kustomize.toolkit.fluxcd.io",
-                "crd/applications.argoproj.io",
-                "crd/applicationsets.argoproj.io",
+                "gitrepositories.source.toolkit.fluxcd.io",
+                "kustomizations.kustomize.toolkit.fluxcd.io",
+                "applications.argoproj.io",
+                "applicationsets.argoproj.io",
             ],
-            None,
-        ));
+        )
+        .await;
         for ns in ["flux-system", "argocd"] {
             let _ = kubectl(plane, &["create", "namespace", ns], None);
         }

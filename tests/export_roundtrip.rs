@@ -331,13 +331,7 @@ async fn export_round_trip_two_apiservers() {
     };
     let dir = |sub: &str| out_dir.join(sub).to_str().unwrap().to_string();
     kubectl(&["apply", "--server-side", "-k", &dir("_cluster")]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "--all",
-        "--timeout=30s",
-    ]);
+    dr_syncer_testkit::objects::wait_established(&dr_client, &[]).await;
     kubectl(&["apply", "--server-side", "-k", &dir("")]);
 
     let files = dr_syncer::export::output::read_tree(&out_dir).unwrap();

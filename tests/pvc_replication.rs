@@ -48,22 +48,12 @@ async fn snapshot_crds(plane: &ControlPlane) {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = plane
-            .kubectl()
-            .unwrap()
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/volumesnapshots.snapshot.storage.k8s.io",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let client = plane.client().await.unwrap();
+        dr_syncer_testkit::objects::wait_established(
+            &client,
+            &["volumesnapshots.snapshot.storage.k8s.io"],
+        )
+        .await;
     })
     .await;
 }

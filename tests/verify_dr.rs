@@ -154,13 +154,7 @@ async fn verify_tells_whether_dr_would_come_up() {
         );
     };
     kubectl(&["apply", "--server-side", "-k", s(&tree.join("_cluster"))]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "--all",
-        "--timeout=30s",
-    ]);
+    dr_syncer_testkit::objects::wait_established(&dr.client().await.unwrap(), &[]).await;
     let (code, report) = verify(&tree, &identity, &dr);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(findings(&report), vec![], "{report:#}");

@@ -12,10 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Api;
 use serde_json::{Value, json};
 
 use crate::envtest::ControlPlane;
@@ -91,24 +88,8 @@ impl Flux {
                 crds.push(crd["metadata"]["name"].as_str().unwrap().to_string());
             }
         }
-        let api: Api<CustomResourceDefinition> = Api::all(client);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for crd in &crds {
-            loop {
-                let established = api.get(crd).await.ok().is_some_and(|c| {
-                    c.status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-                if established {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "CRD {crd} not Established");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        let names: Vec<&str> = crds.iter().map(String::as_str).collect();
+        crate::objects::wait_established(&client, &names).await;
         applier
             .apply(
                 &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),

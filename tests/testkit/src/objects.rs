@@ -10,6 +10,46 @@ use kube::discovery::{Scope, pinned_kind};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
+/// Waits (30 s at most) until the CRDs `names` — every CRD when empty — are served
+/// (`Established`). Polls the API: `kubectl wait --for=condition=Established` fails outright
+/// on a CRD whose status has no conditions yet, which happens right after it is created.
+pub async fn wait_established(client: &Client, names: &[&str]) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let crds = api.list(&Default::default()).await.unwrap().items;
+        let pending: Vec<String> = crds
+            .iter()
+            .filter(|c| {
+                names.is_empty() || names.contains(&c.metadata.name.as_deref().unwrap_or_default())
+            })
+            .filter(|c| {
+                !c.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            })
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        let missing: Vec<&&str> = names
+            .iter()
+            .filter(|n| !crds.iter().any(|c| c.metadata.name.as_deref() == Some(**n)))
+            .collect();
+        if pending.is_empty() && missing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRDs not Established within 30 s: {pending:?}, missing {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Applies arbitrary objects with server-side apply, resolving each kind once.
 pub struct Applier {
     client: Client,

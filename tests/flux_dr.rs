@@ -954,9 +954,15 @@ async fn flux_applies_the_export_on_the_dr_cluster() {
             .any(|l| l.contains("db-credentials.sops.yaml") && l.contains("PROBLEM")),
         "the report names the Secret: {report}"
     );
-    let right = op.sh(&format!(
-        "{verify} --age-identity dr.agekey --kubeconfig kubeconfig --context dr"
-    ));
+    // Runbook §5b as written (URL and path substituted): exit 0, dry-run on the DR cluster.
+    let section5b = runbook_sh("## 5b. Check that DR would come up");
+    let right = op.sh(&section5b
+        .replace("ssh://git@git.example.com/platform/dr.git", &url)
+        .replace("--path prod", &format!("--path {PATH}")));
+    assert!(
+        right.contains("DR would come up") && right.contains("accepted by the DR apiserver"),
+        "{right}"
+    );
     lap(&format!(
         "dr-syncer verify: exit 2 with the wrong key, 0 with the right one: {:?}",
         right.trim()

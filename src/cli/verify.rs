@@ -38,10 +38,11 @@ pub struct VerifyArgs {
     /// The layout to expect (default: Argo CD when the tree holds KSOPS generators).
     #[arg(long, value_enum)]
     pub consumer: Option<ConsumerArg>,
-    /// Kubeconfig of the DR cluster: every object is dry-run applied there.
+    /// Kubeconfig of the DR cluster: every object is dry-run applied there (also done
+    /// with only --context, from the default kubeconfig).
     #[arg(long, env = "DR_SYNCER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context.
+    /// Kubeconfig context of the DR cluster.
     #[arg(long, env = "DR_SYNCER_CONTEXT")]
     pub context: Option<String>,
     /// Report format.
@@ -70,8 +71,9 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         None => tree::SecretKeys::Nothing,
     };
     let (mut report, candidates) = tree::check(&files, consumer, &keys);
-    if let Some(kubeconfig) = &args.kubeconfig {
-        let client = super::client::build(Some(kubeconfig), args.context.as_deref()).await?;
+    if args.kubeconfig.is_some() || args.context.is_some() {
+        let client =
+            super::client::build(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
         verify::dry_run::run(&client, &candidates, &mut report)
             .await
             .context("reaching the DR cluster for the dry-run")?;

@@ -13,7 +13,7 @@ test: deps envtest
 deps:
 	scripts/install-deps.sh
 
-## envtest: build kube-apiserver, etcd, kubectl, sops, helm and Flux's source- and
+## envtest: build kube-apiserver, etcd, kubectl, sops, kustomize, helm and Flux's source- and
 ## kustomize-controller from Go modules, fetch the Flux and Argo CD CRDs (all cached by go.sum)
 envtest:
 	tests/envtest/build.sh >/dev/null

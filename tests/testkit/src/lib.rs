@@ -5,6 +5,10 @@
 //! - [`objects`]: applying objects and generating namespaces of mixed objects.
 //! - [`git`]: `git daemon` and `sshd` serving bare repositories.
 //! - [`process`]: long-running children that are stopped with all their descendants.
+//! - [`flux`]: Flux's source- and kustomize-controller (built from their Go modules) run
+//!   against a test apiserver.
+//! - [`tools`]: Go-built peers (sops, kustomize, helm) and the KSOPS emulation
+//!   (`src/bin/ksops_emulation.rs`), a test-only stand-in for KSOPS's exec KRM function.
 
 pub mod envtest;
 pub mod flux;

@@ -1131,18 +1131,35 @@ async fn dr_ready_reports_what_the_dr_cluster_would_reject() {
             })
             .map(|l| l.rsplit(' ').next().unwrap().to_string())
     };
-    let dr_ready = |want: &'static str| {
+    let dr_ready = |want: &'static str, says: &'static str| {
         let s = &s;
         move || async move {
             let nm = s.mapping("billing").await;
             match condition(&nm, "DrReady") {
-                Some(c) if c.status == want => Ok(c.message.clone()),
+                Some(c) if c.status == want && c.message.contains(says) => Ok(c.message.clone()),
                 other => Err(format!("{other:?}")),
             }
         }
     };
-    let message =
-        common::eventually("DrReady=False", Duration::from_secs(60), dr_ready("False")).await;
+    let event = |reason: &'static str, type_: &'static str| {
+        let s = &s;
+        move || async move {
+            let events: Api<k8s_openapi::api::events::v1::Event> =
+                Api::namespaced(s.dr_admin.clone(), NS);
+            let listed = events.list(&Default::default()).await.unwrap().items;
+            listed
+                .iter()
+                .any(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some(type_))
+                .then_some(())
+                .ok_or_else(|| format!("{} events, none {type_} {reason}", listed.len()))
+        }
+    };
+    let message = common::eventually(
+        "DrReady=False",
+        Duration::from_secs(60),
+        dr_ready("False", "DR registry only"),
+    )
+    .await;
     assert!(
         message.contains("billing-dr/apps/deployments/api.yaml")
             && message.contains("DR runs images from the DR registry only"),
@@ -1154,17 +1171,12 @@ async fn dr_ready_reports_what_the_dr_cluster_would_reject() {
         rejected_metric(&chart::metrics(&http)).as_deref(),
         Some("1")
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(s.dr_admin.clone(), NS);
-    let warned = events
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .any(|e| {
-            e.reason.as_deref() == Some("DrNotReady") && e.type_.as_deref() == Some("Warning")
-        });
-    assert!(warned, "a DrNotReady Warning Event");
+    common::eventually(
+        "a DrNotReady Warning Event",
+        Duration::from_secs(30),
+        event("DrNotReady", "Warning"),
+    )
+    .await;
     // Nothing was applied to the DR cluster by the check.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(s.dr_admin.clone(), "billing-dr");
@@ -1177,8 +1189,12 @@ async fn dr_ready_reports_what_the_dr_cluster_would_reject() {
     .delete("dr-registry-only", &Default::default())
     .await
     .unwrap();
-    let message =
-        common::eventually("DrReady=True", Duration::from_secs(60), dr_ready("True")).await;
+    let message = common::eventually(
+        "DrReady=True",
+        Duration::from_secs(60),
+        dr_ready("True", "0 rejected"),
+    )
+    .await;
     assert!(
         message.contains("0 rejected") && message.contains("1 Secrets verified"),
         "{message}"
@@ -1187,12 +1203,10 @@ async fn dr_ready_reports_what_the_dr_cluster_would_reject() {
         rejected_metric(&chart::metrics(&http)).as_deref(),
         Some("0")
     );
-    let cleared = events
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .any(|e| e.reason.as_deref() == Some("DrReady") && e.type_.as_deref() == Some("Normal"));
-    assert!(cleared, "a DrReady Normal Event");
+    common::eventually(
+        "a DrReady Normal Event",
+        Duration::from_secs(30),
+        event("DrReady", "Normal"),
+    )
+    .await;
 }

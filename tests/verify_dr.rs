@@ -117,8 +117,10 @@ async fn verify_tells_whether_dr_would_come_up() {
     export(&tree, &recipient, &[]);
     // 1. A fresh DR cluster: nothing is there yet, but the tree brings the Namespace and
     //    the Coupon CRD in _cluster/, so what needs them is deferred, not rejected.
+    //    Nothing fails, but not everything was checked: exit 3, not 0.
     let (code, report) = verify(&tree, &identity, &dr);
-    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(report["verdict"], "notVerified", "{report:#}");
     let objects_in_tree = report["objects"].as_u64().unwrap();
     assert!(objects_in_tree >= 20, "{objects_in_tree}");
     let deferred = findings(&report);
@@ -249,11 +251,30 @@ async fn verify_tells_whether_dr_would_come_up() {
         "{report:#}"
     );
 
-    // The table on a terminal-less stdout names the verdict too.
+    // Without the DR cluster nothing says its apiserver would accept the tree: exit 3 and
+    // the table says why.
     let out = dr_syncer(&["verify", "--repo", s(&tree), "--age-identity", s(&identity)]);
     assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("DR would come up"),
-        "{}",
+        out.status.code() == Some(3)
+            && String::from_utf8_lossy(&out.stdout).contains("not verified: without a dry-run"),
+        "{:?} {}",
+        out.status,
         String::from_utf8_lossy(&out.stdout)
+    );
+    // A kustomization that builds something else than the files checked is a problem.
+    let patched = work.path().join("patched");
+    copy_tree(&tree, &patched);
+    edit(
+        patched.join("shop/kustomization.yaml"),
+        "resources:",
+        "namePrefix: x-\nresources:",
+    );
+    let (code, report) = verify(&patched, &identity, &dr);
+    assert_eq!(code, 2, "{report:#}");
+    assert!(
+        problem(&report, "shop/kustomization.yaml")
+            .iter()
+            .any(|(_, _, r)| r.contains("namePrefix")),
+        "{report:#}"
     );
 }

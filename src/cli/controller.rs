@@ -78,9 +78,13 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
         watch_start_delay: std::time::Duration::from_millis(args.test_watch_start_delay_ms),
         dr_check_interval: match args.dr_check_interval.as_str() {
             "0" => None,
-            s => Some(crate::schedule::parse_duration(s).with_context(|| {
-                format!("--dr-check-interval: {s:?} is not a duration (e.g. 10m, 30s)")
-            })?),
+            s => {
+                let d = crate::schedule::parse_duration(s).with_context(|| {
+                    format!("--dr-check-interval: {s:?} is not a duration (e.g. 10m, 30s)")
+                })?;
+                // Zero in any unit is off; anything shorter than a second would spin.
+                (!d.is_zero()).then(|| d.max(std::time::Duration::from_secs(1)))
+            }
         },
     };
     tracing::info!(namespace = %args.namespace, instance = %args.instance, "dr-syncer controller starting");

@@ -2,7 +2,8 @@
 //! a checkout / export directory) and tells whether the DR cluster would come up from it:
 //! objects and layout, every SOPS file decrypted with the DR identity and its MAC verified,
 //! and with `--kubeconfig` a server-side dry-run of every object on the DR cluster.
-//! Exit code 0 only when no problem was found.
+//! Exit code 0 only when everything was checked (the dry-run included) and nothing failed;
+//! 2 when something would fail; 3 when nothing failed but not everything could be checked.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +21,9 @@ use super::export_git::{self, GitArgs};
 
 /// Exit code when the DR cluster would not come up from the tree.
 pub const EXIT_NOT_READY: u8 = 2;
+/// Exit code when nothing failed but not everything could be checked (no dry-run, or
+/// objects deferred until `_cluster/` is applied).
+pub const EXIT_NOT_VERIFIED: u8 = 3;
 
 /// Arguments of `dr-syncer verify`.
 #[derive(Debug, clap::Args)]
@@ -83,13 +87,14 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         OutputFormat::Json => {
             let mut doc = serde_json::to_value(&report)?;
             doc["ready"] = serde_json::json!(report.ready());
+            doc["verdict"] = serde_json::to_value(report.verdict())?;
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
     }
-    Ok(if report.ready() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_NOT_READY)
+    Ok(match report.verdict() {
+        verify::Verdict::Ready => ExitCode::SUCCESS,
+        verify::Verdict::NotReady => ExitCode::from(EXIT_NOT_READY),
+        verify::Verdict::NotVerified => ExitCode::from(EXIT_NOT_VERIFIED),
     })
 }
 

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::api::NamespaceMapping;
 use crate::gitops::Repo;
 use crate::refs;
-use crate::verify::{self, Check, Report, tree};
+use crate::verify::{self, Check, Report, Verdict, tree};
 
 use super::context::Ctx;
 use super::metrics::MappingLabel;
@@ -51,7 +51,8 @@ pub async fn run(ctx: Arc<Ctx>, mappings: Api<NamespaceMapping>, interval: Durat
 /// Checks one mapping (under its lock) and records the result.
 async fn check_one(ctx: &Ctx, nm: &NamespaceMapping) -> Result<(), ControllerError> {
     let namespace = nm.namespace().unwrap_or_default();
-    if ctx.settings.tenancy.role(&namespace) == refs::Role::Unwatched || nm.spec.paused {
+    let role = ctx.settings.tenancy.role(&namespace);
+    if role == refs::Role::Unwatched {
         return Ok(());
     }
     let key = format!("{namespace}/{}", nm.name_any());
@@ -61,20 +62,43 @@ async fn check_one(ctx: &Ctx, nm: &NamespaceMapping) -> Result<(), ControllerErr
     let Some(nm) = api.get_opt(&nm.name_any()).await? else {
         return Ok(());
     };
-    // A mapping whose references do not resolve is reported by its sync, not here.
-    let Ok(resolved) = refs::resolve(&ctx.client, &ctx.settings.tenancy, &nm).await else {
-        return Ok(());
+    // Tenants get no DR check: the dry-run runs with the DR cluster's (admin) credentials
+    // over a tree the tenant writes, and the apiserver's answers would tell the tenant
+    // about namespaces and objects it was never granted.
+    if role == refs::Role::Tenant {
+        return record(ctx, &nm, CheckResult::NotApplicable).await;
+    }
+    if nm.spec.paused {
+        return record(
+            ctx,
+            &nm,
+            CheckResult::NotRun("the mapping is paused".into()),
+        )
+        .await;
+    }
+    let resolved = match refs::resolve(&ctx.client, &ctx.settings.tenancy, &nm).await {
+        Ok(r) => r,
+        Err(e) => {
+            return record(
+                ctx,
+                &nm,
+                CheckResult::NotRun(format!("references do not resolve: {e}")),
+            )
+            .await;
+        }
     };
     let refs = resolved.refs(&nm);
     let has_target = refs
         .cluster_mapping
         .is_some_and(|cm| cm.spec.target_cluster.is_some());
     let (Some(dr_ref), true, true) = (refs.dr_cluster(), has_target, refs.git().is_some()) else {
-        return Ok(());
+        return record(ctx, &nm, CheckResult::NotApplicable).await;
     };
     let report = match check(ctx, &nm, &resolved, &dr_ref).await {
         Ok(Some(report)) => report,
-        Ok(None) => return Ok(()),
+        Ok(None) => {
+            return record(ctx, &nm, CheckResult::NotRun("nothing exported yet".into())).await;
+        }
         // Fail closed: a check that could not run says DR is not known to come up.
         Err(e) => {
             let mut r = Report::default();
@@ -88,7 +112,17 @@ async fn check_one(ctx: &Ctx, nm: &NamespaceMapping) -> Result<(), ControllerErr
             mapping: key.clone(),
         })
         .set(report.rejected() as i64);
-    record(ctx, &nm, &report).await
+    record(ctx, &nm, CheckResult::Checked(report)).await
+}
+
+/// What the check came to for one mapping.
+enum CheckResult {
+    /// It ran.
+    Checked(Report),
+    /// It should run but could not (the reason): never leave an old `True` standing.
+    NotRun(String),
+    /// The mapping has no DR cluster to check against (or is a tenant's): no condition.
+    NotApplicable,
 }
 
 /// Reads the tree at the branch head and checks it; `None` before the first export.
@@ -125,7 +159,11 @@ async fn check(
 
 /// Writes the condition (only the condition: the rest of status belongs to the sync) and
 /// an Event when it flips.
-async fn record(ctx: &Ctx, nm: &NamespaceMapping, report: &Report) -> Result<(), ControllerError> {
+async fn record(
+    ctx: &Ctx,
+    nm: &NamespaceMapping,
+    result: CheckResult,
+) -> Result<(), ControllerError> {
     let prev = nm.status.clone().unwrap_or_default();
     let was = prev
         .conditions
@@ -133,20 +171,33 @@ async fn record(ctx: &Ctx, nm: &NamespaceMapping, report: &Report) -> Result<(),
         .find(|c| c.type_ == CONDITION)
         .map(|c| c.status.clone());
     let mut conditions = prev.conditions.clone();
-    let ready = report.ready();
-    status::set_condition(
-        &mut conditions,
-        CONDITION,
-        ready,
-        if ready {
-            "DrWouldComeUp"
-        } else {
-            "DrWouldNotComeUp"
-        },
-        &report.headline(),
-        nm.metadata.generation,
-        Time(jiff::Timestamp::now()),
-    );
+    let (ready, reason, message) = match &result {
+        CheckResult::Checked(report) => (
+            report.ready(),
+            match report.verdict() {
+                Verdict::Ready => "DrWouldComeUp",
+                Verdict::NotVerified => "NotVerified",
+                Verdict::NotReady => "DrWouldNotComeUp",
+            },
+            report.headline(),
+        ),
+        CheckResult::NotRun(why) => (false, "CheckNotRun", format!("not checked: {why}")),
+        CheckResult::NotApplicable => {
+            conditions.retain(|c| c.type_ != CONDITION);
+            (false, "", String::new())
+        }
+    };
+    if !matches!(result, CheckResult::NotApplicable) {
+        status::set_condition(
+            &mut conditions,
+            CONDITION,
+            ready,
+            reason,
+            &message,
+            nm.metadata.generation,
+            Time(jiff::Timestamp::now()),
+        );
+    }
     if conditions != prev.conditions {
         // A deposed leader leaves status to the new one.
         if ctx.may_write().await.is_err() {
@@ -161,15 +212,17 @@ async fn record(ctx: &Ctx, nm: &NamespaceMapping, report: &Report) -> Result<(),
         )
         .await?;
     }
+    if matches!(result, CheckResult::NotApplicable) {
+        return Ok(());
+    }
     let now = if ready { "True" } else { "False" };
     if was.as_deref() != Some(now) {
-        let (warning, reason) = if ready {
+        let (warning, event) = if ready {
             (false, "DrReady")
         } else {
             (true, "DrNotReady")
         };
-        ctx.publish(nm, warning, reason, "Verify", report.headline())
-            .await;
+        ctx.publish(nm, warning, event, "Verify", message).await;
     }
     Ok(())
 }

@@ -23,8 +23,8 @@ const FIELD_MANAGER: &str = "dr-syncer-verify";
 struct Supplied {
     /// Namespaces created by `_cluster/`.
     namespaces: BTreeSet<String>,
-    /// `(group, kind)` defined by CRDs in `_cluster/`.
-    kinds: BTreeSet<(String, String)>,
+    /// `(group, served version, kind)` defined by CRDs in `_cluster/`.
+    kinds: BTreeSet<(String, String, String)>,
 }
 
 fn supplied(candidates: &[Candidate]) -> Supplied {
@@ -40,11 +40,17 @@ fn supplied(candidates: &[Candidate]) -> Supplied {
                 }
             }
             Some("CustomResourceDefinition") => {
-                if let (Some(g), Some(k)) = (
+                if let (Some(g), Some(k), Some(versions)) = (
                     str_at(&c.object, &["spec", "group"]),
                     str_at(&c.object, &["spec", "names", "kind"]),
+                    c.object["spec"]["versions"].as_array(),
                 ) {
-                    s.kinds.insert((g.to_string(), k.to_string()));
+                    for v in versions.iter().filter(|v| v["served"] == true) {
+                        if let Some(name) = v["name"].as_str() {
+                            s.kinds
+                                .insert((g.to_string(), name.to_string(), k.to_string()));
+                        }
+                    }
                 }
             }
             _ => {}
@@ -105,7 +111,7 @@ async fn one(
     let Some((ar, caps)) = discovery.resolve_gvk(&gvk) else {
         if supplied
             .kinds
-            .contains(&(group.to_string(), kind.to_string()))
+            .contains(&(group.to_string(), version.to_string(), kind.to_string()))
         {
             return Err(Verdict::Deferred(format!(
                 "the DR cluster does not serve {kind} yet; its CRD comes with this tree (_cluster/), so it is checked once that is applied"
@@ -148,7 +154,7 @@ async fn one(
         Err(kube::Error::Api(s))
             if s.code == 404
                 && namespace.is_some_and(|ns| {
-                    s.message.contains("namespaces") && supplied.namespaces.contains(ns)
+                    missing_namespace(&s.message, ns) && supplied.namespaces.contains(ns)
                 }) =>
         {
             Err(Verdict::Deferred(format!(
@@ -156,7 +162,9 @@ async fn one(
                 namespace.unwrap_or_default()
             )))
         }
-        Err(kube::Error::Api(s)) if s.code == 404 && s.message.contains("namespaces") => {
+        Err(kube::Error::Api(s))
+            if s.code == 404 && namespace.is_some_and(|ns| missing_namespace(&s.message, ns)) =>
+        {
             Err(Verdict::Rejected(format!(
                 "namespace {} does not exist on the DR cluster and this tree does not create it",
                 namespace.unwrap_or_default()
@@ -169,4 +177,10 @@ async fn one(
         // Fail closed: what could not be asked is not known to apply.
         Err(e) => Err(Verdict::Rejected(format!("cannot check: {e}"))),
     }
+}
+
+/// Whether the apiserver's NotFound is about the object's namespace (`namespaces "x" not
+/// found`), not the object.
+fn missing_namespace(message: &str, ns: &str) -> bool {
+    message.contains(&format!("namespaces \"{ns}\" not found"))
 }

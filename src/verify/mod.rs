@@ -70,10 +70,39 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+/// What the checks add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Verdict {
+    /// Every object was checked, the DR apiserver's dry-run included, and nothing failed.
+    Ready,
+    /// Nothing failed, but not everything could be checked (no dry-run, or objects waiting
+    /// for what `_cluster/` brings first): not known to come up.
+    NotVerified,
+    /// Something would fail.
+    NotReady,
+}
+
 impl Report {
-    /// Whether the DR cluster would come up: no problem found.
+    /// The verdict: fail closed, so only a complete check with no finding is `Ready`.
+    pub fn verdict(&self) -> Verdict {
+        if self.findings.iter().any(|f| f.outcome == Outcome::Problem) {
+            Verdict::NotReady
+        } else if !self.dry_run || !self.findings.is_empty() {
+            Verdict::NotVerified
+        } else {
+            Verdict::Ready
+        }
+    }
+
+    /// Whether the DR cluster would come up: everything checked, no problem found.
     pub fn ready(&self) -> bool {
-        !self.findings.iter().any(|f| f.outcome == Outcome::Problem)
+        self.verdict() == Verdict::Ready
+    }
+
+    /// Whether a problem was found.
+    pub fn has_problems(&self) -> bool {
+        self.verdict() == Verdict::NotReady
     }
 
     /// Files with at least one problem.
@@ -159,10 +188,15 @@ impl Report {
             ));
         }
         out.push_str(&format!("{}\n", self.headline_counts()));
-        out.push_str(if self.ready() {
-            "DR would come up: no problem found\n"
-        } else {
-            "DR would NOT come up as exported: fix the problems above\n"
+        out.push_str(match self.verdict() {
+            Verdict::Ready => "DR would come up: no problem found\n",
+            Verdict::NotVerified if !self.dry_run => {
+                "no problem found, but not verified: without a dry-run on the DR cluster (--kubeconfig or --context) nothing says the DR apiserver would accept it\n"
+            }
+            Verdict::NotVerified => {
+                "no problem found, but not verified: the deferred objects wait for what _cluster/ brings first; check again once it is applied\n"
+            }
+            Verdict::NotReady => "DR would NOT come up as exported: fix the problems above\n",
         });
         out
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::{Check, Report};
-use crate::export::layout::{self, CLUSTER_DIR, Consumer, KSOPS_GENERATOR, KUSTOMIZATION};
+use crate::export::layout::{self, CLUSTER_DIR, Consumer, KSOPS_GENERATOR};
 use crate::export::value::str_at;
 use crate::sops::{self, Identities};
 
@@ -76,6 +76,16 @@ pub fn check(
         };
         let value: Value = match serde_saphyr::from_str(text) {
             Ok(v) => v,
+            // The parser's message quotes the lines around the error: never for a file
+            // that may hold a Secret.
+            Err(_) if may_hold_secret(path, text) => {
+                report.problem(
+                    path,
+                    Check::Object,
+                    "not YAML (details withheld: the file may hold a Secret)",
+                );
+                continue;
+            }
             Err(e) => {
                 report.problem(path, Check::Object, format!("not YAML: {e}"));
                 continue;
@@ -85,7 +95,9 @@ pub fn check(
             continue;
         }
         let object = if value.get("sops").is_some() {
-            if check_secret(path, text, keys, &mut report) {
+            if let Some(why) = not_encrypted(path, &value) {
+                report.problem(path, Check::Secret, why);
+            } else if check_secret(path, text, keys, &mut report) {
                 report.secrets_verified += 1;
             }
             placeholder(&value)
@@ -106,6 +118,36 @@ pub fn check(
     }
     report.sort();
     (report, candidates)
+}
+
+/// Whether a file could hold Secret material (its parse errors are not quoted).
+fn may_hold_secret(path: &str, text: &str) -> bool {
+    path.ends_with(".sops.yaml") || path.contains("/core/secrets/") || text.contains("Secret")
+}
+
+/// Why a file with sops metadata is not what Flux can decrypt: a Secret in a namespace
+/// directory (the `_cluster/` Kustomization decrypts nothing) whose every value under
+/// `data`/`stringData` is ciphertext (a plaintext value with copied sops metadata would
+/// pass a recipients check and reach git in the clear).
+fn not_encrypted(path: &str, v: &Value) -> Option<String> {
+    if str_at(v, &["kind"]) != Some("Secret") || path.starts_with(CLUSTER_DIR) {
+        return Some("sops metadata on something other than a Secret in a namespace directory: it is never decrypted".into());
+    }
+    for field in ["data", "stringData"] {
+        if let Some(m) = v.get(field).and_then(Value::as_object) {
+            for (key, val) in m {
+                if !val
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("ENC[AES256_GCM,"))
+                {
+                    return Some(format!(
+                        "{field}.{key} is not encrypted (no ENC[AES256_GCM,…] value)"
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// apiVersion, kind, name present; the namespace matches the directory.
@@ -301,34 +343,51 @@ fn check_layout(files: &BTreeMap<String, Vec<u8>>, consumer: Consumer, report: &
             }
             for extra in have_set.difference(&want_set) {
                 let encrypted = extra.ends_with(".sops.yaml");
-                if !exists(dir, extra) {
-                    report.problem(
-                        path,
-                        Check::Layout,
-                        format!(
-                            "lists {extra} under {field}, which does not exist: the build fails"
-                        ),
-                    );
+                let why = if !exists(dir, extra) {
+                    format!("lists {extra} under {field}, which does not exist: the build fails")
                 } else if encrypted && field == "resources" && consumer == Consumer::ArgoCd {
-                    report.problem(
-                        path,
-                        Check::Layout,
-                        format!("lists the encrypted {extra} as a resource: Argo CD would apply the ciphertext (it belongs in {KSOPS_GENERATOR})"),
-                    );
+                    format!(
+                        "lists the encrypted {extra} as a resource: Argo CD would apply the ciphertext (it belongs in {KSOPS_GENERATOR})"
+                    )
                 } else if encrypted && field == "files" && consumer == Consumer::Flux {
+                    format!("a KSOPS generator in a Flux tree: {extra} is never applied")
+                } else {
+                    // Whatever the export did not write is not checked here: what it
+                    // builds to is unknown, so it cannot count as fine.
+                    format!(
+                        "lists {extra} under {field}, which the export does not write: verify cannot tell what it applies"
+                    )
+                };
+                report.problem(path, Check::Layout, why);
+            }
+        }
+        // Any other key (patches, namePrefix, secretGenerator, helmCharts, …) changes what
+        // is built from the files checked here.
+        if let Some(doc) = have.as_object() {
+            for key in doc.keys() {
+                let known = [
+                    "apiVersion",
+                    "kind",
+                    "metadata",
+                    "resources",
+                    "generators",
+                    "files",
+                ];
+                if !known.contains(&key.as_str()) {
                     report.problem(
                         path,
                         Check::Layout,
-                        format!("a KSOPS generator in a Flux tree: {extra} is never applied"),
+                        format!("has `{key}`, which the export never writes: what it builds differs from the files checked"),
                     );
                 }
             }
         }
+        if have.get("metadata").and_then(|m| m.get("annotations"))
+            != want.get("metadata").and_then(|m| m.get("annotations"))
+        {
+            report.problem(path, Check::Layout, "the KSOPS generator's annotations (its exec function) differ from what the export writes");
+        }
     }
-    // A kustomization the files do not need (a directory without objects) still builds,
-    // but one that lists nothing fails: reported by the missing-entry check above when
-    // its directory has files.
-    let _ = KUSTOMIZATION;
 }
 
 #[cfg(test)]
@@ -355,7 +414,7 @@ mod tests {
             ("shop/core/configmaps/a.yaml", CM),
         ]);
         let (report, candidates) = check(&files, Consumer::Flux, &SecretKeys::Nothing);
-        assert!(report.ready(), "{}", report.table());
+        assert!(!report.has_problems(), "{}", report.table());
         assert_eq!((report.objects, candidates.len()), (2, 2));
     }
 
@@ -415,6 +474,40 @@ mod tests {
                 "plaintext",
             ),
             (
+                "kustomization builds something else",
+                Box::new(|f| {
+                    let k = String::from_utf8(f["shop/kustomization.yaml"].clone()).unwrap();
+                    f.insert(
+                        "shop/kustomization.yaml".into(),
+                        format!("{k}namePrefix: x-\n").into_bytes(),
+                    );
+                }),
+                "namePrefix",
+            ),
+            (
+                "extra entry the export does not write",
+                Box::new(|f| {
+                    let k = String::from_utf8(f["shop/kustomization.yaml"].clone()).unwrap();
+                    f.insert(
+                        "shop/kustomization.yaml".into(),
+                        k.replace("resources:\n", "resources:\n- extra.json\n")
+                            .into_bytes(),
+                    );
+                    f.insert("shop/extra.json".into(), b"{}".to_vec());
+                }),
+                "which the export does not write",
+            ),
+            (
+                "sops metadata on a plaintext value",
+                Box::new(|f| {
+                    f.insert(
+                        "shop/core/secrets/s.sops.yaml".into(),
+                        b"apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: shop\ndata:\n  password: czNjcjN0\nsops:\n  mac: x\n".to_vec(),
+                    );
+                }),
+                "data.password is not encrypted",
+            ),
+            (
                 "not yaml",
                 Box::new(|f| {
                     f.insert("shop/core/configmaps/a.yaml".into(), b"a: [".to_vec());
@@ -429,7 +522,7 @@ mod tests {
             ]);
             mutate(&mut files);
             let (report, _) = check(&files, Consumer::Flux, &SecretKeys::Nothing);
-            assert!(!report.ready(), "{case}");
+            assert!(report.has_problems(), "{case}");
             assert!(
                 report.findings.iter().any(|f| f.reason.contains(reason)),
                 "{case}: {:?}",
@@ -511,7 +604,7 @@ mod tests {
             ]);
             let (report, candidates) = check(&files, Consumer::Flux, &keys);
             assert_eq!(
-                (report.ready(), report.secrets_verified),
+                (!report.has_problems(), report.secrets_verified),
                 (verified, usize::from(verified)),
                 "{case}: {:?}",
                 report.findings

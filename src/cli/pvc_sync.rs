@@ -19,22 +19,42 @@ pub const EXIT_CONNECT: u8 = 3;
 pub const EXIT_TRANSFER: u8 = 4;
 /// Exit code: a file failed verification twice.
 pub const EXIT_VERIFY: u8 = 5;
+/// Exit code: owners could not be kept (`--ownership require`).
+pub const EXIT_OWNERSHIP: u8 = 6;
+/// Exit code: the deletion breaker held the sync; nothing changed.
+pub const EXIT_HELD: u8 = 7;
 
 /// Arguments of `dr-syncer pvc-sync`.
 #[derive(Debug, clap::Args)]
 pub struct PvcSyncArgs {
     /// The volume server, `ssh://HOST:PORT`.
-    #[arg(long, env = "DR_SYNCER_FROM_SSH")]
-    pub from: SshUrl,
+    #[arg(long, env = "DR_SYNCER_FROM_SSH", required_unless_present = "finish_only")]
+    pub from: Option<SshUrl>,
     /// Destination directory (the DR volume).
     #[arg(long, env = "DR_SYNCER_TO")]
     pub to: PathBuf,
     /// Client key (OpenSSH private key file).
-    #[arg(long, env = "DR_SYNCER_IDENTITY")]
-    pub identity: PathBuf,
+    #[arg(long, env = "DR_SYNCER_IDENTITY", required_unless_present = "finish_only")]
+    pub identity: Option<PathBuf>,
     /// `known_hosts` pinning the servers' host keys (`[host]:port key` lines).
-    #[arg(long, env = "DR_SYNCER_KNOWN_HOSTS")]
-    pub known_hosts: PathBuf,
+    #[arg(long, env = "DR_SYNCER_KNOWN_HOSTS", required_unless_present = "finish_only")]
+    pub known_hosts: Option<PathBuf>,
+    /// Only finish a commit an interrupted sync left on `--to` (no source needed), e.g.
+    /// on failover before the application starts on the volume.
+    #[arg(long)]
+    pub finish_only: bool,
+    /// Owners the receiver cannot set (no `CAP_CHOWN`): `require` fails the sync before
+    /// any transfer; `ignore` lets files keep the job's ids and counts them.
+    #[arg(long, env = "DR_SYNCER_OWNERSHIP", value_enum, default_value_t = receiver::Ownership::Require)]
+    pub ownership: receiver::Ownership,
+    /// Hold (change nothing, exit 7) a sync that would delete more than this share of the
+    /// destination's files or bytes; 100 turns the breaker off.
+    #[arg(long, env = "DR_SYNCER_MAX_DELETE_PERCENT", default_value_t = receiver::MAX_DELETE_PERCENT,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_delete_percent: u8,
+    /// Let a held deletion set through: its batch id, from the held report.
+    #[arg(long, env = "DR_SYNCER_ALLOW_DELETIONS")]
+    pub allow_deletions: Option<String>,
     /// A bastion to go through, `ssh://HOST:PORT`.
     #[arg(long, env = "DR_SYNCER_JUMP")]
     pub jump: Option<SshUrl>,
@@ -67,14 +87,22 @@ pub enum Format {
 
 /// Runs one sync.
 pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
-    let key = ssh::load_key(&args.identity)?;
+    if args.finish_only {
+        return finish_only(args);
+    }
+    let (Some(from), Some(identity), Some(known_hosts)) =
+        (&args.from, &args.identity, &args.known_hosts)
+    else {
+        anyhow::bail!("--from, --identity and --known-hosts are required");
+    };
+    let key = ssh::load_key(identity)?;
     let known = KnownHosts::parse(
-        &std::fs::read_to_string(&args.known_hosts)
-            .with_context(|| format!("--known-hosts {}", args.known_hosts.display()))?,
+        &std::fs::read_to_string(known_hosts)
+            .with_context(|| format!("--known-hosts {}", known_hosts.display()))?,
     );
     let deadline = std::time::Instant::now() + args.connect_timeout;
     let conn = loop {
-        match ssh::connect(&args.from, key.clone(), known.clone(), args.jump.as_ref()).await {
+        match ssh::connect(from, key.clone(), known.clone(), args.jump.as_ref()).await {
             Ok(c) => break c,
             Err(
                 e @ (ssh::SshError::Transport(_)
@@ -109,6 +137,9 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
     let opts = receiver::Options {
         bwlimit: args.bwlimit,
         progress,
+        ownership: args.ownership,
+        max_delete_percent: args.max_delete_percent,
+        allow_deletions: args.allow_deletions.clone(),
         ..Default::default()
     };
     let result = receiver::sync(conn.stream, &args.to, &opts).await;
@@ -125,13 +156,37 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
             eprintln!("error: {e}");
             let code = match e {
                 PvcError::Verify(_) => EXIT_VERIFY,
+                PvcError::Ownership(_) => EXIT_OWNERSHIP,
+                PvcError::Held(_) => EXIT_HELD,
                 _ => EXIT_TRANSFER,
             };
-            write_summary_file(
-                args,
-                &serde_json::json!({"error": e.to_string(), "exitCode": code}),
-            );
+            let mut report = serde_json::json!({"error": e.to_string(), "exitCode": code});
+            if let PvcError::Held(hold) = &e {
+                report["held"] = serde_json::to_value(hold)?;
+            }
+            write_summary_file(args, &report);
             Ok(ExitCode::from(code))
+        }
+    }
+}
+
+/// `--finish-only`: finishes an interrupted commit on `--to`, if there is one.
+fn finish_only(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
+    match receiver::finish_interrupted(&args.to) {
+        Ok(Some(a)) => {
+            println!(
+                "finished an interrupted commit: {} files placed, {} entries deleted",
+                a.placed, a.deleted
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(None) => {
+            println!("nothing to finish: {} is at a complete point in time", args.to.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_TRANSFER))
         }
     }
 }
@@ -145,9 +200,22 @@ fn print_summary(s: &Summary, format: Format) -> anyhow::Result<()> {
                 s.files_transferred, s.files_unchanged, s.files_metadata, s.files_redone
             );
             println!(
-                "entries: {} directories, {} symlinks, {} hard links, {} deleted",
-                s.dirs, s.symlinks, s.hardlinks, s.deleted
+                "entries: {} directories, {} symlinks, {} hard links, {} deleted ({} files, {} bytes)",
+                s.dirs, s.symlinks, s.hardlinks, s.deleted, s.deleted_files, s.deleted_bytes
             );
+            if s.unreadable > 0 {
+                println!(
+                    "unreadable at the source (kept as they are here): {} (first: {})",
+                    s.unreadable,
+                    s.unreadable_paths.first().map_or("", String::as_str)
+                );
+            }
+            if s.ownership_not_kept > 0 {
+                println!("owners not kept: {} entries", s.ownership_not_kept);
+            }
+            if s.finished_interrupted_commit {
+                println!("an interrupted commit of the previous sync was finished first");
+            }
             println!(
                 "bytes: {} sent literally, {} matched from the destination, {} sparse, {} total",
                 s.bytes_literal, s.bytes_matched, s.bytes_sparse, s.bytes_total

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use cap_fs_ext::DirExt;
 use cap_std::fs::{Dir, MetadataExt};
+use rustix::fs::{Access, AtFlags};
 
 use super::wire::{Entry, Kind};
 
@@ -17,11 +18,28 @@ use super::wire::{Entry, Kind};
 /// never part of a manifest.
 pub const STATE_DIR: &str = ".drsync";
 
-/// What the walk saw but cannot replicate (sockets, devices, FIFOs).
+/// What the walk saw but cannot replicate (sockets, devices, FIFOs) or may not read.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Skipped {
-    /// Paths left out.
+    /// Special files left out.
     pub paths: Vec<Vec<u8>>,
+    /// Files and directories the reader may not read (reported to the receiver, which
+    /// keeps its copy of them).
+    pub unreadable: Vec<Vec<u8>>,
+}
+
+/// The directory ext4 (and others) keep at the root of a file system for `fsck`: owned by
+/// root, mode 0700, never application data. Left out of the manifest and never deleted on
+/// the destination (whose own file system has one).
+pub const LOST_AND_FOUND: &str = "lost+found";
+
+/// One step of the walk, in walk order.
+#[derive(Debug)]
+pub enum Walked {
+    /// An entry and the inode it was.
+    Entry(Entry, FileId),
+    /// A file or directory the reader may not read.
+    Unreadable(Vec<u8>),
 }
 
 /// Opens the volume root for reading beneath it.
@@ -40,44 +58,90 @@ pub struct FileId {
 }
 
 /// The manifest of `root`: parents before children, names sorted bytewise per directory.
+/// Anything unreadable is an error here.
 pub fn walk(root: &Dir) -> io::Result<(Vec<Entry>, Skipped)> {
     let mut out = Vec::new();
-    let skipped = walk_each(root, &mut |e, _| {
-        out.push(e);
+    let skipped = walk_each(root, false, &mut |w| {
+        if let Walked::Entry(e, _) = w {
+            out.push(e);
+        }
         true
     })?;
     Ok((out, skipped))
 }
 
-/// Streams the manifest of `root` entry by entry into `sink` with the inode each entry was
-/// (in [`walk`]'s order, hard links referring to the index of their first name), so the
-/// sender can send while it walks. `sink` returning `false` stops the walk.
-pub fn walk_each(root: &Dir, sink: &mut dyn FnMut(Entry, FileId) -> bool) -> io::Result<Skipped> {
+/// Streams the manifest of `root` step by step into `sink` (in [`walk`]'s order, hard
+/// links referring to the index of their first name), so the sender can send while it
+/// walks. With `report_unreadable`, a file or directory this process may not read is a
+/// [`Walked::Unreadable`] step (a directory's contents are then not walked) instead of an
+/// error. `sink` returning `false` stops the walk.
+pub fn walk_each(
+    root: &Dir,
+    report_unreadable: bool,
+    sink: &mut dyn FnMut(Walked) -> bool,
+) -> io::Result<Skipped> {
     let mut walk = Walk {
         sink,
         count: 0,
         links: HashMap::new(),
         skipped: Skipped::default(),
         stopped: false,
+        report_unreadable,
     };
     walk.dir(root, &[])?;
     Ok(walk.skipped)
 }
 
 struct Walk<'a> {
-    sink: &'a mut dyn FnMut(Entry, FileId) -> bool,
+    sink: &'a mut dyn FnMut(Walked) -> bool,
     count: u32,
     links: HashMap<FileId, u32>,
     skipped: Skipped,
     stopped: bool,
+    report_unreadable: bool,
+}
+
+/// Whether this process may read `name` in `dir` (and, for a directory, list and enter
+/// it), asked the kernel with the effective ids and capabilities (`DAC_READ_SEARCH`
+/// included). When every read bit is set the answer is yes whoever we are, without a
+/// system call.
+fn readable(dir: &Dir, name: &OsStr, mode: u32, is_dir: bool) -> io::Result<bool> {
+    let (bits, access) = if is_dir {
+        (0o555, Access::READ_OK | Access::EXEC_OK)
+    } else {
+        (0o444, Access::READ_OK)
+    };
+    if mode & bits == bits {
+        return Ok(true);
+    }
+    match rustix::fs::accessat(dir, name, access, AtFlags::EACCESS | AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Walk<'_> {
     fn emit(&mut self, e: Entry, id: FileId) {
         if !self.stopped {
-            self.stopped = !(self.sink)(e, id);
+            self.stopped = !(self.sink)(Walked::Entry(e, id));
             self.count += 1;
         }
+    }
+
+    /// Reports `path` unreadable, or fails when the receiver cannot be told.
+    fn unreadable(&mut self, path: Vec<u8>) -> io::Result<()> {
+        if !self.report_unreadable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{}: permission denied", String::from_utf8_lossy(&path)),
+            ));
+        }
+        self.skipped.unreadable.push(path.clone());
+        if !self.stopped {
+            self.stopped = !(self.sink)(Walked::Unreadable(path));
+        }
+        Ok(())
     }
 
     fn dir(&mut self, dir: &Dir, prefix: &[u8]) -> io::Result<()> {
@@ -90,7 +154,9 @@ impl Walk<'_> {
             if self.stopped {
                 return Ok(());
             }
-            if prefix.is_empty() && name == STATE_DIR.as_bytes() {
+            if prefix.is_empty()
+                && (name == STATE_DIR.as_bytes() || name == LOST_AND_FOUND.as_bytes())
+            {
                 continue;
             }
             let path = if prefix.is_empty() {
@@ -115,6 +181,11 @@ impl Walk<'_> {
                 dev: meta.dev(),
                 ino: meta.ino(),
             };
+            let special = !(ft.is_dir() || ft.is_file() || ft.is_symlink());
+            if !special && !ft.is_symlink() && !readable(dir, os, entry.mode, ft.is_dir())? {
+                self.unreadable(path)?;
+                continue;
+            }
             if ft.is_dir() {
                 entry.kind = Kind::Dir;
                 self.emit(entry, id);

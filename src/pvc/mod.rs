@@ -34,6 +34,12 @@ pub enum PvcError {
     /// A file failed BLAKE3 verification twice.
     #[error("{0}: content failed verification twice")]
     Verify(String),
+    /// The deletion breaker held the sync; nothing on the destination changed.
+    #[error("{0}")]
+    Held(receiver::breaker::Hold),
+    /// Owners could not be kept and the receiver was told to require them.
+    #[error("{0}")]
+    Ownership(String),
 }
 
 impl PvcError {
@@ -61,8 +67,21 @@ pub struct Summary {
     pub symlinks: u64,
     /// Hard links.
     pub hardlinks: u64,
-    /// Entries deleted at the destination.
+    /// Entries deleted at the destination (a directory with its contents counts once).
     pub deleted: u64,
+    /// Files deleted at the destination, inside deleted directories included.
+    pub deleted_files: u64,
+    /// Bytes of the deleted files.
+    pub deleted_bytes: u64,
+    /// Entries whose owner could not be set (the receiver lacks `CAP_CHOWN`); only a sync
+    /// told to ignore ownership succeeds with this above zero.
+    pub ownership_not_kept: u64,
+    /// Source entries the sender may not read; the destination keeps its copy of them.
+    pub unreadable: u64,
+    /// The first of them (at most 20).
+    pub unreadable_paths: Vec<String>,
+    /// Whether an interrupted commit of an earlier sync was finished first.
+    pub finished_interrupted_commit: bool,
     /// Bytes sent literally.
     pub bytes_literal: u64,
     /// Bytes rebuilt from the destination's own data (delta matches).

@@ -117,12 +117,13 @@ where
     let dir = manifest::open_root(root).map_err(|e| PvcError::io(root, e))?;
     // The walk runs on a blocking thread and streams entries in batches while this task
     // sends them: the receiver plans the first files while the last are still stat'ed.
-    let (etx, mut erx) = tokio::sync::mpsc::channel::<Vec<(Entry, FileId)>>(16);
+    let report_unreadable = features.iter().any(|f| f == wire::FEATURE_UNREADABLE);
+    let (etx, mut erx) = tokio::sync::mpsc::channel::<Vec<manifest::Walked>>(16);
     let walk_root = dir.try_clone().map_err(|e| PvcError::io(root, e))?;
     let walker = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::with_capacity(WALK_BATCH);
-        let skipped = manifest::walk_each(&walk_root, &mut |e, id| {
-            batch.push((e, id));
+        let skipped = manifest::walk_each(&walk_root, report_unreadable, &mut |w| {
+            batch.push(w);
             batch.len() < WALK_BATCH
                 || etx
                     .blocking_send(std::mem::replace(
@@ -139,12 +140,19 @@ where
     let mut entries = Vec::new();
     let mut ids = Vec::new();
     while let Some(batch) = erx.recv().await {
-        for (e, id) in batch {
-            let msg = Message::Entry(e);
-            out.send(&msg).await?;
-            if let Message::Entry(e) = msg {
-                entries.push(e);
-                ids.push(id);
+        for w in batch {
+            match w {
+                manifest::Walked::Entry(e, id) => {
+                    let msg = Message::Entry(e);
+                    out.send(&msg).await?;
+                    if let Message::Entry(e) = msg {
+                        entries.push(e);
+                        ids.push(id);
+                    }
+                }
+                manifest::Walked::Unreadable(path) => {
+                    out.send(&Message::Unreadable { path }).await?
+                }
             }
         }
     }
@@ -156,6 +164,13 @@ where
         tracing::warn!(
             count = skipped.paths.len(),
             "special files (sockets, devices, FIFOs) not replicated"
+        );
+    }
+    if !skipped.unreadable.is_empty() {
+        tracing::warn!(
+            count = skipped.unreadable.len(),
+            first = %String::from_utf8_lossy(&skipped.unreadable[0]),
+            "entries this reader may not read were reported to the receiver, which keeps its copy"
         );
     }
     out.send(&Message::ManifestEnd {

@@ -182,7 +182,19 @@ pub enum Message {
         /// What went wrong.
         message: String,
     },
+    /// In the manifest, in walk order (sender → receiver, only to a receiver that offered
+    /// the `unreadable` feature): the sender may not read this file or directory, so the
+    /// receiver keeps whatever it has at that path, beneath it included, as it is. Appended
+    /// last so the encoding of every other message is unchanged.
+    Unreadable {
+        /// Path relative to the root.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+    },
 }
+
+/// Hello feature of a receiver that understands [`Message::Unreadable`].
+pub const FEATURE_UNREADABLE: &str = "unreadable";
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +236,9 @@ pub fn check_path(path: &[u8]) -> Result<(), WireError> {
 pub fn decode(payload: &[u8]) -> Result<Message, WireError> {
     let msg: Message =
         postcard::from_bytes(payload).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if let Message::Unreadable { path } = &msg {
+        check_path(path)?;
+    }
     if let Message::Entry(e) = &msg {
         check_path(&e.path)?;
         if let Kind::Symlink { target } = &e.kind

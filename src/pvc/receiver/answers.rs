@@ -62,7 +62,8 @@ fn entry(entries: &[Entry], idx: u32) -> Result<&Entry, PvcError> {
         .ok_or_else(|| PvcError::Protocol(format!("answer for unknown entry {idx}")))
 }
 
-fn tmp_name(idx: u32) -> Vec<u8> {
+/// Name in the state directory's `tmp/` of the file of manifest entry `idx`.
+pub fn tmp_name(idx: u32) -> Vec<u8> {
     idx.to_string().into_bytes()
 }
 
@@ -159,6 +160,7 @@ impl<'a> Answers<'a> {
             self.publisher.submit(Verified {
                 file: cur.file,
                 tmp: tmp_name(cur.idx),
+                idx: cur.idx,
                 entry: entry.clone(),
             })?;
             outstanding -= 1;

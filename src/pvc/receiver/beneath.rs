@@ -62,6 +62,12 @@ impl Root {
         self.path.join(os(rel))
     }
 
+    /// Flushes the whole file system the root is on (`syncfs`): renames and directory
+    /// entries included, which `fdatasync` of each file does not cover.
+    pub fn sync_fs(&self) -> io::Result<()> {
+        Ok(rfs::syncfs(&self.fd)?)
+    }
+
     /// Opens directory `rel` (empty: the root) beneath the root, refusing symlinks in any
     /// component.
     pub fn dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
@@ -193,45 +199,47 @@ fn times(e: &Entry) -> Timestamps {
     }
 }
 
-/// Ownership needs privileges: without them it is left as is (numeric ids are kept when
-/// running as root).
-fn owner_result(r: rustix::io::Result<()>) -> io::Result<()> {
+/// `Ok(true)` if the owner was set, `Ok(false)` if it was refused (`EPERM`: this process
+/// may not chown, no `CAP_CHOWN`). The caller counts refusals and decides (see
+/// [`super::Ownership`]): a commit is never stopped half-way by one.
+fn owner_result(r: rustix::io::Result<()>) -> io::Result<bool> {
     match r {
-        Ok(()) | Err(Errno::PERM) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(()) => Ok(true),
+        Err(Errno::PERM) => Ok(false),
+        Err(err) => Err(err.into()),
     }
 }
 
 /// Owner, then mode (chown clears set-id bits), then times, on an open descriptor.
-pub fn set_meta(fd: BorrowedFd<'_>, e: &Entry) -> io::Result<()> {
-    owner_result(rfs::fchown(
+/// `Ok(false)` if the owner was refused.
+pub fn set_meta(fd: BorrowedFd<'_>, e: &Entry) -> io::Result<bool> {
+    let kept = owner_result(rfs::fchown(
         fd,
         Some(Uid::from_raw(e.uid)),
         Some(Gid::from_raw(e.gid)),
     ))?;
     rfs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))?;
-    Ok(rfs::futimens(fd, &times(e))?)
+    rfs::futimens(fd, &times(e))?;
+    Ok(kept)
 }
 
-/// Owner and times of the symlink `name` in `dir` itself (symlinks have no mode).
-pub fn set_symlink_meta(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
-    owner_result(rfs::chownat(
+/// Owner and times of the symlink `name` in `dir` itself (symlinks have no mode);
+/// `Ok(false)` if the owner was refused.
+pub fn set_symlink_meta(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<bool> {
+    let kept = owner_result(rfs::chownat(
         dir,
         os(name),
         Some(Uid::from_raw(e.uid)),
         Some(Gid::from_raw(e.gid)),
         AtFlags::SYMLINK_NOFOLLOW,
     ))?;
-    Ok(rfs::utimensat(
-        dir,
-        os(name),
-        &times(e),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?)
+    rfs::utimensat(dir, os(name), &times(e), AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(kept)
 }
 
-/// Owner, mode and times of directory `rel`, opened beneath the root without symlinks.
-pub fn set_dir_meta(root: &Root, rel: &[u8], e: &Entry) -> io::Result<()> {
+/// Owner, mode and times of directory `rel`, opened beneath the root without symlinks;
+/// `Ok(false)` if the owner was refused.
+pub fn set_dir_meta(root: &Root, rel: &[u8], e: &Entry) -> io::Result<bool> {
     set_meta(root.dir(rel)?.as_fd(), e)
 }
 

@@ -12,7 +12,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut features = vec!["sparse".to_string(), "hardlink".to_string()];
+    let mut features = vec![
+        "sparse".to_string(),
+        "hardlink".to_string(),
+        wire::FEATURE_UNREADABLE.to_string(),
+    ];
     if let Some(rate) = bwlimit {
         features.push(format!("bwlimit={rate}"));
     }

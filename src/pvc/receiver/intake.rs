@@ -13,7 +13,7 @@ use tokio::io::AsyncRead;
 
 use super::plan::{Plan, Planner};
 use crate::pvc::PvcError;
-use crate::pvc::manifest::STATE_DIR;
+use crate::pvc::manifest::{LOST_AND_FOUND, STATE_DIR};
 use crate::pvc::wire::{self, Entry, Kind, Message};
 
 /// The checked manifest and the plan of each file entry (by manifest index).
@@ -22,6 +22,8 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
     /// Plans of the `File` entries.
     pub plans: Vec<(u32, Plan)>,
+    /// Paths the sender may not read: kept as they are here, beneath them included.
+    pub unreadable: Vec<Vec<u8>>,
 }
 
 /// A protocol error about `path`.
@@ -43,6 +45,9 @@ impl Order {
         let (parent, name) = super::beneath::split(&e.path);
         if parent.is_empty() && name == STATE_DIR.as_bytes() {
             return Err(refuse(&e.path, "reserved for the receiver's state"));
+        }
+        if parent.is_empty() && name == LOST_AND_FOUND.as_bytes() {
+            return Err(refuse(&e.path, "the file system's own directory, never replicated"));
         }
         while self
             .open
@@ -100,6 +105,7 @@ pub async fn receive<R: AsyncRead + Unpin>(
 ) -> Result<Manifest, PvcError> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut plans = Vec::new();
+    let mut unreadable = Vec::new();
     let mut order = Order::default();
     loop {
         match wire::read(rd).await? {
@@ -115,8 +121,32 @@ pub async fn receive<R: AsyncRead + Unpin>(
                 }
                 entries.push(e);
             }
+            // Takes its place in the walk order like a file of that name would.
+            Some(Message::Unreadable { path }) => {
+                if entries.len() as u64 + unreadable.len() as u64 >= max_entries {
+                    return Err(PvcError::Protocol(format!(
+                        "manifest of more than {max_entries} entries refused"
+                    )));
+                }
+                let stand_in = Entry {
+                    path,
+                    kind: Kind::File,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    mtime_s: 0,
+                    mtime_ns: 0,
+                };
+                order.check(&stand_in, &entries)?;
+                unreadable.push(stand_in.path);
+            }
             Some(Message::ManifestEnd { entries: n }) if n == entries.len() as u64 => {
-                return Ok(Manifest { entries, plans });
+                return Ok(Manifest {
+                    entries,
+                    plans,
+                    unreadable,
+                });
             }
             Some(Message::Error { message }) => return Err(PvcError::Remote(message)),
             other => return Err(PvcError::Protocol(format!("in manifest: {other:?}"))),
@@ -178,6 +208,8 @@ mod tests {
                 Some(2),
             ),
             ("state directory", vec![d(".drsync")], Some(0)),
+            ("lost+found at the root", vec![d("lost+found")], Some(0)),
+            ("lost+found deeper is fine", vec![d("a"), d("a/lost+found")], None),
             (
                 "state directory deeper is fine",
                 vec![d("a"), d("a/.drsync")],

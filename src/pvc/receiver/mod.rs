@@ -1,15 +1,21 @@
 //! The receiving side (the DR volume). A sync runs in stages:
 //!
-//! 1. [`handshake`]: protocol versions and features;
-//! 2. [`intake`]: the manifest, checked to describe one tree in walk order (every parent an
+//! 1. an interrupted commit of an earlier sync is finished ([`commit::finish`]);
+//! 2. [`handshake`]: protocol versions and features;
+//! 3. [`intake`]: the manifest, checked to describe one tree in walk order (every parent an
 //!    earlier directory entry, no duplicates, nothing under the state directory, at most
 //!    [`Options::max_entries`] entries), each file planned as it arrives ([`plan`]);
-//! 3. [`tree::make_dirs`], then metadata-only updates and local hard-link twins;
-//! 4. the transfer: [`requests`] go out ahead of the [`answers`], which are written to
+//! 4. [`breaker`]: what the manifest would delete is counted; too much holds the sync;
+//!    then the owners the manifest names are tried once, so a receiver that may not chown
+//!    fails before any transfer ([`Ownership`]);
+//! 5. the transfer: [`requests`] go out ahead of the [`answers`], which are written to
 //!    temporary files within the manifest's sizes and verified with BLAKE3 (resent whole
-//!    once on mismatch);
-//! 5. [`publish`]: fsync, owner, mode, times, rename into place, on its own thread;
-//! 6. [`tree::finish`]: hard links, symlinks, deletions, directory metadata.
+//!    once on mismatch), then staged — fsync, owner, mode, times — by [`publish`];
+//! 6. the commit ([`tree`], [`commit`]): journaled, carried out, `syncfs`.
+//!
+//! Until step 6 the destination's visible tree is untouched, so a sync interrupted at any
+//! point before it leaves the previous point in time; files staged so far are kept as
+//! partial files for the next run to resume from.
 //!
 //! The sender is not trusted: every destination operation goes through directory
 //! descriptors that never follow a symlink ([`beneath`]), so no manifest — and no symlink
@@ -18,6 +24,8 @@
 
 mod answers;
 pub mod beneath;
+pub mod breaker;
+pub mod commit;
 mod handshake;
 mod intake;
 pub mod plan;
@@ -25,7 +33,7 @@ mod publish;
 mod requests;
 mod tree;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -37,9 +45,9 @@ use tokio::sync::mpsc;
 pub use plan::{DeltaBasis, Local, Plan, plan_file};
 
 use super::manifest::STATE_DIR;
-use super::wire::Kind;
+use super::wire::{self, Kind, Message};
 use super::{PvcError, Summary};
-use beneath::{DirCache, Root};
+use beneath::Root;
 
 /// Progress callback: (files done, files to transfer, bytes done).
 pub type ProgressFn = Box<dyn Fn(u64, u64, u64) + Send + Sync>;
@@ -47,6 +55,20 @@ pub type ProgressFn = Box<dyn Fn(u64, u64, u64) + Send + Sync>;
 /// Default bound on manifest entries: far more than a volume usually holds, and a bound on
 /// what a hostile sender can make the receiver keep in memory (a few hundred bytes each).
 pub const MAX_ENTRIES: u64 = 20_000_000;
+
+/// Default share of the destination's files or bytes a sync may delete before it holds.
+pub const MAX_DELETE_PERCENT: u8 = 50;
+
+/// What a sync does about owners it cannot set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Ownership {
+    /// Fail the sync: PostgreSQL, MySQL or Elasticsearch refuse a data directory that lost
+    /// its owners, so such a copy is not a DR copy. Checked before the transfer.
+    #[default]
+    Require,
+    /// Let entries keep the receiver's ids, and count them in the summary.
+    Ignore,
+}
 
 /// Receiver settings.
 pub struct Options {
@@ -56,6 +78,13 @@ pub struct Options {
     pub progress: Option<ProgressFn>,
     /// Refuse manifests of more entries than this.
     pub max_entries: u64,
+    /// Owners that cannot be set fail the sync, or are counted.
+    pub ownership: Ownership,
+    /// Hold a sync that would delete more than this share (percent) of the destination's
+    /// files or bytes; 100 turns the breaker off.
+    pub max_delete_percent: u8,
+    /// A held deletion set (its batch id) the user released.
+    pub allow_deletions: Option<String>,
 }
 
 impl Default for Options {
@@ -64,13 +93,17 @@ impl Default for Options {
             bwlimit: None,
             progress: None,
             max_entries: MAX_ENTRIES,
+            ownership: Ownership::Require,
+            max_delete_percent: MAX_DELETE_PERCENT,
+            allow_deletions: None,
         }
     }
 }
 
-/// The receiver's state directories (`.drsync/tmp` for files being received,
-/// `.drsync/partial` for interrupted ones), open.
+/// The receiver's state directory (`.drsync`, holding the commit journal), with `tmp/`
+/// for files being received and staged and `partial/` for interrupted ones, open.
 pub struct State {
+    dir: OwnedFd,
     tmp: OwnedFd,
     partial: OwnedFd,
 }
@@ -88,10 +121,50 @@ impl State {
         }
         let sub = |d: &str| root.dir(format!("{STATE_DIR}/{d}").as_bytes()).map_err(io);
         Ok(State {
+            dir: state,
             tmp: sub("tmp")?,
             partial: sub("partial")?,
         })
     }
+
+    /// After a commit: the state directory only stays while it holds partial files to
+    /// resume from.
+    fn tidy(root: &Root) {
+        let rm = |dir: &OwnedFd, name: &str| {
+            let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::REMOVEDIR);
+        };
+        if let Ok(s) = root.dir(STATE_DIR.as_bytes()) {
+            rm(&s, "tmp");
+            rm(&s, "partial");
+        }
+        if let Ok(r) = root.dir(b"") {
+            rm(&r, STATE_DIR);
+        }
+    }
+}
+
+/// Finishes an interrupted commit at `to`, if one is there (the first thing every sync
+/// does; also `pvc-sync --finish-only`, which needs no source). `None` if there was none.
+pub fn finish_interrupted(to: &Path) -> Result<Option<commit::Applied>, PvcError> {
+    let root = Root::open(to).map_err(|e| PvcError::io(to, e))?;
+    finish_on(&root)
+}
+
+fn finish_on(root: &Root) -> Result<Option<commit::Applied>, PvcError> {
+    let has_state = root
+        .dir(b"")
+        .ok()
+        .and_then(|r| beneath::stat(r.as_fd(), STATE_DIR.as_bytes()).ok().flatten())
+        .is_some();
+    if !has_state {
+        return Ok(None);
+    }
+    let state = State::open(root)?;
+    let applied = commit::finish(root, &state)?;
+    if applied.is_some() {
+        State::tidy(root);
+    }
+    Ok(applied)
 }
 
 /// Runs one sync into `to` over `stream`.
@@ -100,23 +173,55 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
+    let root = Arc::new(Root::open(to).map_err(|e| PvcError::io(to, e))?);
+    let mut summary = Summary::default();
+    let mut owners = Owners::default();
+    if let Some(applied) = finish_on(&root)? {
+        summary.finished_interrupted_commit = true;
+        owners.add(applied.owners_not_kept, applied.first_not_kept);
+    }
     let (rd, wr) = tokio::io::split(stream);
     // Buffered both ways: small frames (manifest entries, requests) share SSH packets.
     let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let mut wr = tokio::io::BufWriter::with_capacity(64 << 10, wr);
     handshake::hello(&mut rd, &mut wr, opts.bwlimit).await?;
-    let root = Arc::new(Root::open(to).map_err(|e| PvcError::io(to, e))?);
     let manifest = {
         let mut planner = plan::Planner::new(&root);
         intake::receive(&mut rd, &mut planner, opts.max_entries).await?
     };
     // Nothing was changed until here: the whole manifest has been checked.
     let entries = manifest.entries;
+    summary.unreadable = manifest.unreadable.len() as u64;
+    summary.unreadable_paths = manifest
+        .unreadable
+        .iter()
+        .take(20)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    let census = {
+        let wanted: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
+        let kept: HashSet<&[u8]> = manifest.unreadable.iter().map(Vec::as_slice).collect();
+        breaker::census(&root, &wanted, &kept)?
+    };
+    let hold = breaker::decide(
+        &census,
+        opts.max_delete_percent,
+        opts.allow_deletions.as_deref(),
+    );
     let state = Arc::new(State::open(&root)?);
-    let mut summary = Summary::default();
-    tree::make_dirs(&root, &entries, &mut summary)?;
-    let wants = local_work(&root, &state, &entries, manifest.plans, &mut summary)?;
-    let total = wants.len() as u64;
+    let refused = match hold {
+        Some(h) => Some(PvcError::Held(h)),
+        None if opts.ownership == Ownership::Require => probe_owners(&root, &state, &entries).err(),
+        None => None,
+    };
+    if let Some(e) = refused {
+        // Tell the sender we are done (nothing will be requested), then stop.
+        let _ = wire::write(&mut wr, &Message::Done).await;
+        let _ = tokio::io::AsyncWriteExt::flush(&mut wr).await;
+        return Err(e);
+    }
+    let local = local_work(&root, &state, &entries, manifest.plans, &mut summary)?;
+    let total = local.wants.len() as u64;
     let budgets = requests::Budgets::new();
     let (order_tx, order_rx) = mpsc::unbounded_channel();
     let (redo_tx, redo_rx) = mpsc::unbounded_channel();
@@ -124,12 +229,12 @@ where
         wr,
         root.clone(),
         state.clone(),
-        wants,
+        local.wants,
         budgets.clone(),
         order_tx,
         redo_rx,
     ));
-    let mut publisher = publish::Publisher::start(root.clone(), state.clone());
+    let mut publisher = publish::Publisher::start(root.clone());
     let mut answers = answers::Answers::new(
         &entries,
         &state,
@@ -144,29 +249,165 @@ where
         answers.keep_partial();
     }
     drop(answers);
-    // Whatever happened, files already verified are published before we go on.
-    let result = result.and(publisher.finish());
+    let (staged, staging) = publisher.finish();
+    // The staging thread's own error says more than "it stopped".
+    let result = staging.and(result);
+    let result = match result {
+        Ok(()) => writer
+            .await
+            .map_err(|e| PvcError::Protocol(format!("writer: {e}")))
+            .and_then(|r| r),
+        Err(e) => {
+            writer.abort();
+            Err(e)
+        }
+    };
     if let Err(e) = result {
-        writer.abort();
+        // Nothing was committed: what arrived is kept to resume from.
+        keep_staged(&state, &entries, &staged.files);
         return Err(e);
     }
-    writer
-        .await
-        .map_err(|e| PvcError::Protocol(format!("writer: {e}")))??;
-    tree::finish(&root, &state, &entries, &mut summary)?;
+    owners.add(staged.owners_not_kept, staged.first_not_kept);
+    let journal_io = |e| PvcError::io(&root.show(format!("{STATE_DIR}/{}", commit::JOURNAL).as_bytes()), e);
+    let mut journal = commit::JournalWriter::create(&state).map_err(journal_io)?;
+    tree::write_ops(
+        &mut journal,
+        &entries,
+        &staged.files,
+        &local.twins,
+        &local.meta_only,
+        &census.stale,
+    )
+    .map_err(journal_io)?;
+    journal.seal().map_err(journal_io)?;
+    let applied = commit::finish(&root, &state)?.unwrap_or_default();
+    State::tidy(&root);
+    owners.add(applied.owners_not_kept, applied.first_not_kept);
+    summary.deleted = applied.deleted;
+    summary.deleted_files = census.files_deleted;
+    summary.deleted_bytes = census.bytes_deleted;
+    summary.dirs = entries.iter().filter(|e| e.kind == Kind::Dir).count() as u64;
+    summary.symlinks = entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::Symlink { .. }))
+        .count() as u64;
+    summary.hardlinks = entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::HardLink { .. }))
+        .count() as u64;
+    summary.ownership_not_kept = owners.count;
     summary.duration = start.elapsed();
+    if opts.ownership == Ownership::Require
+        && let Some(first) = &owners.first
+    {
+        return Err(PvcError::Ownership(format!(
+            "the copy is complete but {} entries could not be given their owner (first: {}): the DR job lacks CAP_CHOWN",
+            owners.count, first
+        )));
+    }
     Ok(summary)
 }
 
-/// Carries out the plans that need no transfer (metadata only; a new name of a
-/// hard-linked file already here) and returns the files to request.
+/// Entries whose owner could not be set, with the first of them for the message.
+#[derive(Default)]
+struct Owners {
+    count: u64,
+    first: Option<String>,
+}
+
+impl Owners {
+    fn add(&mut self, count: u64, first: Option<(Vec<u8>, u32, u32)>) {
+        self.count += count;
+        if self.first.is_none()
+            && let Some((path, uid, gid)) = first
+        {
+            self.first = Some(format!("{} {uid}:{gid}", String::from_utf8_lossy(&path)));
+        }
+    }
+}
+
+/// Most distinct owners a manifest's probe tries (a hostile manifest could name millions;
+/// owners beyond these are still checked, and counted, when they are set).
+const PROBE_OWNERS: usize = 256;
+
+/// Tries every distinct owner the manifest names on a scratch file, so a receiver that may
+/// not chown (no `CAP_CHOWN`) fails before any transfer with a message naming what it
+/// could not keep, instead of after copying a volume it cannot make usable.
+fn probe_owners(root: &Root, state: &State, entries: &[wire::Entry]) -> Result<(), PvcError> {
+    let mut owners: HashMap<(u32, u32), (u64, usize)> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(o) = owners.get_mut(&(e.uid, e.gid)) {
+            o.0 += 1;
+        } else if owners.len() < PROBE_OWNERS {
+            owners.insert((e.uid, e.gid), (1, i));
+        }
+    }
+    let name = b"owner-probe".as_slice();
+    let shown = root.show(format!("{STATE_DIR}/tmp/owner-probe").as_bytes());
+    let probe = beneath::create(state.tmp.as_fd(), name).map_err(|e| PvcError::io(&shown, e))?;
+    let mut refused: Vec<((u32, u32), (u64, usize))> = Vec::new();
+    for (&(uid, gid), &n) in &owners {
+        let r = rustix::fs::fchown(
+            &probe,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        );
+        match r {
+            Ok(()) => {}
+            Err(rustix::io::Errno::PERM) => refused.push(((uid, gid), n)),
+            Err(e) => return Err(PvcError::io(&shown, e.into())),
+        }
+    }
+    drop(probe);
+    let _ = rustix::fs::unlinkat(&state.tmp, "owner-probe", rustix::fs::AtFlags::empty());
+    if refused.is_empty() {
+        return Ok(());
+    }
+    refused.sort_by_key(|(_, (_, first))| *first);
+    let count: u64 = refused.iter().map(|(_, (n, _))| n).sum();
+    let ((uid, gid), (_, first)) = refused[0];
+    Err(PvcError::Ownership(format!(
+        "{count} entries would lose their owner (first: {} {uid}:{gid}; {} distinct owners refused): this receiver (uid {}) may not chown (no CAP_CHOWN). Nothing was changed. Run the DR job with the capabilities it needs (RemoteCluster pvcSync.runAsRoot), or accept files owned by the job's user (dataSyncConfig.ownership: Ignore)",
+        String::from_utf8_lossy(&entries[first].path),
+        refused.len(),
+        rustix::process::geteuid().as_raw()
+    )))
+}
+
+/// After a failed transfer: every staged file becomes the partial file of its path, so
+/// the next run sends only what changed since (a delta against it).
+fn keep_staged(state: &State, entries: &[wire::Entry], staged: &[tree::Staged]) {
+    for s in staged {
+        if let Some(e) = entries.get(s.idx as usize) {
+            let _ = rustix::fs::renameat(
+                &state.tmp,
+                beneath::os(&s.tmp),
+                &state.partial,
+                plan::partial_name(&e.path).as_str(),
+            );
+        }
+    }
+}
+
+/// What needs no transfer, sorted out before it.
+struct LocalWork {
+    /// Files to request.
+    wants: Vec<requests::Want>,
+    /// Files whose content is right but whose owner, mode or times are not.
+    meta_only: Vec<u32>,
+    /// New names of hard-linked files already here, staged as links.
+    twins: Vec<tree::Staged>,
+}
+
+/// Sorts the plans: metadata only (done at commit), a new name of a hard-linked file
+/// already here (staged as a link instead of resent), and the files to request.
 fn local_work(
     root: &Root,
     state: &State,
     entries: &[super::wire::Entry],
     plans: Vec<(u32, Plan)>,
     summary: &mut Summary,
-) -> Result<Vec<requests::Want>, PvcError> {
+) -> Result<LocalWork, PvcError> {
     // Other names of each hard-linked file.
     let mut members: HashMap<u32, Vec<&[u8]>> = HashMap::new();
     for e in entries {
@@ -174,34 +415,45 @@ fn local_work(
             members.entry(leader).or_default().push(&e.path);
         }
     }
-    let mut dirs = DirCache::default();
-    let mut wants = Vec::new();
+    let mut work = LocalWork {
+        wants: Vec::new(),
+        meta_only: Vec::new(),
+        twins: Vec::new(),
+    };
     for (i, plan) in plans {
         let e = &entries[i as usize];
         match plan {
             Plan::Skip => summary.files_unchanged += 1,
             Plan::Metadata => {
-                tree::file_metadata(root, &mut dirs, e)?;
+                work.meta_only.push(i);
                 summary.files_metadata += 1;
             }
             Plan::Whole => {
                 let twins = members.get(&i).map(Vec::as_slice).unwrap_or_default();
-                if !twins.is_empty() && tree::link_twin(root, state, &mut dirs, (i, e), twins)? {
-                    summary.files_metadata += 1;
+                let twin = if twins.is_empty() {
+                    None
                 } else {
-                    wants.push(requests::Want {
+                    tree::stage_twin(root, state, (i, e), twins)
+                        .map_err(|err| PvcError::io(&root.show(&e.path), err))?
+                };
+                match twin {
+                    Some(t) => {
+                        work.twins.push(t);
+                        summary.files_metadata += 1;
+                    }
+                    None => work.wants.push(requests::Want {
                         idx: i,
                         path: Vec::new(),
                         basis: None,
-                    });
+                    }),
                 }
             }
-            Plan::Delta(basis) => wants.push(requests::Want {
+            Plan::Delta(basis) => work.wants.push(requests::Want {
                 idx: i,
                 path: e.path.clone(),
                 basis: Some(basis),
             }),
         }
     }
-    Ok(wants)
+    Ok(work)
 }

@@ -1,57 +1,77 @@
-//! Publishing verified files on their own thread — fdatasync, then owner, mode and times
-//! on the open descriptor, then a rename into place relative to the parent's descriptor —
-//! so the disk flush of one file overlaps receiving the next. Files are published in the
-//! order they were verified; the first failure stops it and is reported.
+//! Staging verified files on their own thread — fdatasync, then owner, mode and times on
+//! the open descriptor — so the disk flush of one file overlaps receiving the next. The
+//! files stay in the state directory's `tmp/` until the commit moves them into place
+//! ([`super::commit`]): the destination's visible tree does not change during the
+//! transfer. The first failure stops the thread and is reported.
 
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use super::State;
-use super::beneath::{self, DirCache, Root, split};
-use super::plan::partial_name;
+use super::beneath::{self, Root};
+use super::tree::Staged;
 use crate::pvc::PvcError;
 use crate::pvc::wire::Entry;
 
-/// A received file whose content passed verification, waiting to be published.
+/// A received file whose content passed verification, waiting to be staged.
 pub struct Verified {
     /// The temporary file, written and verified.
     pub file: File,
     /// Its name in the state directory's `tmp/`.
     pub tmp: Vec<u8>,
+    /// Its manifest index.
+    pub idx: u32,
     /// Its manifest entry.
     pub entry: Entry,
 }
 
-/// The publishing thread.
+/// What the staging thread did.
+#[derive(Debug, Default)]
+pub struct StagedFiles {
+    /// Files staged, in the order they were verified.
+    pub files: Vec<Staged>,
+    /// Files whose owner could not be set, and the first of them (path, uid, gid).
+    pub owners_not_kept: u64,
+    /// The first file whose owner could not be set.
+    pub first_not_kept: Option<(Vec<u8>, u32, u32)>,
+}
+
+/// The staging thread.
 pub struct Publisher {
     tx: Option<std::sync::mpsc::SyncSender<Verified>>,
-    thread: Option<std::thread::JoinHandle<Result<(), PvcError>>>,
+    thread: Option<std::thread::JoinHandle<(StagedFiles, Result<(), PvcError>)>>,
 }
 
 impl Publisher {
     /// Starts the thread.
-    pub fn start(root: Arc<Root>, state: Arc<State>) -> Self {
+    pub fn start(root: Arc<Root>) -> Self {
         // Bounded: at most this many verified files (and their descriptors) wait.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Verified>(64);
         let thread = std::thread::spawn(move || {
-            let mut dirs = DirCache::default();
+            let mut out = StagedFiles::default();
             for v in rx {
                 let path = root.show(&v.entry.path);
                 let io = |e| PvcError::io(&path, e);
-                v.file.sync_data().map_err(io)?;
-                beneath::set_meta(v.file.as_fd(), &v.entry).map_err(io)?;
-                drop(v.file);
-                let (parent, name) = split(&v.entry.path);
-                let dir = dirs.get(&root, parent).map_err(io)?;
-                beneath::replace(state.tmp.as_fd(), &v.tmp, dir, name).map_err(io)?;
-                let _ = rustix::fs::unlinkat(
-                    state.partial.as_fd(),
-                    partial_name(&v.entry.path).as_str(),
-                    rustix::fs::AtFlags::empty(),
-                );
+                let step = v
+                    .file
+                    .sync_data()
+                    .and_then(|()| beneath::set_meta(v.file.as_fd(), &v.entry));
+                match step {
+                    Ok(kept) => {
+                        if !kept {
+                            out.owners_not_kept += 1;
+                            out.first_not_kept
+                                .get_or_insert_with(|| (v.entry.path.clone(), v.entry.uid, v.entry.gid));
+                        }
+                        out.files.push(Staged {
+                            idx: v.idx,
+                            tmp: v.tmp,
+                        });
+                    }
+                    Err(e) => return (out, Err(io(e))),
+                }
             }
-            Ok(())
+            (out, Ok(()))
         });
         Publisher {
             tx: Some(tx),
@@ -65,17 +85,20 @@ impl Publisher {
         if sent == Some(true) {
             return Ok(());
         }
-        self.finish()
-            .and(Err(PvcError::Protocol("publisher stopped".into())))
+        Err(PvcError::Protocol("the staging thread stopped".into()))
     }
 
-    /// Waits until every handed-over file is published.
-    pub fn finish(&mut self) -> Result<(), PvcError> {
+    /// Waits until every handed-over file is staged; what was staged, and the thread's
+    /// first error.
+    pub fn finish(&mut self) -> (StagedFiles, Result<(), PvcError>) {
         self.tx = None;
         match self.thread.take().map(|t| t.join()) {
-            None => Ok(()),
+            None => (StagedFiles::default(), Ok(())),
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err(PvcError::Protocol("publisher thread panicked".into())),
+            Some(Err(_)) => (
+                StagedFiles::default(),
+                Err(PvcError::Protocol("staging thread panicked".into())),
+            ),
         }
     }
 }

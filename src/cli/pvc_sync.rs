@@ -28,16 +28,28 @@ pub const EXIT_HELD: u8 = 7;
 #[derive(Debug, clap::Args)]
 pub struct PvcSyncArgs {
     /// The volume server, `ssh://HOST:PORT`.
-    #[arg(long, env = "DR_SYNCER_FROM_SSH", required_unless_present = "finish_only")]
+    #[arg(
+        long,
+        env = "DR_SYNCER_FROM_SSH",
+        required_unless_present = "finish_only"
+    )]
     pub from: Option<SshUrl>,
     /// Destination directory (the DR volume).
     #[arg(long, env = "DR_SYNCER_TO")]
     pub to: PathBuf,
     /// Client key (OpenSSH private key file).
-    #[arg(long, env = "DR_SYNCER_IDENTITY", required_unless_present = "finish_only")]
+    #[arg(
+        long,
+        env = "DR_SYNCER_IDENTITY",
+        required_unless_present = "finish_only"
+    )]
     pub identity: Option<PathBuf>,
     /// `known_hosts` pinning the servers' host keys (`[host]:port key` lines).
-    #[arg(long, env = "DR_SYNCER_KNOWN_HOSTS", required_unless_present = "finish_only")]
+    #[arg(
+        long,
+        env = "DR_SYNCER_KNOWN_HOSTS",
+        required_unless_present = "finish_only"
+    )]
     pub known_hosts: Option<PathBuf>,
     /// Only finish a commit an interrupted sync left on `--to` (no source needed), e.g.
     /// on failover before the application starts on the volume.
@@ -181,7 +193,10 @@ fn finish_only(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(None) => {
-            println!("nothing to finish: {} is at a complete point in time", args.to.display());
+            println!(
+                "nothing to finish: {} is at a complete point in time",
+                args.to.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

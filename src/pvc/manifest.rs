@@ -114,7 +114,12 @@ fn readable(dir: &Dir, name: &OsStr, mode: u32, is_dir: bool) -> io::Result<bool
     if mode & bits == bits {
         return Ok(true);
     }
-    match rustix::fs::accessat(dir, name, access, AtFlags::EACCESS | AtFlags::SYMLINK_NOFOLLOW) {
+    match rustix::fs::accessat(
+        dir,
+        name,
+        access,
+        AtFlags::EACCESS | AtFlags::SYMLINK_NOFOLLOW,
+    ) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => Ok(false),
         Err(e) => Err(e.into()),

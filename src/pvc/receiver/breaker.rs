@@ -182,18 +182,78 @@ mod tests {
         let id = batch_id(&[b"a".to_vec()]);
         // (case, census, max percent, allow, holds)
         let cases: Vec<(&str, Census, u8, Option<&str>, bool)> = vec![
-            ("nothing deleted", census(100, 1 << 30, 0, 0), 50, None, false),
-            ("a few of many", census(100, 1 << 30, 5, 100), 50, None, false),
-            ("everything", census(100, 1 << 30, 100, 1 << 30), 50, None, true),
+            (
+                "nothing deleted",
+                census(100, 1 << 30, 0, 0),
+                50,
+                None,
+                false,
+            ),
+            (
+                "a few of many",
+                census(100, 1 << 30, 5, 100),
+                50,
+                None,
+                false,
+            ),
+            (
+                "everything",
+                census(100, 1 << 30, 100, 1 << 30),
+                50,
+                None,
+                true,
+            ),
             ("most files", census(100, 1 << 30, 60, 100), 50, None, true),
-            ("few files, most bytes", census(100, 1 << 30, 2, 900 << 20), 50, None, true),
-            ("exactly the share", census(100, 100 << 20, 50, 50 << 20), 50, None, false),
+            (
+                "few files, most bytes",
+                census(100, 1 << 30, 2, 900 << 20),
+                50,
+                None,
+                true,
+            ),
+            (
+                "exactly the share",
+                census(100, 100 << 20, 50, 50 << 20),
+                50,
+                None,
+                false,
+            ),
             ("tiny volume wiped", census(3, 300, 3, 300), 50, None, false),
-            ("small files, many", census(12, 1200, 12, 1200), 50, None, true),
-            ("breaker off", census(100, 1 << 30, 100, 1 << 30), 100, None, false),
-            ("zero percent, one big file", census(100, 1 << 30, 1, 2 << 20), 0, None, true),
-            ("released", census(100, 1 << 30, 100, 1 << 30), 50, Some(&id), false),
-            ("other batch released", census(100, 1 << 30, 100, 1 << 30), 50, Some("0123456789ab"), true),
+            (
+                "small files, many",
+                census(12, 1200, 12, 1200),
+                50,
+                None,
+                true,
+            ),
+            (
+                "breaker off",
+                census(100, 1 << 30, 100, 1 << 30),
+                100,
+                None,
+                false,
+            ),
+            (
+                "zero percent, one big file",
+                census(100, 1 << 30, 1, 2 << 20),
+                0,
+                None,
+                true,
+            ),
+            (
+                "released",
+                census(100, 1 << 30, 100, 1 << 30),
+                50,
+                Some(&id),
+                false,
+            ),
+            (
+                "other batch released",
+                census(100, 1 << 30, 100, 1 << 30),
+                50,
+                Some("0123456789ab"),
+                true,
+            ),
         ];
         for (case, c, pct, allow, holds) in cases {
             assert_eq!(decide(&c, pct, allow).is_some(), holds, "{case}");
@@ -206,7 +266,10 @@ mod tests {
         assert_eq!(a, batch_id(&[b"x".to_vec(), b"y".to_vec()]));
         assert_ne!(a, batch_id(&[b"x".to_vec()]));
         // The separator keeps ["xy"] and ["x", "y"] apart.
-        assert_ne!(batch_id(&[b"xy".to_vec()]), batch_id(&[b"x".to_vec(), b"y".to_vec()]));
+        assert_ne!(
+            batch_id(&[b"xy".to_vec()]),
+            batch_id(&[b"x".to_vec(), b"y".to_vec()])
+        );
         assert_eq!(a.len(), 12);
     }
 }

@@ -28,6 +28,8 @@ use crate::pvc::wire::{self, Entry, Kind};
 pub const JOURNAL: &str = "journal";
 /// What the journal is written as until it is complete.
 const JOURNAL_NEW: &str = "journal.new";
+/// Test hook: the process aborts after this many operations of a commit (crash tests).
+pub const CRASH_AFTER_OPS: &str = "DR_SYNCER_TEST_CRASH_AFTER_OPS";
 /// First bytes of a journal.
 const MAGIC: &[u8; 8] = b"DRSJRN1\n";
 
@@ -87,7 +89,10 @@ pub struct JournalWriter<'a> {
 impl<'a> JournalWriter<'a> {
     /// Starts a new journal (a half-written one from an earlier run is replaced).
     pub fn create(state: &'a State) -> io::Result<Self> {
-        let mut out = BufWriter::with_capacity(1 << 20, beneath::create(state.dir.as_fd(), JOURNAL_NEW.as_bytes())?);
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            beneath::create(state.dir.as_fd(), JOURNAL_NEW.as_bytes())?,
+        );
         out.write_all(MAGIC)?;
         Ok(JournalWriter { state, out, ops: 0 })
     }
@@ -239,10 +244,21 @@ pub fn finish(root: &Root, state: &State) -> Result<Option<Applied>, PvcError> {
     let mut reader = JournalReader::open(file).map_err(io)?;
     let mut applied = Applied::default();
     let mut dirs = DirCache::default();
+    // Crash tests stop the process in the middle of a commit with this; unset, it costs
+    // one environment lookup per commit.
+    let crash_after: Option<u64> = std::env::var(CRASH_AFTER_OPS)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut done = 0u64;
     while let Some(op) = reader.next_op().map_err(io)? {
+        if crash_after == Some(done) {
+            std::process::abort();
+        }
         apply(root, state, &mut dirs, &op, &mut applied)?;
+        done += 1;
     }
-    root.sync_fs().map_err(|e| PvcError::io(&root.show(b""), e))?;
+    root.sync_fs()
+        .map_err(|e| PvcError::io(&root.show(b""), e))?;
     rustix::fs::unlinkat(&state.dir, JOURNAL, rustix::fs::AtFlags::empty())
         .map_err(|e| io(e.into()))?;
     rustix::fs::fsync(&state.dir).map_err(|e| io(e.into()))?;
@@ -372,14 +388,53 @@ mod tests {
             ("mkdir", Op::MkDir { path: b("a/b") }, true),
             ("mkdir escaping", Op::MkDir { path: b("../a") }, false),
             ("delete absolute", Op::Delete { path: b("/etc") }, false),
-            ("delete the state dir", Op::Delete { path: b(STATE_DIR) }, false),
-            ("place", Op::Place { tmp: b("12"), path: b("a") }, true),
-            ("place from outside tmp", Op::Place { tmp: b("../x"), path: b("a") }, false),
-            ("place from a subdir", Op::Place { tmp: b("x/y"), path: b("a") }, false),
+            (
+                "delete the state dir",
+                Op::Delete { path: b(STATE_DIR) },
+                false,
+            ),
+            (
+                "place",
+                Op::Place {
+                    tmp: b("12"),
+                    path: b("a"),
+                },
+                true,
+            ),
+            (
+                "place from outside tmp",
+                Op::Place {
+                    tmp: b("../x"),
+                    path: b("a"),
+                },
+                false,
+            ),
+            (
+                "place from a subdir",
+                Op::Place {
+                    tmp: b("x/y"),
+                    path: b("a"),
+                },
+                false,
+            ),
             ("meta", Op::Meta(e("a")), true),
             ("meta with dot-dot", Op::Meta(e("a/../../b")), false),
-            ("link", Op::Link { leader: b("a"), entry: e("b") }, true),
-            ("link to outside", Op::Link { leader: b("../a"), entry: e("b") }, false),
+            (
+                "link",
+                Op::Link {
+                    leader: b("a"),
+                    entry: e("b"),
+                },
+                true,
+            ),
+            (
+                "link to outside",
+                Op::Link {
+                    leader: b("../a"),
+                    entry: e("b"),
+                },
+                false,
+            ),
         ];
         for (case, op, ok) in cases {
             assert_eq!(check(&op).is_ok(), ok, "{case}");

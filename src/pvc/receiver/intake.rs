@@ -47,7 +47,10 @@ impl Order {
             return Err(refuse(&e.path, "reserved for the receiver's state"));
         }
         if parent.is_empty() && name == LOST_AND_FOUND.as_bytes() {
-            return Err(refuse(&e.path, "the file system's own directory, never replicated"));
+            return Err(refuse(
+                &e.path,
+                "the file system's own directory, never replicated",
+            ));
         }
         while self
             .open
@@ -209,7 +212,11 @@ mod tests {
             ),
             ("state directory", vec![d(".drsync")], Some(0)),
             ("lost+found at the root", vec![d("lost+found")], Some(0)),
-            ("lost+found deeper is fine", vec![d("a"), d("a/lost+found")], None),
+            (
+                "lost+found deeper is fine",
+                vec![d("a"), d("a/lost+found")],
+                None,
+            ),
             (
                 "state directory deeper is fine",
                 vec![d("a"), d("a/.drsync")],

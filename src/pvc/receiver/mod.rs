@@ -127,6 +127,16 @@ impl State {
         })
     }
 
+    /// Removes what is left in `tmp/` (only ever staged files of runs that did not
+    /// commit; a journal that names them is finished before this).
+    fn clear_tmp(&self) {
+        if let Ok(names) = beneath::list(self.tmp.as_fd()) {
+            for (name, _) in names {
+                let _ = beneath::remove(self.tmp.as_fd(), &name);
+            }
+        }
+    }
+
     /// After a commit: the state directory only stays while it holds partial files to
     /// resume from.
     fn tidy(root: &Root) {
@@ -154,7 +164,11 @@ fn finish_on(root: &Root) -> Result<Option<commit::Applied>, PvcError> {
     let has_state = root
         .dir(b"")
         .ok()
-        .and_then(|r| beneath::stat(r.as_fd(), STATE_DIR.as_bytes()).ok().flatten())
+        .and_then(|r| {
+            beneath::stat(r.as_fd(), STATE_DIR.as_bytes())
+                .ok()
+                .flatten()
+        })
         .is_some();
     if !has_state {
         return Ok(None);
@@ -209,6 +223,8 @@ where
         opts.allow_deletions.as_deref(),
     );
     let state = Arc::new(State::open(&root)?);
+    // Files a killed run staged but never committed (their names are per run).
+    state.clear_tmp();
     let refused = match hold {
         Some(h) => Some(PvcError::Held(h)),
         None if opts.ownership == Ownership::Require => probe_owners(&root, &state, &entries).err(),
@@ -268,7 +284,12 @@ where
         return Err(e);
     }
     owners.add(staged.owners_not_kept, staged.first_not_kept);
-    let journal_io = |e| PvcError::io(&root.show(format!("{STATE_DIR}/{}", commit::JOURNAL).as_bytes()), e);
+    let journal_io = |e| {
+        PvcError::io(
+            &root.show(format!("{STATE_DIR}/{}", commit::JOURNAL).as_bytes()),
+            e,
+        )
+    };
     let mut journal = commit::JournalWriter::create(&state).map_err(journal_io)?;
     tree::write_ops(
         &mut journal,

@@ -60,8 +60,9 @@ impl Publisher {
                     Ok(kept) => {
                         if !kept {
                             out.owners_not_kept += 1;
-                            out.first_not_kept
-                                .get_or_insert_with(|| (v.entry.path.clone(), v.entry.uid, v.entry.gid));
+                            out.first_not_kept.get_or_insert_with(|| {
+                                (v.entry.path.clone(), v.entry.uid, v.entry.gid)
+                            });
                         }
                         out.files.push(Staged {
                             idx: v.idx,

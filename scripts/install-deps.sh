@@ -17,6 +17,8 @@ declare -A NEEDED=(
   [nginx]=nginx                 # git over HTTPS in tests: nginx + fcgiwrap + git http-backend
   [fcgiwrap]=fcgiwrap
   [openssl]=openssl             # the HTTPS git server's htpasswd hash (openssl passwd -apr1)
+  [/usr/lib/postgresql]=postgresql  # PVC data tests: initdb, pgbench, pg_amcheck on a real data directory
+  [setpriv]=util-linux          # PVC data tests: run each process with exactly its pod's privileges
 )
 
 missing=()

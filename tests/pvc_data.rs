@@ -829,3 +829,67 @@ fn pvc_data_an_emptied_source_holds_and_release_passes() {
     );
     assert_eq!(json(&out)["deletedFiles"], 1);
 }
+
+#[test]
+fn pvc_data_live_source_recheck_resends_what_changed_and_names_what_still_changes() {
+    let (_tmp, dir) = world();
+    let (src, dr) = (dir.join("source"), dir.join("dr"));
+    generation(&src, 1);
+    std::fs::write(src.join("hot.log"), b"start\n").unwrap();
+    let mut link = Link::new(&dir);
+    link.serve(&src, Pod::Reader);
+    // The application keeps writing while the copy runs (copy method Direct): one file
+    // all the time, five others once, early in the first pass.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (src, stop) = (src.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                std::fs::write(
+                    src.join("hot.log"),
+                    format!("line {n}\n").repeat(n as usize),
+                )
+                .unwrap();
+                if n == 10 {
+                    for d in 0..5 {
+                        std::fs::write(
+                            src.join(format!("d{d}/f2.txt")),
+                            format!("gen 1 warm {d}\n"),
+                        )
+                        .unwrap();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let out = link.sync(&dr, Pod::Writer, &["--recheck", "--bwlimit", "2000000"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&out);
+    let recheck = &report["recheck"];
+    eprintln!("recheck: {recheck}");
+    assert!(recheck["resent"].as_u64().unwrap() >= 6, "{report}");
+    assert!(recheck["stillChanging"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        recheck["stillChangingPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("hot.log")),
+        "{report}"
+    );
+    for d in 0..5 {
+        assert_eq!(
+            std::fs::read_to_string(dr.join(format!("d{d}/f2.txt"))).unwrap(),
+            format!("gen 1 warm {d}\n"),
+            "a file changed during the first pass arrives as it is now"
+        );
+    }
+}

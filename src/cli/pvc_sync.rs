@@ -67,6 +67,11 @@ pub struct PvcSyncArgs {
     /// Let a held deletion set through: its batch id, from the held report.
     #[arg(long, env = "DR_SYNCER_ALLOW_DELETIONS")]
     pub allow_deletions: Option<String>,
+    /// For a live source (copy method `Direct`): after the sync, sync again (files that
+    /// changed while the first pass read them are sent once more), then compare once more
+    /// and report the files still changing.
+    #[arg(long, env = "DR_SYNCER_RECHECK")]
+    pub recheck: bool,
     /// A bastion to go through, `ssh://HOST:PORT`.
     #[arg(long, env = "DR_SYNCER_JUMP")]
     pub jump: Option<SshUrl>,
@@ -112,27 +117,11 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
         &std::fs::read_to_string(known_hosts)
             .with_context(|| format!("--known-hosts {}", known_hosts.display()))?,
     );
-    let deadline = std::time::Instant::now() + args.connect_timeout;
-    let conn = loop {
-        match ssh::connect(from, key.clone(), known.clone(), args.jump.as_ref()).await {
-            Ok(c) => break c,
-            Err(
-                e @ (ssh::SshError::Transport(_)
-                | ssh::SshError::Refused(_)
-                | ssh::SshError::Auth(_)),
-            ) if std::time::Instant::now() < deadline => {
-                eprintln!("retrying: {e}");
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                write_summary_file(
-                    args,
-                    &serde_json::json!({"error": e.to_string(), "exitCode": EXIT_CONNECT}),
-                );
-                return Ok(ExitCode::from(EXIT_CONNECT));
-            }
-        }
+    let link = Link {
+        from,
+        key,
+        known,
+        deadline: std::time::Instant::now() + args.connect_timeout,
     };
     let tty = std::io::stderr().is_terminal() && args.output == Format::Table;
     let last = Arc::new(AtomicU64::new(0));
@@ -146,7 +135,7 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
             );
         }) as receiver::ProgressFn
     });
-    let opts = receiver::Options {
+    let mut opts = receiver::Options {
         bwlimit: args.bwlimit,
         progress,
         ownership: args.ownership,
@@ -154,14 +143,70 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
         allow_deletions: args.allow_deletions.clone(),
         ..Default::default()
     };
-    let result = receiver::sync(conn.stream, &args.to, &opts).await;
+    let result = match link.pass(args, &opts).await {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
     if tty {
         eprintln!();
     }
+    // A live volume (`--recheck`): files changed while the first pass read them are sent
+    // once more, and a comparison after that tells which are still changing.
+    let mut recheck = None;
+    if result.is_ok() && args.recheck {
+        opts.progress = None;
+        let second = match link.pass(args, &opts).await {
+            Ok(r) => r,
+            Err(code) => return Ok(code),
+        };
+        let third = match &second {
+            Ok(_) => {
+                opts.check_only = true;
+                match link.pass(args, &opts).await {
+                    Ok(r) => Some(r),
+                    Err(code) => return Ok(code),
+                }
+            }
+            Err(_) => None,
+        };
+        recheck = Some((second, third));
+    }
+    let result = match (result, recheck) {
+        (Ok(first), Some((Ok(second), Some(Ok(third))))) => Ok((first, Some((second, third)))),
+        (Ok(_), Some((Err(e), _))) | (Ok(_), Some((_, Some(Err(e))))) => Err(e),
+        (Ok(first), _) => Ok((first, None)),
+        (Err(e), _) => Err(e),
+    };
     match result {
-        Ok(summary) => {
-            print_summary(&summary, args.output)?;
-            write_summary_file(args, &serde_json::to_value(&summary)?);
+        Ok((summary, recheck)) => {
+            let mut report = serde_json::to_value(&summary)?;
+            if let Some((second, third)) = &recheck {
+                report["recheck"] = serde_json::json!({
+                    "resent": second.files_transferred,
+                    "resentBytes": second.bytes_total,
+                    "stillChanging": third.would_change,
+                    "stillChangingPaths": third.would_change_paths,
+                });
+            }
+            match args.output {
+                Format::Json => println!("{report}"),
+                Format::Table => {
+                    print_summary(&summary, args.output)?;
+                    if let Some((second, third)) = &recheck {
+                        println!(
+                            "recheck: {} files changed during the copy and were sent again; {} still changing{}",
+                            second.files_transferred,
+                            third.would_change,
+                            third
+                                .would_change_paths
+                                .first()
+                                .map(|p| format!(" (first: {p})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            write_summary_file(args, &report);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -179,6 +224,54 @@ pub async fn run(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
             write_summary_file(args, &report);
             Ok(ExitCode::from(code))
         }
+    }
+}
+
+/// Where and how to connect, for each pass.
+struct Link<'a> {
+    from: &'a SshUrl,
+    key: russh::keys::PrivateKey,
+    known: KnownHosts,
+    deadline: std::time::Instant,
+}
+
+impl Link<'_> {
+    /// Connects (retrying until the deadline while the server is not there yet) and runs
+    /// one sync. `Err` is the exit code of a connection failure, already reported.
+    async fn pass(
+        &self,
+        args: &PvcSyncArgs,
+        opts: &receiver::Options,
+    ) -> Result<Result<Summary, PvcError>, ExitCode> {
+        let conn = loop {
+            match ssh::connect(
+                self.from,
+                self.key.clone(),
+                self.known.clone(),
+                args.jump.as_ref(),
+            )
+            .await
+            {
+                Ok(c) => break c,
+                Err(
+                    e @ (ssh::SshError::Transport(_)
+                    | ssh::SshError::Refused(_)
+                    | ssh::SshError::Auth(_)),
+                ) if std::time::Instant::now() < self.deadline => {
+                    eprintln!("retrying: {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    write_summary_file(
+                        args,
+                        &serde_json::json!({"error": e.to_string(), "exitCode": EXIT_CONNECT}),
+                    );
+                    return Err(ExitCode::from(EXIT_CONNECT));
+                }
+            }
+        };
+        Ok(receiver::sync(conn.stream, &args.to, opts).await)
     }
 }
 

@@ -82,6 +82,10 @@ pub struct Summary {
     pub unreadable_paths: Vec<String>,
     /// Whether an interrupted commit of an earlier sync was finished first.
     pub finished_interrupted_commit: bool,
+    /// A check-only pass: files (and deletions) a sync would change now.
+    pub would_change: u64,
+    /// The first of them (at most 20).
+    pub would_change_paths: Vec<String>,
     /// Bytes sent literally.
     pub bytes_literal: u64,
     /// Bytes rebuilt from the destination's own data (delta matches).

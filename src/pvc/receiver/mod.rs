@@ -85,6 +85,9 @@ pub struct Options {
     pub max_delete_percent: u8,
     /// A held deletion set (its batch id) the user released.
     pub allow_deletions: Option<String>,
+    /// Only compare: read the manifest, count what a sync would change, change nothing
+    /// (the last pass of a live copy, telling which files are still changing).
+    pub check_only: bool,
 }
 
 impl Default for Options {
@@ -96,6 +99,7 @@ impl Default for Options {
             ownership: Ownership::Require,
             max_delete_percent: MAX_DELETE_PERCENT,
             allow_deletions: None,
+            check_only: false,
         }
     }
 }
@@ -222,6 +226,27 @@ where
         opts.max_delete_percent,
         opts.allow_deletions.as_deref(),
     );
+    if opts.check_only {
+        let changed = manifest
+            .plans
+            .iter()
+            .filter(|(_, p)| *p != Plan::Skip)
+            .map(|(i, _)| String::from_utf8_lossy(&entries[*i as usize].path).into_owned());
+        let mut paths: Vec<String> = changed.collect();
+        summary.would_change = paths.len() as u64 + census.files_deleted;
+        paths.extend(
+            census
+                .stale
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        );
+        paths.truncate(20);
+        summary.would_change_paths = paths;
+        let _ = wire::write(&mut wr, &Message::Done).await;
+        let _ = tokio::io::AsyncWriteExt::flush(&mut wr).await;
+        summary.duration = start.elapsed();
+        return Ok(summary);
+    }
     let state = Arc::new(State::open(&root)?);
     // Files a killed run staged but never committed (their names are per run).
     state.clear_tmp();

@@ -431,6 +431,19 @@ async fn mapping_to(env: &Env, name: &str, source: &str, destination: Value, dat
         .await;
 }
 
+/// Like [`mapping`], with the destination StorageClass `class` for the source's `fast`.
+async fn mapping_with_class(env: &Env, name: &str, source: &str, class: &str, data: Value) {
+    Applier::new(env.client.clone(), "test")
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": name, "namespace": env.ctl},
+            "spec": {"replicationMode": "Manual", "sourceNamespace": source, "destinationNamespace": format!("{source}-dr"),
+                     "clusterMappingRef": {"name": "cm"},
+                     "destination": {"git": {"url": "ssh://git@127.0.0.1:9/unused.git"}},
+                     "pvcConfig": {"syncData": true, "storageClassMappings": [{"from": "fast", "to": class}],
+                                   "dataSyncConfig": data}}}))
+        .await;
+}
+
 /// Plays the DaemonSet controller and kubelet: one ready agent pod on `node` at `ip`.
 async fn agent_pod(env: &Env, node: &str, ip: &str) {
     let ds = eventually("agent DaemonSet", Duration::from_secs(60), || async {
@@ -672,7 +685,17 @@ async fn replication_objects_per_copy_method() {
             p["spec"]["containers"][0]["volumeMounts"][0]["readOnly"], true,
             "{name}"
         );
-        assert_eq!(p["spec"]["securityContext"]["runAsNonRoot"], true, "{name}");
+        // Issue 16 §1: the default reader is uid 0 with DAC_READ_SEARCH only.
+        assert_eq!(p["spec"]["securityContext"]["runAsUser"], 0, "{name}");
+        assert_eq!(
+            p["spec"]["containers"][0]["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]}),
+            "{name}"
+        );
+        assert!(
+            p["spec"]["securityContext"].get("fsGroup").is_none(),
+            "{name}: never chown a source volume"
+        );
         assert_eq!(
             p["spec"]["containers"][0]["image"],
             "registry.test/dr-syncer:e2e"
@@ -749,6 +772,24 @@ async fn replication_objects_per_copy_method() {
         assert_eq!(
             j["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
             "data"
+        );
+        // The default writer: uid 0 with exactly the capabilities that keep ownership, and
+        // the mapping defaults for ownership and the deletion breaker.
+        let pod_spec = &j["spec"]["template"]["spec"];
+        assert_eq!(pod_spec["securityContext"]["runAsUser"], 0, "{name}");
+        assert!(
+            pod_spec["securityContext"].get("fsGroup").is_none(),
+            "{name}"
+        );
+        assert_eq!(
+            pod_spec["containers"][0]["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]}),
+            "{name}"
+        );
+        assert_eq!(
+            &args[args.len() - 4..],
+            ["--ownership", "require", "--max-delete-percent", "50"],
+            "{name}"
         );
         // Pins: the agent's host key at the bastion, the one-off key at the server.
         let js: Secret = Api::namespaced(client.clone(), &dest)
@@ -1854,4 +1895,203 @@ async fn replication_end_to_end_with_real_binaries() {
         stderr.contains("authentication refused"),
         "the one-off key after its operation: {stderr}"
     );
+}
+
+/// What `pvc-sync` writes when the deletion breaker holds a sync (exit code 7).
+const HELD: &str = r#"{"held":{"batch":"0123456789ab","files":90,"bytes":9000,"filesTotal":100,"bytesTotal":10000},"error":"deletion breaker: would delete 90 of 100 files","exitCode":7}"#;
+
+/// Issue 16 §3: a Job that ended with a held report gives the volume result `Held` (not a
+/// failure, not a success: the last good numbers and point in time stay), a
+/// `PvcDeletionsHeld` Warning Event and the `Held` metric, with the exact release command;
+/// after the user runs it, the next Job carries `--allow-deletions <batch>`.
+#[tokio::test]
+async fn replication_held_sync_shows_the_batch_and_the_release_reaches_the_next_job() {
+    let fx = Fixture::start("pvcheld").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let src = "pvcheld-src";
+    fx.replicate(
+        "clone",
+        src,
+        json!({"copyMethod": "Clone", "maxDeletePercent": 20, "ownership": "Ignore"}),
+    )
+    .await;
+    let first = fx.sync_ok("clone", src, "1", "10.1.0.2").await;
+    let good = finished(&client, &env.ctl, "clone", &first).await;
+    let pod = fx
+        .trigger_sync("clone", src, "2", "server pod of the held run")
+        .await;
+    let op = op_of(&pod);
+    let job = fx.serve(src, &pod, "10.1.0.4", "held Job").await;
+    let args = job_args(&job);
+    assert_eq!(
+        &args[args.len() - 4..],
+        ["--ownership", "ignore", "--max-delete-percent", "20"]
+    );
+    assert!(!args.contains(&"--allow-deletions".to_string()), "{args:?}");
+    finish_job(&client, &job, false, HELD).await;
+    let held = eventually("held recorded", Duration::from_secs(60), || async {
+        volume_status(&client, &env.ctl, "clone", &op)
+            .await
+            .filter(|v| v.result == Some(dr_syncer::api::PvcSyncResult::Held))
+    })
+    .await;
+    let release = "kubectl annotate nsm clone -n pvcheld dr-syncer.io/allow-data-deletion=0123456789ab --overwrite";
+    let message = held.message.clone().unwrap();
+    assert!(message.contains(release), "{message}");
+    assert!(
+        message.contains("would delete 90 of 100 files (90%) and 9000 of 10000 bytes (90%)"),
+        "{message}"
+    );
+    assert_eq!(
+        (held.bytes_literal, held.files_transferred),
+        (100, 3),
+        "the last good sync's numbers stay"
+    );
+    assert_eq!(
+        held.point_in_time, good.point_in_time,
+        "the RPO keeps growing"
+    );
+    assert_eq!(held.last_success_time, good.last_success_time);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &env.ctl);
+    let event = eventually(
+        "PvcDeletionsHeld Event",
+        Duration::from_secs(30),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("PvcDeletionsHeld"))
+        },
+    )
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.unwrap_or_default();
+    assert!(note.starts_with(&format!("{src}/data: ")), "{note}");
+    assert!(note.contains(release), "{note}");
+    let metrics = reqwest_metrics(&fx.http).await;
+    assert!(
+        metrics.contains(&format!(
+            r#"dr_syncer_pvc_syncs_total{{mapping="{}/clone",result="Held"}} 1"#,
+            env.ctl
+        )),
+        "{metrics}"
+    );
+    assert_clean(&client, &[src, "pvcheld-src-dr"], &env.agent_ns, &env.ctl).await;
+
+    // The user checked the source and releases the batch: the next Job passes it on.
+    trigger(
+        &client,
+        &env.ctl,
+        "clone",
+        "dr-syncer.io/allow-data-deletion",
+        "0123456789ab",
+    )
+    .await;
+    let pod = fx
+        .trigger_sync("clone", src, "3", "server pod of the released run")
+        .await;
+    let op = op_of(&pod);
+    let job = fx.serve(src, &pod, "10.1.0.5", "released Job").await;
+    let args = job_args(&job);
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--allow-deletions", "0123456789ab"]),
+        "{args:?}"
+    );
+    finish_job(
+        &client,
+        &job,
+        true,
+        r#"{"filesTransferred":0,"bytesLiteral":0,"bytesMatched":0,"deleted":90,"deletedBytes":9000,"ownershipNotKept":2,"duration":0.2}"#,
+    )
+    .await;
+    let v = finished(&client, &env.ctl, "clone", &op).await;
+    assert_eq!(v.result, Some(dr_syncer::api::PvcSyncResult::Succeeded));
+    assert_eq!((v.deleted_files, v.ownership_not_kept), (90, 2));
+    assert!(
+        v.message
+            .unwrap_or_default()
+            .contains("2 files keep the DR writer's owner"),
+        "ownership: Ignore shows what was not kept"
+    );
+    assert!(v.point_in_time > good.point_in_time);
+}
+
+fn job_args(job: &Job) -> Vec<String> {
+    job.spec.clone().unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap()
+}
+
+/// Issue 16 §3: `keepSnapshots` unset keeps one last-good destination snapshot, with the
+/// DR cluster's VolumeSnapshotClass whose driver provisions the destination PVC's
+/// StorageClass; none without such a class; an explicit 0 means none.
+#[tokio::test]
+async fn replication_keep_snapshots_defaults_to_one_with_a_matching_snapshot_class() {
+    let fx = Fixture::start("pvckeep").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let applier = Applier::new(client.clone(), "test");
+    dr_syncer_testkit::objects::wait_established(
+        &client,
+        &["volumesnapshotclasses.snapshot.storage.k8s.io"],
+    )
+    .await;
+    // Cluster-scoped, so named for this test only.
+    for o in [
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "pvckeep-csi"}, "provisioner": "keep.csi.test"}),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "pvckeep-plain"}, "provisioner": "plain.csi.test"}),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+               "metadata": {"name": "pvckeep-other"}, "driver": "other.csi.test", "deletionPolicy": "Delete"}),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+               "metadata": {"name": "pvckeep-snap"}, "driver": "keep.csi.test", "deletionPolicy": "Delete"}),
+    ] {
+        applier.apply(&o).await;
+    }
+    let cases = [
+        ("matching", "pvckeep-csi", json!({"copyMethod": "Clone"}), 1),
+        (
+            "no_class",
+            "pvckeep-plain",
+            json!({"copyMethod": "Clone"}),
+            0,
+        ),
+        (
+            "explicit_zero",
+            "pvckeep-csi",
+            json!({"copyMethod": "Clone", "keepSnapshots": 0}),
+            0,
+        ),
+    ];
+    for (i, (name, class, data, want)) in cases.into_iter().enumerate() {
+        let mapping = name.replace('_', "-");
+        let src = format!("pvckeep-{mapping}");
+        source_namespace(env, &src).await;
+        mapping_with_class(env, &mapping, &src, class, data).await;
+        fx.sync_ok(&mapping, &src, "1", &format!("10.1.1.{}", i + 1))
+            .await;
+        let images: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &format!("{src}-dr"), &snapshot_ar());
+        let kept = images
+            .list(&ListParams::default().labels("dr-syncer.io/image=true"))
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(kept.len(), want, "{name}");
+        if want > 0 {
+            assert_eq!(
+                kept[0].data["spec"],
+                json!({"source": {"persistentVolumeClaimName": "data"}, "volumeSnapshotClassName": "pvckeep-snap"}),
+                "{name}"
+            );
+        }
+    }
 }

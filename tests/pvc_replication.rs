@@ -2095,3 +2095,67 @@ async fn replication_keep_snapshots_defaults_to_one_with_a_matching_snapshot_cla
         }
     }
 }
+
+/// Issue 16 §1–2: a source RemoteCluster with `runAsRoot: false` (namespaces enforcing
+/// Pod Security `restricted`) and `hostUsers: false` gets uid-65532 pods without any
+/// capability, in a user namespace; a Job that could not keep ownership (exit code 6)
+/// fails closed with a message naming both settings that would let it through.
+#[tokio::test]
+async fn replication_non_root_cluster_runs_without_capabilities_and_says_what_to_change() {
+    let fx = Fixture::start("pvcnoroot").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    Api::<dr_syncer::api::RemoteCluster>::namespaced(client.clone(), &env.ctl)
+        .patch(
+            "prod",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"pvcSync": {"runAsRoot": false, "hostUsers": false}}})),
+        )
+        .await
+        .unwrap();
+    let src = "pvcnoroot-src";
+    fx.replicate("clone", src, json!({"copyMethod": "Clone"}))
+        .await;
+    let pod = fx.trigger_sync("clone", src, "1", "server pod").await;
+    let op = op_of(&pod);
+    let p = serde_json::to_value(&pod).unwrap();
+    assert_eq!(p["spec"]["hostUsers"], false);
+    assert_eq!(
+        p["spec"]["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(
+        p["spec"]["containers"][0]["securityContext"]["capabilities"],
+        json!({"drop": ["ALL"]})
+    );
+    let job = fx.serve(src, &pod, "10.1.0.6", "sync Job").await;
+    let j = serde_json::to_value(&job).unwrap();
+    let spec = &j["spec"]["template"]["spec"];
+    assert_eq!(spec["hostUsers"], false);
+    assert_eq!(spec["securityContext"]["runAsUser"], 65532);
+    assert_eq!(spec["securityContext"]["fsGroup"], 65532);
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["capabilities"],
+        json!({"drop": ["ALL"]})
+    );
+    finish_job(
+        &client,
+        &job,
+        false,
+        r#"{"error":"cannot keep ownership: chown pg/base/1 to 999:999: Operation not permitted (12 files)","exitCode":6}"#,
+    )
+    .await;
+    let v = finished(&client, &env.ctl, "clone", &op).await;
+    assert_eq!(v.result, Some(dr_syncer::api::PvcSyncResult::Failed));
+    let message = v.message.unwrap_or_default();
+    for want in [
+        "(exit code 6)",
+        "spec.pvcSync.runAsRoot: false",
+        "set runAsRoot: true",
+        "dataSyncConfig.ownership: Ignore",
+    ] {
+        assert!(message.contains(want), "{want} not in {message}");
+    }
+    assert_eq!(v.point_in_time, None, "nothing good was ever copied");
+}

@@ -20,7 +20,9 @@ use dr_syncer_testkit::objects::Applier;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, PodSpec, Secret,
+};
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -1525,11 +1527,66 @@ fn localize(args: &[String], mounts: &[(&str, &Path)], ip: &str) -> Vec<String> 
         .collect()
 }
 
-fn spawn(args: &[String], log: &str) -> Running {
+/// Plays the kubelet and the container runtime for a local process: the pod's and its
+/// first container's securityContext as a `setpriv` command line — user and group,
+/// `fsGroup` and `supplementalGroups` as supplementary groups, no inheritable capabilities,
+/// a bounding set of exactly the added ones (a uid-0 process then holds just those; any
+/// other uid holds none, as Kubernetes gives non-root containers no ambient
+/// capabilities), `no_new_privs` for `allowPrivilegeEscalation: false`. Only `drop: [ALL]`
+/// is modelled: the pods the controller makes drop everything.
+fn kubelet(pod: &PodSpec) -> Command {
+    let psc = pod.security_context.clone().unwrap_or_default();
+    let csc = pod.containers[0]
+        .security_context
+        .clone()
+        .unwrap_or_default();
+    let uid = csc.run_as_user.or(psc.run_as_user).unwrap_or(0);
+    let gid = csc.run_as_group.or(psc.run_as_group).unwrap_or(0);
+    if csc.run_as_non_root.or(psc.run_as_non_root) == Some(true) {
+        assert_ne!(uid, 0, "the kubelet refuses runAsNonRoot with uid 0");
+    }
+    let caps = csc.capabilities.unwrap_or_default();
+    assert_eq!(
+        caps.drop.unwrap_or_default(),
+        ["ALL"],
+        "the harness models drop: [ALL] only"
+    );
+    let bounding: String = std::iter::once("-all".to_string())
+        .chain(
+            caps.add
+                .unwrap_or_default()
+                .iter()
+                .map(|c| format!("+{}", c.to_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
+    let groups: Vec<String> = psc
+        .fs_group
+        .into_iter()
+        .chain(psc.supplemental_groups.unwrap_or_default())
+        .map(|g| g.to_string())
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()]);
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        cmd.args(["--groups", &groups.join(",")]);
+    }
+    cmd.args(["--inh-caps", "-all", "--bounding-set", &bounding]);
+    if csc.allow_privilege_escalation == Some(false) {
+        cmd.arg("--no-new-privs");
+    }
+    cmd.args(["--", env!("CARGO_BIN_EXE_dr-syncer")]);
+    cmd
+}
+
+/// Starts `dr-syncer` with `args` as a container of `pod` would run (see [`kubelet`]).
+fn spawn(pod: &PodSpec, args: &[String], log: &str) -> Running {
     let dir = dr_syncer_testkit::target_dir().join("test-logs");
     let log = std::fs::File::create(dir.join(log)).unwrap();
     Running::spawn(
-        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        kubelet(pod)
             .args(args)
             .env("DR_SYNCER_LOG", "debug")
             .stdout(Stdio::null())
@@ -1537,12 +1594,10 @@ fn spawn(args: &[String], log: &str) -> Running {
     )
 }
 
-/// Runs `dr-syncer pvc-sync` with `args`; returns (exit code, stderr).
-fn pvc_sync(args: &[String]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `dr-syncer pvc-sync` with `args` as the container of the Job's pod `pod` would
+/// (see [`kubelet`]); returns (exit code, stderr).
+fn pvc_sync(pod: &PodSpec, args: &[String]) -> (i32, String) {
+    let out = kubelet(pod).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -1562,6 +1617,25 @@ fn write_secret(dir: &Path, s: &Secret) {
         data.insert(k.clone(), secret_text(s, k));
     }
     write_dir(dir, &data);
+}
+
+/// Owner, group and permission bits of every entry beneath `root`.
+fn owners(root: &Path) -> BTreeMap<String, (u32, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, u32, u32)>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            out.insert(rel, (meta.uid(), meta.gid(), meta.mode() & 0o7777));
+            if meta.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
 }
 
 fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -1648,6 +1722,7 @@ async fn replication_credential_of_one_namespace_is_refused_by_anothers_server()
         .clone()
         .unwrap();
     let _server = spawn(
+        &pod_b.spec.clone().unwrap(),
         &localize(
             &args,
             &[("/data", &src_dir), ("/etc/dr-syncer/keys", &serve_keys)],
@@ -1655,6 +1730,7 @@ async fn replication_credential_of_one_namespace_is_refused_by_anothers_server()
         ),
         "pvcns-serve-b.log",
     );
+    let job_pod = job_b.spec.clone().unwrap().template.spec.unwrap();
     // The Job Secrets of both namespaces, as files.
     let keys = |op: &str, ns: &str| {
         let (client, op, ns) = (client.clone(), op.to_string(), format!("{ns}-dr"));
@@ -1686,7 +1762,7 @@ async fn replication_credential_of_one_namespace_is_refused_by_anothers_server()
         .map(String::from)
         .to_vec();
         std::fs::create_dir_all(work.path().join(to)).unwrap();
-        pvc_sync(&args)
+        pvc_sync(&job_pod, &args)
     };
     // B's own credential reaches B's volume (the server is up and B's pin is right)...
     let (code, stderr) = attempt(&keys_b.join("identity"), "with-b", "20s");
@@ -1733,6 +1809,22 @@ async fn replication_end_to_end_with_real_binaries() {
     std::fs::write(src_dir.join("db/wal/000001"), b"wal record").unwrap();
     std::fs::write(src_dir.join("README"), b"hello DR").unwrap();
     std::os::unix::fs::symlink("db/base.dat", src_dir.join("current")).unwrap();
+    // Issue 16 §1–2: a database-like tree of another user, in 0700 directories: the reader
+    // (uid 0 with DAC_READ_SEARCH only) must read it and the writer (uid 0 with CHOWN,
+    // DAC_OVERRIDE, FOWNER, FSETID only) must recreate it with its owners and modes.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let own = |p: &Path, mode: u32| {
+            std::os::unix::fs::lchown(p, Some(999), Some(999)).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        own(&src_dir.join("db/base.dat"), 0o600);
+        own(&src_dir.join("db/wal/000001"), 0o600);
+        own(&src_dir.join("db/wal"), 0o700);
+        own(&src_dir.join("db"), 0o700);
+        // The bastion runs as uid 65532: the mounted files it reads must be reachable.
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let _controller = start_controller(plane, &env.ctl, "pvce2e", &free_addr(), &[]);
     source_namespace(&env, "pvce2e-src").await;
     mapping(
@@ -1780,11 +1872,10 @@ async fn replication_end_to_end_with_real_binaries() {
         agent_root.join("host/host_key").exists().then_some(())
     })
     .await;
-    let ds_args = ds.spec.template.spec.unwrap().containers[0]
-        .args
-        .clone()
-        .unwrap();
+    let ds_pod = ds.spec.template.spec.unwrap();
+    let ds_args = ds_pod.containers[0].args.clone().unwrap();
     let _bastion = spawn(
+        &ds_pod,
         &localize(&ds_args, &[("/etc/dr-syncer", &agent_root)], agent_ip),
         "pvce2e-bastion.log",
     );
@@ -1805,6 +1896,7 @@ async fn replication_end_to_end_with_real_binaries() {
         .clone()
         .unwrap();
     let _server = spawn(
+        &pod.spec.clone().unwrap(),
         &localize(
             &pod_args,
             &[("/data", &src_dir), ("/etc/dr-syncer/keys", &serve_keys)],
@@ -1836,9 +1928,10 @@ async fn replication_end_to_end_with_real_binaries() {
             *a = summary.display().to_string();
         }
     }
+    let job_pod = job.spec.clone().unwrap().template.spec.unwrap();
     let (code, stderr) = tokio::task::spawn_blocking({
-        let local = local.clone();
-        move || pvc_sync(&local)
+        let (local, job_pod) = (local.clone(), job_pod.clone());
+        move || pvc_sync(&job_pod, &local)
     })
     .await
     .unwrap();
@@ -1847,6 +1940,11 @@ async fn replication_end_to_end_with_real_binaries() {
         tree(&dst_dir),
         tree(&src_dir),
         "the DR volume equals the source"
+    );
+    assert_eq!(
+        owners(&dst_dir),
+        owners(&src_dir),
+        "owners, groups and modes are kept"
     );
     let report = std::fs::read_to_string(&summary).unwrap();
     finish_job(&client, &job, true, &report).await;
@@ -1889,7 +1987,7 @@ async fn replication_end_to_end_with_real_binaries() {
         .position(|a| a == "--connect-timeout")
         .unwrap();
     no_retry[i + 1] = "0s".into();
-    let (code, stderr) = pvc_sync(&no_retry);
+    let (code, stderr) = pvc_sync(&job_pod, &no_retry);
     assert_eq!(code, 3, "{stderr}");
     assert!(
         stderr.contains("authentication refused"),

@@ -2257,3 +2257,62 @@ async fn replication_non_root_cluster_runs_without_capabilities_and_says_what_to
     }
     assert_eq!(v.point_in_time, None, "nothing good was ever copied");
 }
+
+/// Issue 16 §1: Pod Security. A source namespace enforcing `baseline` would refuse the
+/// uid-0 reader (DAC_READ_SEARCH is not a baseline capability): the sync fails before
+/// creating anything, naming the label and the RemoteCluster setting that would let it
+/// run.
+#[tokio::test]
+async fn replication_pod_security_conflict_fails_before_creating_anything() {
+    let fx = Fixture::start("pvcpsa").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let src = "pvcpsa-src";
+    source_namespace(env, src).await;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            src,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    mapping(env, "clone", src, json!({"copyMethod": "Clone"})).await;
+    trigger(
+        &client,
+        &env.ctl,
+        "clone",
+        "dr-syncer.io/sync-data-now",
+        "1",
+    )
+    .await;
+    let v = eventually("failure recorded", Duration::from_secs(60), || async {
+        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
+            .get("clone")
+            .await
+            .ok()?;
+        nm.status?
+            .pvc_data?
+            .volumes
+            .into_iter()
+            .find(|v| v.result == Some(dr_syncer::api::PvcSyncResult::Failed))
+    })
+    .await;
+    let message = v.message.unwrap_or_default();
+    for want in [
+        "namespace pvcpsa-src enforces Pod Security \"baseline\"",
+        "pod-security.kubernetes.io/enforce=privileged",
+        "spec.pvcSync.runAsRoot: false",
+    ] {
+        assert!(message.contains(want), "{want} not in {message}");
+    }
+    assert!(
+        labeled::<PersistentVolumeClaim>(&client, src, TEMP)
+            .await
+            .is_empty(),
+        "nothing was created"
+    );
+    assert_clean(&client, &[src, "pvcpsa-src-dr"], &env.agent_ns, &env.ctl).await;
+}

@@ -242,6 +242,57 @@ pub fn success_note(r: &Report) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// Namespace label naming the Pod Security level the apiserver enforces there.
+pub const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
+/// Why a namespace enforcing Pod Security `level` refuses an operation's pod (the volume
+/// server in the source namespace, or with `writer` the `pvc-sync` Job's pod in the DR
+/// namespace), and what to change; `None` when the pod is allowed. As uid 0 the reader's
+/// `DAC_READ_SEARCH` needs `privileged`; the writer's capabilities are all within
+/// `baseline`; neither runs as uid 0 under `restricted`. Without `runAsRoot` both meet
+/// `restricted`.
+pub fn pod_security_conflict(
+    namespace: &str,
+    level: Option<&str>,
+    run_as_root: bool,
+    writer: bool,
+) -> Option<String> {
+    let refused = match (run_as_root, writer, level) {
+        (false, _, _) => false,
+        (true, false, Some("baseline" | "restricted")) => true,
+        (true, true, Some("restricted")) => true,
+        _ => false,
+    };
+    if !refused {
+        return None;
+    }
+    let (pod, caps, needed) = if writer {
+        (
+            "pvc-sync Job",
+            "CHOWN, DAC_OVERRIDE, FOWNER, FSETID",
+            "baseline",
+        )
+    } else {
+        ("volume server", "DAC_READ_SEARCH", "privileged")
+    };
+    Some(format!(
+        "namespace {namespace} enforces Pod Security \"{}\", which refuses the {pod} (uid 0 with {caps} only): label the namespace {POD_SECURITY_ENFORCE}={needed}, or set spec.pvcSync.runAsRoot: false on the source RemoteCluster (uid 65532 without capabilities: files it may not read fail the sync, and keeping ownership then needs dataSyncConfig.ownership: Ignore)",
+        level.unwrap_or_default()
+    ))
+}
+
+/// A report of success that breaks the mapping's ownership setting is a failure: under
+/// `Preserve` no file may keep the writer's ids (the engine fails such a sync itself; this
+/// keeps a lost owner from ever being shown as a good copy).
+pub fn ownership_breach(r: &Report, ownership: crate::api::Ownership) -> Option<String> {
+    (ownership == crate::api::Ownership::Preserve && r.ownership_not_kept > 0).then(|| {
+        format!(
+            "pvc-sync reported {} files without their source owner under ownership: Preserve; the copy is not counted as good",
+            r.ownership_not_kept
+        )
+    })
+}
+
 /// Annotation marking the default VolumeSnapshotClass of a driver.
 const DEFAULT_SNAPSHOT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-class";
 
@@ -562,6 +613,92 @@ mod tests {
                 want,
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn pod_security_conflict_table() {
+        let cases = [
+            (
+                "root_reader_privileged",
+                Some("privileged"),
+                true,
+                false,
+                None,
+            ),
+            ("root_reader_unlabelled", None, true, false, None),
+            (
+                "root_reader_baseline",
+                Some("baseline"),
+                true,
+                false,
+                Some("privileged"),
+            ),
+            (
+                "root_reader_restricted",
+                Some("restricted"),
+                true,
+                false,
+                Some("privileged"),
+            ),
+            ("root_writer_baseline", Some("baseline"), true, true, None),
+            (
+                "root_writer_restricted",
+                Some("restricted"),
+                true,
+                true,
+                Some("baseline"),
+            ),
+            (
+                "user_reader_restricted",
+                Some("restricted"),
+                false,
+                false,
+                None,
+            ),
+            (
+                "user_writer_restricted",
+                Some("restricted"),
+                false,
+                true,
+                None,
+            ),
+        ];
+        for (name, level, root, writer, needed) in cases {
+            let got = pod_security_conflict("shop", level, root, writer);
+            match needed {
+                None => assert_eq!(got, None, "{name}"),
+                Some(n) => {
+                    let m = got.unwrap_or_else(|| panic!("{name}: allowed"));
+                    assert!(
+                        m.contains(&format!("pod-security.kubernetes.io/enforce={n}")),
+                        "{name}: {m}"
+                    );
+                    assert!(m.contains("runAsRoot: false"), "{name}: {m}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ownership_breach_table() {
+        use crate::api::Ownership;
+        let lost = Report {
+            ownership_not_kept: 3,
+            ..Default::default()
+        };
+        let cases = [
+            (
+                "preserve_full",
+                Report::default(),
+                Ownership::Preserve,
+                false,
+            ),
+            ("preserve_lost", lost.clone(), Ownership::Preserve, true),
+            ("ignore_lost", lost, Ownership::Ignore, false),
+        ];
+        for (name, r, o, breach) in cases {
+            assert_eq!(ownership_breach(&r, o).is_some(), breach, "{name}");
         }
     }
 }

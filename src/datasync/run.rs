@@ -207,6 +207,23 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
         Api::namespaced_with(env.source.clone(), &src_ns, &snapshot_resource());
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.source.clone(), &src_ns);
     let pp = PostParams::default();
+    // 0. Pod Security: a namespace enforcing a level the operation's pods do not meet would
+    // refuse the server pod (source) or leave the Job without a pod until the deadline
+    // (DR); say what to change before anything is created.
+    for (client, ns, writer) in [
+        (&env.source, &src_ns, false),
+        (&env.dest, &op.dest_namespace, true),
+    ] {
+        let level = Api::<Namespace>::all(client.clone())
+            .get_opt(ns)
+            .await
+            .map_err(kube_err("read namespace"))?
+            .and_then(|n| n.metadata.labels?.remove(plan::POD_SECURITY_ENFORCE));
+        if let Some(why) = plan::pod_security_conflict(ns, level.as_deref(), op.run_as_root, writer)
+        {
+            return Err(why.into());
+        }
+    }
     // 1. The point in time.
     let point_in_time = match op.method {
         CopyMethod::Snapshot => {
@@ -401,6 +418,9 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
         return Err(why.into());
     }
     let report = report.unwrap_or_default();
+    if let Some(why) = plan::ownership_breach(&report, op.ownership) {
+        return Err(why.into());
+    }
     // The data is in and verified: a failed image snapshot is a warning, not a failed sync.
     let (keep, class) = image_policy(env, &dest_claim).await;
     if keep > 0

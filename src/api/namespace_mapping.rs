@@ -584,7 +584,9 @@ pub struct PvcVolumeStatus {
     /// Result of the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<PvcSyncResult>,
-    /// Why the last attempt failed or was skipped.
+    /// Why the last attempt failed, was held (with the command that releases it) or was
+    /// skipped; after a success, what was not copied as it is on the source (files with
+    /// the writer's owner under `ownership: Ignore`, unreadable source entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Start of the last attempt.

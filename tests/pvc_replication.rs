@@ -20,7 +20,9 @@ use dr_syncer_testkit::objects::Applier;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, PodSpec, Secret,
+};
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
@@ -431,6 +433,19 @@ async fn mapping_to(env: &Env, name: &str, source: &str, destination: Value, dat
         .await;
 }
 
+/// Like [`mapping`], with the destination StorageClass `class` for the source's `fast`.
+async fn mapping_with_class(env: &Env, name: &str, source: &str, class: &str, data: Value) {
+    Applier::new(env.client.clone(), "test")
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": name, "namespace": env.ctl},
+            "spec": {"replicationMode": "Manual", "sourceNamespace": source, "destinationNamespace": format!("{source}-dr"),
+                     "clusterMappingRef": {"name": "cm"},
+                     "destination": {"git": {"url": "ssh://git@127.0.0.1:9/unused.git"}},
+                     "pvcConfig": {"syncData": true, "storageClassMappings": [{"from": "fast", "to": class}],
+                                   "dataSyncConfig": data}}}))
+        .await;
+}
+
 /// Plays the DaemonSet controller and kubelet: one ready agent pod on `node` at `ip`.
 async fn agent_pod(env: &Env, node: &str, ip: &str) {
     let ds = eventually("agent DaemonSet", Duration::from_secs(60), || async {
@@ -672,7 +687,17 @@ async fn replication_objects_per_copy_method() {
             p["spec"]["containers"][0]["volumeMounts"][0]["readOnly"], true,
             "{name}"
         );
-        assert_eq!(p["spec"]["securityContext"]["runAsNonRoot"], true, "{name}");
+        // Issue 16 §1: the default reader is uid 0 with DAC_READ_SEARCH only.
+        assert_eq!(p["spec"]["securityContext"]["runAsUser"], 0, "{name}");
+        assert_eq!(
+            p["spec"]["containers"][0]["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]}),
+            "{name}"
+        );
+        assert!(
+            p["spec"]["securityContext"].get("fsGroup").is_none(),
+            "{name}: never chown a source volume"
+        );
         assert_eq!(
             p["spec"]["containers"][0]["image"],
             "registry.test/dr-syncer:e2e"
@@ -749,6 +774,24 @@ async fn replication_objects_per_copy_method() {
         assert_eq!(
             j["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
             "data"
+        );
+        // The default writer: uid 0 with exactly the capabilities that keep ownership, and
+        // the mapping defaults for ownership and the deletion breaker.
+        let pod_spec = &j["spec"]["template"]["spec"];
+        assert_eq!(pod_spec["securityContext"]["runAsUser"], 0, "{name}");
+        assert!(
+            pod_spec["securityContext"].get("fsGroup").is_none(),
+            "{name}"
+        );
+        assert_eq!(
+            pod_spec["containers"][0]["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]}),
+            "{name}"
+        );
+        assert_eq!(
+            &args[args.len() - 4..],
+            ["--ownership", "require", "--max-delete-percent", "50"],
+            "{name}"
         );
         // Pins: the agent's host key at the bastion, the one-off key at the server.
         let js: Secret = Api::namespaced(client.clone(), &dest)
@@ -1484,11 +1527,66 @@ fn localize(args: &[String], mounts: &[(&str, &Path)], ip: &str) -> Vec<String> 
         .collect()
 }
 
-fn spawn(args: &[String], log: &str) -> Running {
+/// Plays the kubelet and the container runtime for a local process: the pod's and its
+/// first container's securityContext as a `setpriv` command line — user and group,
+/// `fsGroup` and `supplementalGroups` as supplementary groups, no inheritable capabilities,
+/// a bounding set of exactly the added ones (a uid-0 process then holds just those; any
+/// other uid holds none, as Kubernetes gives non-root containers no ambient
+/// capabilities), `no_new_privs` for `allowPrivilegeEscalation: false`. Only `drop: [ALL]`
+/// is modelled: the pods the controller makes drop everything.
+fn kubelet(pod: &PodSpec) -> Command {
+    let psc = pod.security_context.clone().unwrap_or_default();
+    let csc = pod.containers[0]
+        .security_context
+        .clone()
+        .unwrap_or_default();
+    let uid = csc.run_as_user.or(psc.run_as_user).unwrap_or(0);
+    let gid = csc.run_as_group.or(psc.run_as_group).unwrap_or(0);
+    if csc.run_as_non_root.or(psc.run_as_non_root) == Some(true) {
+        assert_ne!(uid, 0, "the kubelet refuses runAsNonRoot with uid 0");
+    }
+    let caps = csc.capabilities.unwrap_or_default();
+    assert_eq!(
+        caps.drop.unwrap_or_default(),
+        ["ALL"],
+        "the harness models drop: [ALL] only"
+    );
+    let bounding: String = std::iter::once("-all".to_string())
+        .chain(
+            caps.add
+                .unwrap_or_default()
+                .iter()
+                .map(|c| format!("+{}", c.to_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
+    let groups: Vec<String> = psc
+        .fs_group
+        .into_iter()
+        .chain(psc.supplemental_groups.unwrap_or_default())
+        .map(|g| g.to_string())
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()]);
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        cmd.args(["--groups", &groups.join(",")]);
+    }
+    cmd.args(["--inh-caps", "-all", "--bounding-set", &bounding]);
+    if csc.allow_privilege_escalation == Some(false) {
+        cmd.arg("--no-new-privs");
+    }
+    cmd.args(["--", env!("CARGO_BIN_EXE_dr-syncer")]);
+    cmd
+}
+
+/// Starts `dr-syncer` with `args` as a container of `pod` would run (see [`kubelet`]).
+fn spawn(pod: &PodSpec, args: &[String], log: &str) -> Running {
     let dir = dr_syncer_testkit::target_dir().join("test-logs");
     let log = std::fs::File::create(dir.join(log)).unwrap();
     Running::spawn(
-        Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        kubelet(pod)
             .args(args)
             .env("DR_SYNCER_LOG", "debug")
             .stdout(Stdio::null())
@@ -1496,12 +1594,10 @@ fn spawn(args: &[String], log: &str) -> Running {
     )
 }
 
-/// Runs `dr-syncer pvc-sync` with `args`; returns (exit code, stderr).
-fn pvc_sync(args: &[String]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `dr-syncer pvc-sync` with `args` as the container of the Job's pod `pod` would
+/// (see [`kubelet`]); returns (exit code, stderr).
+fn pvc_sync(pod: &PodSpec, args: &[String]) -> (i32, String) {
+    let out = kubelet(pod).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -1521,6 +1617,25 @@ fn write_secret(dir: &Path, s: &Secret) {
         data.insert(k.clone(), secret_text(s, k));
     }
     write_dir(dir, &data);
+}
+
+/// Owner, group and permission bits of every entry beneath `root`.
+fn owners(root: &Path) -> BTreeMap<String, (u32, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, u32, u32)>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            out.insert(rel, (meta.uid(), meta.gid(), meta.mode() & 0o7777));
+            if meta.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
 }
 
 fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -1607,6 +1722,7 @@ async fn replication_credential_of_one_namespace_is_refused_by_anothers_server()
         .clone()
         .unwrap();
     let _server = spawn(
+        &pod_b.spec.clone().unwrap(),
         &localize(
             &args,
             &[("/data", &src_dir), ("/etc/dr-syncer/keys", &serve_keys)],
@@ -1614,6 +1730,7 @@ async fn replication_credential_of_one_namespace_is_refused_by_anothers_server()
         ),
         "pvcns-serve-b.log",
     );
+    let job_pod = job_b.spec.clone().unwrap().template.spec.unwrap();
     // The Job Secrets of both namespaces, as files.
     let keys = |op: &str, ns: &str| {
         let (client, op, ns) = (client.clone(), op.to_string(), format!("{ns}-dr"));
@@ -1645,7 +1762,7 @@ async fn replication_credential_of_one_namespace_is_refused_by_anothers_server()
         .map(String::from)
         .to_vec();
         std::fs::create_dir_all(work.path().join(to)).unwrap();
-        pvc_sync(&args)
+        pvc_sync(&job_pod, &args)
     };
     // B's own credential reaches B's volume (the server is up and B's pin is right)...
     let (code, stderr) = attempt(&keys_b.join("identity"), "with-b", "20s");
@@ -1692,6 +1809,22 @@ async fn replication_end_to_end_with_real_binaries() {
     std::fs::write(src_dir.join("db/wal/000001"), b"wal record").unwrap();
     std::fs::write(src_dir.join("README"), b"hello DR").unwrap();
     std::os::unix::fs::symlink("db/base.dat", src_dir.join("current")).unwrap();
+    // Issue 16 §1–2: a database-like tree of another user, in 0700 directories: the reader
+    // (uid 0 with DAC_READ_SEARCH only) must read it and the writer (uid 0 with CHOWN,
+    // DAC_OVERRIDE, FOWNER, FSETID only) must recreate it with its owners and modes.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let own = |p: &Path, mode: u32| {
+            std::os::unix::fs::lchown(p, Some(999), Some(999)).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        own(&src_dir.join("db/base.dat"), 0o600);
+        own(&src_dir.join("db/wal/000001"), 0o600);
+        own(&src_dir.join("db/wal"), 0o700);
+        own(&src_dir.join("db"), 0o700);
+        // The bastion runs as uid 65532: the mounted files it reads must be reachable.
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let _controller = start_controller(plane, &env.ctl, "pvce2e", &free_addr(), &[]);
     source_namespace(&env, "pvce2e-src").await;
     mapping(
@@ -1739,11 +1872,10 @@ async fn replication_end_to_end_with_real_binaries() {
         agent_root.join("host/host_key").exists().then_some(())
     })
     .await;
-    let ds_args = ds.spec.template.spec.unwrap().containers[0]
-        .args
-        .clone()
-        .unwrap();
+    let ds_pod = ds.spec.template.spec.unwrap();
+    let ds_args = ds_pod.containers[0].args.clone().unwrap();
     let _bastion = spawn(
+        &ds_pod,
         &localize(&ds_args, &[("/etc/dr-syncer", &agent_root)], agent_ip),
         "pvce2e-bastion.log",
     );
@@ -1764,6 +1896,7 @@ async fn replication_end_to_end_with_real_binaries() {
         .clone()
         .unwrap();
     let _server = spawn(
+        &pod.spec.clone().unwrap(),
         &localize(
             &pod_args,
             &[("/data", &src_dir), ("/etc/dr-syncer/keys", &serve_keys)],
@@ -1795,9 +1928,10 @@ async fn replication_end_to_end_with_real_binaries() {
             *a = summary.display().to_string();
         }
     }
+    let job_pod = job.spec.clone().unwrap().template.spec.unwrap();
     let (code, stderr) = tokio::task::spawn_blocking({
-        let local = local.clone();
-        move || pvc_sync(&local)
+        let (local, job_pod) = (local.clone(), job_pod.clone());
+        move || pvc_sync(&job_pod, &local)
     })
     .await
     .unwrap();
@@ -1806,6 +1940,11 @@ async fn replication_end_to_end_with_real_binaries() {
         tree(&dst_dir),
         tree(&src_dir),
         "the DR volume equals the source"
+    );
+    assert_eq!(
+        owners(&dst_dir),
+        owners(&src_dir),
+        "owners, groups and modes are kept"
     );
     let report = std::fs::read_to_string(&summary).unwrap();
     finish_job(&client, &job, true, &report).await;
@@ -1848,10 +1987,332 @@ async fn replication_end_to_end_with_real_binaries() {
         .position(|a| a == "--connect-timeout")
         .unwrap();
     no_retry[i + 1] = "0s".into();
-    let (code, stderr) = pvc_sync(&no_retry);
+    let (code, stderr) = pvc_sync(&job_pod, &no_retry);
     assert_eq!(code, 3, "{stderr}");
     assert!(
         stderr.contains("authentication refused"),
         "the one-off key after its operation: {stderr}"
     );
+}
+
+/// What `pvc-sync` writes when the deletion breaker holds a sync (exit code 7).
+const HELD: &str = r#"{"held":{"batch":"0123456789ab","files":90,"bytes":9000,"filesTotal":100,"bytesTotal":10000},"error":"deletion breaker: would delete 90 of 100 files","exitCode":7}"#;
+
+/// Issue 16 §3: a Job that ended with a held report gives the volume result `Held` (not a
+/// failure, not a success: the last good numbers and point in time stay), a
+/// `PvcDeletionsHeld` Warning Event and the `Held` metric, with the exact release command;
+/// after the user runs it, the next Job carries `--allow-deletions <batch>`.
+#[tokio::test]
+async fn replication_held_sync_shows_the_batch_and_the_release_reaches_the_next_job() {
+    let fx = Fixture::start("pvcheld").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let src = "pvcheld-src";
+    fx.replicate(
+        "clone",
+        src,
+        json!({"copyMethod": "Clone", "maxDeletePercent": 20, "ownership": "Ignore"}),
+    )
+    .await;
+    let first = fx.sync_ok("clone", src, "1", "10.1.0.2").await;
+    let good = finished(&client, &env.ctl, "clone", &first).await;
+    let pod = fx
+        .trigger_sync("clone", src, "2", "server pod of the held run")
+        .await;
+    let op = op_of(&pod);
+    let job = fx.serve(src, &pod, "10.1.0.4", "held Job").await;
+    let args = job_args(&job);
+    assert_eq!(
+        &args[args.len() - 4..],
+        ["--ownership", "ignore", "--max-delete-percent", "20"]
+    );
+    assert!(!args.contains(&"--allow-deletions".to_string()), "{args:?}");
+    finish_job(&client, &job, false, HELD).await;
+    let held = eventually("held recorded", Duration::from_secs(60), || async {
+        volume_status(&client, &env.ctl, "clone", &op)
+            .await
+            .filter(|v| v.result == Some(dr_syncer::api::PvcSyncResult::Held))
+    })
+    .await;
+    let release = "kubectl annotate nsm clone -n pvcheld dr-syncer.io/allow-data-deletion=0123456789ab --overwrite";
+    let message = held.message.clone().unwrap();
+    assert!(message.contains(release), "{message}");
+    assert!(
+        message.contains("would delete 90 of 100 files (90%) and 9000 of 10000 bytes (90%)"),
+        "{message}"
+    );
+    assert_eq!(
+        (held.bytes_literal, held.files_transferred),
+        (100, 3),
+        "the last good sync's numbers stay"
+    );
+    assert_eq!(
+        held.point_in_time, good.point_in_time,
+        "the RPO keeps growing"
+    );
+    assert_eq!(held.last_success_time, good.last_success_time);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &env.ctl);
+    let event = eventually(
+        "PvcDeletionsHeld Event",
+        Duration::from_secs(30),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("PvcDeletionsHeld"))
+        },
+    )
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.unwrap_or_default();
+    assert!(note.starts_with(&format!("{src}/data: ")), "{note}");
+    assert!(note.contains(release), "{note}");
+    let metrics = reqwest_metrics(&fx.http).await;
+    assert!(
+        metrics.contains(&format!(
+            r#"dr_syncer_pvc_syncs_total{{mapping="{}/clone",result="Held"}} 1"#,
+            env.ctl
+        )),
+        "{metrics}"
+    );
+    assert_clean(&client, &[src, "pvcheld-src-dr"], &env.agent_ns, &env.ctl).await;
+
+    // The user checked the source and releases the batch: the next Job passes it on.
+    trigger(
+        &client,
+        &env.ctl,
+        "clone",
+        "dr-syncer.io/allow-data-deletion",
+        "0123456789ab",
+    )
+    .await;
+    let pod = fx
+        .trigger_sync("clone", src, "3", "server pod of the released run")
+        .await;
+    let op = op_of(&pod);
+    let job = fx.serve(src, &pod, "10.1.0.5", "released Job").await;
+    let args = job_args(&job);
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--allow-deletions", "0123456789ab"]),
+        "{args:?}"
+    );
+    finish_job(
+        &client,
+        &job,
+        true,
+        r#"{"filesTransferred":0,"bytesLiteral":0,"bytesMatched":0,"deleted":90,"deletedBytes":9000,"ownershipNotKept":2,"duration":0.2}"#,
+    )
+    .await;
+    let v = finished(&client, &env.ctl, "clone", &op).await;
+    assert_eq!(v.result, Some(dr_syncer::api::PvcSyncResult::Succeeded));
+    assert_eq!((v.deleted_files, v.ownership_not_kept), (90, 2));
+    assert!(
+        v.message
+            .unwrap_or_default()
+            .contains("2 files keep the DR writer's owner"),
+        "ownership: Ignore shows what was not kept"
+    );
+    assert!(v.point_in_time > good.point_in_time);
+}
+
+fn job_args(job: &Job) -> Vec<String> {
+    job.spec.clone().unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap()
+}
+
+/// Issue 16 §3: `keepSnapshots` unset keeps one last-good destination snapshot, with the
+/// DR cluster's VolumeSnapshotClass whose driver provisions the destination PVC's
+/// StorageClass; none without such a class; an explicit 0 means none.
+#[tokio::test]
+async fn replication_keep_snapshots_defaults_to_one_with_a_matching_snapshot_class() {
+    let fx = Fixture::start("pvckeep").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let applier = Applier::new(client.clone(), "test");
+    dr_syncer_testkit::objects::wait_established(
+        &client,
+        &["volumesnapshotclasses.snapshot.storage.k8s.io"],
+    )
+    .await;
+    // Cluster-scoped, so named for this test only.
+    for o in [
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "pvckeep-csi"}, "provisioner": "keep.csi.test"}),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+               "metadata": {"name": "pvckeep-plain"}, "provisioner": "plain.csi.test"}),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+               "metadata": {"name": "pvckeep-other"}, "driver": "other.csi.test", "deletionPolicy": "Delete"}),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+               "metadata": {"name": "pvckeep-snap"}, "driver": "keep.csi.test", "deletionPolicy": "Delete"}),
+    ] {
+        applier.apply(&o).await;
+    }
+    let cases = [
+        ("matching", "pvckeep-csi", json!({"copyMethod": "Clone"}), 1),
+        (
+            "no_class",
+            "pvckeep-plain",
+            json!({"copyMethod": "Clone"}),
+            0,
+        ),
+        (
+            "explicit_zero",
+            "pvckeep-csi",
+            json!({"copyMethod": "Clone", "keepSnapshots": 0}),
+            0,
+        ),
+    ];
+    for (i, (name, class, data, want)) in cases.into_iter().enumerate() {
+        let mapping = name.replace('_', "-");
+        let src = format!("pvckeep-{mapping}");
+        source_namespace(env, &src).await;
+        mapping_with_class(env, &mapping, &src, class, data).await;
+        fx.sync_ok(&mapping, &src, "1", &format!("10.1.1.{}", i + 1))
+            .await;
+        let images: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &format!("{src}-dr"), &snapshot_ar());
+        let kept = images
+            .list(&ListParams::default().labels("dr-syncer.io/image=true"))
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(kept.len(), want, "{name}");
+        if want > 0 {
+            assert_eq!(
+                kept[0].data["spec"],
+                json!({"source": {"persistentVolumeClaimName": "data"}, "volumeSnapshotClassName": "pvckeep-snap"}),
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Issue 16 §1–2: a source RemoteCluster with `runAsRoot: false` (namespaces enforcing
+/// Pod Security `restricted`) and `hostUsers: false` gets uid-65532 pods without any
+/// capability, in a user namespace; a Job that could not keep ownership (exit code 6)
+/// fails closed with a message naming both settings that would let it through.
+#[tokio::test]
+async fn replication_non_root_cluster_runs_without_capabilities_and_says_what_to_change() {
+    let fx = Fixture::start("pvcnoroot").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    Api::<dr_syncer::api::RemoteCluster>::namespaced(client.clone(), &env.ctl)
+        .patch(
+            "prod",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"pvcSync": {"runAsRoot": false, "hostUsers": false}}})),
+        )
+        .await
+        .unwrap();
+    let src = "pvcnoroot-src";
+    fx.replicate("clone", src, json!({"copyMethod": "Clone"}))
+        .await;
+    let pod = fx.trigger_sync("clone", src, "1", "server pod").await;
+    let op = op_of(&pod);
+    let p = serde_json::to_value(&pod).unwrap();
+    assert_eq!(p["spec"]["hostUsers"], false);
+    assert_eq!(
+        p["spec"]["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(
+        p["spec"]["containers"][0]["securityContext"]["capabilities"],
+        json!({"drop": ["ALL"]})
+    );
+    let job = fx.serve(src, &pod, "10.1.0.6", "sync Job").await;
+    let j = serde_json::to_value(&job).unwrap();
+    let spec = &j["spec"]["template"]["spec"];
+    assert_eq!(spec["hostUsers"], false);
+    assert_eq!(spec["securityContext"]["runAsUser"], 65532);
+    assert_eq!(spec["securityContext"]["fsGroup"], 65532);
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["capabilities"],
+        json!({"drop": ["ALL"]})
+    );
+    finish_job(
+        &client,
+        &job,
+        false,
+        r#"{"error":"cannot keep ownership: chown pg/base/1 to 999:999: Operation not permitted (12 files)","exitCode":6}"#,
+    )
+    .await;
+    let v = finished(&client, &env.ctl, "clone", &op).await;
+    assert_eq!(v.result, Some(dr_syncer::api::PvcSyncResult::Failed));
+    let message = v.message.unwrap_or_default();
+    for want in [
+        "(exit code 6)",
+        "spec.pvcSync.runAsRoot: false",
+        "set runAsRoot: true",
+        "dataSyncConfig.ownership: Ignore",
+    ] {
+        assert!(message.contains(want), "{want} not in {message}");
+    }
+    assert_eq!(v.point_in_time, None, "nothing good was ever copied");
+}
+
+/// Issue 16 §1: Pod Security. A source namespace enforcing `baseline` would refuse the
+/// uid-0 reader (DAC_READ_SEARCH is not a baseline capability): the sync fails before
+/// creating anything, naming the label and the RemoteCluster setting that would let it
+/// run.
+#[tokio::test]
+async fn replication_pod_security_conflict_fails_before_creating_anything() {
+    let fx = Fixture::start("pvcpsa").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let src = "pvcpsa-src";
+    source_namespace(env, src).await;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            src,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    mapping(env, "clone", src, json!({"copyMethod": "Clone"})).await;
+    trigger(
+        &client,
+        &env.ctl,
+        "clone",
+        "dr-syncer.io/sync-data-now",
+        "1",
+    )
+    .await;
+    let v = eventually("failure recorded", Duration::from_secs(60), || async {
+        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), &env.ctl)
+            .get("clone")
+            .await
+            .ok()?;
+        nm.status?
+            .pvc_data?
+            .volumes
+            .into_iter()
+            .find(|v| v.result == Some(dr_syncer::api::PvcSyncResult::Failed))
+    })
+    .await;
+    let message = v.message.unwrap_or_default();
+    for want in [
+        "namespace pvcpsa-src enforces Pod Security \"baseline\"",
+        "pod-security.kubernetes.io/enforce=privileged",
+        "spec.pvcSync.runAsRoot: false",
+    ] {
+        assert!(message.contains(want), "{want} not in {message}");
+    }
+    assert!(
+        labeled::<PersistentVolumeClaim>(&client, src, TEMP)
+            .await
+            .is_empty(),
+        "nothing was created"
+    );
+    assert_clean(&client, &[src, "pvcpsa-src-dr"], &env.agent_ns, &env.ctl).await;
 }

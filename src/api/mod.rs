@@ -44,6 +44,10 @@ pub mod keys {
     /// Annotation on a NamespaceMapping: releases a batch held by the mass-deletion breaker
     /// when its value equals the held batch's id (shown in `status.lastError`).
     pub const ALLOW_MASS_DELETION: &str = "dr-syncer.io/allow-mass-deletion";
+    /// Annotation on a NamespaceMapping: releases the volume data sync held by the data
+    /// deletion breaker when its value equals the held batch's id (shown in the volume's
+    /// `status.pvcData` message and the `PvcDeletionsHeld` Event).
+    pub const ALLOW_DATA_DELETION: &str = "dr-syncer.io/allow-data-deletion";
     /// Label set on every object applied into a DR cluster; pruning only touches these.
     pub const MANAGED_BY: &str = "dr-syncer.io/managed-by";
     /// Annotation on a NamespaceMapping: any new value runs one volume data sync of every

@@ -1,6 +1,7 @@
 //! `NamespaceMapping`: one source namespace (or a label-selected set) replicated to one
 //! destination — a path in a git repository (primary) or a DR cluster (direct apply).
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -245,7 +246,7 @@ pub struct StringMapping {
 }
 
 /// PersistentVolumeClaim handling.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcConfig {
     /// StorageClass names rewritten on the DR side.
@@ -294,7 +295,7 @@ pub enum AccessMode {
 }
 
 /// Volume data replication settings.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSyncConfig {
     /// Cron schedule for data syncs; defaults to the mapping's `schedule`.
@@ -311,9 +312,27 @@ pub struct DataSyncConfig {
     #[schemars(length(min = 1, max = 253))]
     pub volume_snapshot_class_name: Option<String>,
     /// Keep this many VolumeSnapshots of the destination after good syncs (0 = none).
+    /// Unset: 1 (the last good copy) when the DR cluster has a VolumeSnapshotClass whose
+    /// `driver` is the provisioner of the destination PVC's StorageClass (that class is
+    /// used), else none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub keep_snapshots: Option<i32>,
+    /// File ownership on the DR copy (see [`Ownership`]; default `Preserve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<Ownership>,
+    /// Deletion breaker: a sync that would delete more than this percentage of the DR
+    /// copy's files or bytes (and at least 10 files or 1 MiB) changes nothing and is held
+    /// until the annotation `dr-syncer.io/allow-data-deletion` names its batch (shown in
+    /// the volume's status and the `PvcDeletionsHeld` Event). Default 50; 100 turns the
+    /// breaker off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_delete_percent: Option<i32>,
+    /// Resources of the `pvc-sync` Job's and the volume server's containers (default:
+    /// requests cpu 100m, memory 64Mi; limit memory 512Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
     /// Bandwidth limit in KiB/s (0 = unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
@@ -322,6 +341,21 @@ pub struct DataSyncConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     pub timeout: Option<String>,
+}
+
+/// File ownership on the DR copy: `Preserve` (default) gives every file its source owner
+/// and group, and fails the sync when one cannot be set (the `pvc-sync` Job needs the
+/// source RemoteCluster's `spec.pvcSync.runAsRoot`, the default); `Ignore` keeps the
+/// writer's ids where the source's cannot be set and counts those files in
+/// `status.pvcData.volumes[].ownershipNotKept` (applications that check the owner of their
+/// data directory, like PostgreSQL, may then refuse to start on the copy).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Ownership {
+    /// Every file gets its source owner and group; a sync that cannot set one fails.
+    #[default]
+    Preserve,
+    /// Files keep the writer's ids where the source's cannot be set (counted in status).
+    Ignore,
 }
 
 /// How the point-in-time source of a volume sync is made.
@@ -550,7 +584,9 @@ pub struct PvcVolumeStatus {
     /// Result of the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<PvcSyncResult>,
-    /// Why the last attempt failed or was skipped.
+    /// Why the last attempt failed, was held (with the command that releases it) or was
+    /// skipped; after a success, what was not copied as it is on the source (files with
+    /// the writer's owner under `ownership: Ignore`, unreadable source entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Start of the last attempt.
@@ -576,6 +612,17 @@ pub struct PvcVolumeStatus {
     /// Files transferred by the last successful sync.
     #[serde(default)]
     pub files_transferred: i64,
+    /// Files deleted from the DR copy by the last successful sync.
+    #[serde(default)]
+    pub deleted_files: i64,
+    /// Files of the last successful sync whose owner or group could not be kept
+    /// (`ownership: Ignore` only; with `Preserve` such a sync fails).
+    #[serde(default)]
+    pub ownership_not_kept: i64,
+    /// Source entries the last successful sync could not read (the DR copy keeps its
+    /// earlier version of them; the message names the first ones).
+    #[serde(default)]
+    pub unreadable: i64,
     /// Wall time of the last attempt in milliseconds.
     #[serde(default)]
     pub duration_millis: i64,
@@ -595,6 +642,10 @@ pub enum PvcSyncResult {
     Failed,
     /// Another sync of the same PVC was running.
     Skipped,
+    /// The deletion breaker held the sync: it would have deleted more of the DR copy than
+    /// `dataSyncConfig.maxDeletePercent` allows, so nothing changed; `message` names the
+    /// batch and the annotation that releases it.
+    Held,
 }
 
 /// Summary phase of a mapping.

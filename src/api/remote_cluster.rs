@@ -104,10 +104,29 @@ pub struct PvcSyncSpec {
     /// PriorityClass of the agent pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
-    /// Run volume readers as root (some storage needs it). Off by default: pods run as a
-    /// non-root user without privileges.
-    #[serde(default)]
+    /// Run the volume server (reader) and the DR `pvc-sync` Job (writer) as uid 0 with
+    /// only the capabilities each needs: the reader gets `DAC_READ_SEARCH` (read any file
+    /// and directory, whatever its mode and owner), the writer `CHOWN`, `DAC_OVERRIDE`,
+    /// `FOWNER` and `FSETID` (recreate files with their owners and modes); every other
+    /// capability is dropped, privilege escalation is off and the root filesystem
+    /// read-only. On by default: Kubernetes grants added capabilities only to uid-0
+    /// containers (a non-root container gets no ambient capabilities), so a copy that keeps
+    /// ownership needs uid 0. Pod Security: the writer's capabilities are within the
+    /// `baseline` level, the reader's `DAC_READ_SEARCH` is not, so a source namespace
+    /// enforcing `baseline` or `restricted` refuses the volume server pod (it needs
+    /// `privileged`). `false` runs both as uid 65532 without any capability, as namespaces
+    /// enforcing `restricted` require; then files the reader may not read fail the sync or
+    /// are reported unreadable, and files of other owners fail the sync unless the
+    /// mapping's `dataSyncConfig.ownership` is `Ignore`. The agent's bastion always runs as
+    /// uid 65532 without capabilities: it never touches volumes.
+    #[serde(default = "default_true")]
     pub run_as_root: bool,
+    /// `false` runs the volume server and the `pvc-sync` Job in a user namespace
+    /// (`hostUsers: false`, Kubernetes 1.33+ with a runtime and filesystems that support
+    /// it), so their uid 0 and capabilities are not root on the node. Unset: the cluster
+    /// default (the host's user namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_users: Option<bool>,
     /// Most PVC syncs running at once against this cluster.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 256))]

@@ -49,11 +49,9 @@ pub fn daemonset(
     image: &str,
     host_key_fingerprint: &str,
 ) -> DaemonSet {
-    let user = if spec.run_as_root {
-        0
-    } else {
-        super::objects::USER
-    };
+    // The bastion only forwards connections; it never touches volumes, so it runs as the
+    // non-root user without capabilities whatever `runAsRoot` says.
+    let user = super::objects::USER;
     let mut container = json!({
         "name": "bastion", "image": image,
         "args": ["agent", "bastion",
@@ -84,7 +82,7 @@ pub fn daemonset(
         "enableServiceLinks": false,
         "hostNetwork": spec.host_network,
         "dnsPolicy": if spec.host_network { "ClusterFirstWithHostNet" } else { "ClusterFirst" },
-        "securityContext": {"runAsNonRoot": !spec.run_as_root, "runAsUser": user, "runAsGroup": user,
+        "securityContext": {"runAsNonRoot": true, "runAsUser": user, "runAsGroup": user,
                             "fsGroup": user, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [
@@ -256,5 +254,49 @@ pub async fn set_entry(
             )
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bastion never touches volumes: uid 65532 without capabilities, whatever
+    /// `runAsRoot` (which only concerns the volume server and the Job) says.
+    #[test]
+    fn daemonset_runs_as_non_root_whatever_run_as_root() {
+        for (name, setting) in [
+            ("default", json!({"enabled": true})),
+            ("root", json!({"enabled": true, "runAsRoot": true})),
+            ("non_root", json!({"enabled": true, "runAsRoot": false})),
+        ] {
+            let spec: PvcSyncSpec = serde_json::from_value(setting).unwrap();
+            let ds = serde_json::to_value(daemonset("prod", &spec, "img", "SHA256:x")).unwrap();
+            let pod = &ds["spec"]["template"]["spec"];
+            assert_eq!(
+                pod["securityContext"],
+                json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                       "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}),
+                "{name}"
+            );
+            assert_eq!(
+                pod["containers"][0]["securityContext"]["capabilities"],
+                json!({"drop": ["ALL"]}),
+                "{name}"
+            );
+        }
+    }
+
+    /// `runAsRoot` defaults to on (keeping ownership needs uid 0 in a pod); `hostUsers`
+    /// stays unset unless given.
+    #[test]
+    fn pvc_sync_spec_defaults() {
+        let spec: PvcSyncSpec = serde_json::from_value(json!({"enabled": true})).unwrap();
+        assert!(spec.run_as_root);
+        assert_eq!(spec.host_users, None);
+        let spec: PvcSyncSpec =
+            serde_json::from_value(json!({"runAsRoot": false, "hostUsers": false})).unwrap();
+        assert!(!spec.run_as_root);
+        assert_eq!(spec.host_users, Some(false));
     }
 }

@@ -27,7 +27,7 @@ pub struct KindLabel {
     pub kind: String,
 }
 
-/// `mapping`, `result` (`Succeeded`, `Failed`, `Skipped`).
+/// `mapping`, `result` (`Succeeded`, `Failed`, `Held` (by the deletion breaker), `Skipped`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// Mapping key.

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ResourceRequirements, Secret};
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
-use crate::api::CopyMethod;
+use crate::api::{CopyMethod, Ownership};
 use crate::export::policy::Policy;
 use crate::export::resource::Registry;
 
@@ -30,8 +30,17 @@ pub const MAPPING: &str = "dr-syncer.io/mapping";
 pub const TEMPORARY: &str = "dr-syncer.io/temporary";
 /// Label: the source PVC name.
 pub const PVC: &str = "dr-syncer.io/pvc";
-/// The non-root user everything runs as unless `runAsRoot` is set (distroless `nonroot`).
+/// The non-root user of the agent's bastion, and of the volume server and the Job when
+/// `runAsRoot` is off (distroless `nonroot`).
 pub const USER: i64 = 65532;
+/// Capabilities of the volume server (reader) as uid 0: read whatever the mode and owner.
+pub const READER_CAPS: &[&str] = &["DAC_READ_SEARCH"];
+/// Capabilities of the `pvc-sync` Job (writer) as uid 0: create and replace files in any
+/// directory, give them their owners, keep their modes (setgid included) and times.
+pub const WRITER_CAPS: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"];
+/// Default percentage of the DR copy's files or bytes a sync may delete before the
+/// deletion breaker holds it.
+pub const DEFAULT_MAX_DELETE_PERCENT: i32 = 50;
 
 /// Everything that shapes the objects of one operation.
 #[derive(Debug, Clone)]
@@ -50,8 +59,20 @@ pub struct Operation {
     pub image: String,
     /// Image pull policy.
     pub pull_policy: Option<String>,
-    /// Run the server pod and the Job as root (storage that needs it; explicit setting).
+    /// Run the server pod and the Job as uid 0 with only the capabilities each needs
+    /// ([`READER_CAPS`], [`WRITER_CAPS`]); else as [`USER`] without capabilities.
     pub run_as_root: bool,
+    /// `Some(false)`: run the server pod and the Job in a user namespace.
+    pub host_users: Option<bool>,
+    /// Keep file ownership (`--ownership require`) or not (`ignore`).
+    pub ownership: Ownership,
+    /// The deletion breaker's threshold (`--max-delete-percent`).
+    pub max_delete_percent: i32,
+    /// The batch the user released (`--allow-deletions`), from the mapping's
+    /// `dr-syncer.io/allow-data-deletion` annotation.
+    pub allow_deletions: Option<String>,
+    /// Resources of the server's and the Job's containers (default when `None`).
+    pub resources: Option<ResourceRequirements>,
     /// Node of the live volume (`Direct`).
     pub node: Option<String>,
     /// VolumeSnapshotClass (`Snapshot`).
@@ -170,11 +191,15 @@ impl Operation {
         .expect("valid PVC")
     }
 
-    fn security(&self, writer: bool) -> (Value, Value) {
+    /// The pod and container security contexts of the server (`writer` false) or the Job.
+    /// Kubernetes grants added capabilities only to uid-0 containers (a non-root container
+    /// gets no ambient capabilities, and `allowPrivilegeEscalation: false` disables file
+    /// capabilities), so keeping ownership means uid 0 with exactly the capabilities the
+    /// side needs, and nothing else.
+    pub fn security(&self, writer: bool) -> (Value, Value) {
         let caps = match (self.run_as_root, writer) {
-            // Root still gets only what reading or restoring ownership needs.
-            (true, false) => json!({"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]}),
-            (true, true) => json!({"drop": ["ALL"], "add": ["CHOWN", "FOWNER", "DAC_OVERRIDE"]}),
+            (true, false) => json!({"drop": ["ALL"], "add": READER_CAPS}),
+            (true, true) => json!({"drop": ["ALL"], "add": WRITER_CAPS}),
             (false, _) => json!({"drop": ["ALL"]}),
         };
         let user = if self.run_as_root { 0 } else { USER };
@@ -205,7 +230,10 @@ impl Operation {
                 {"name": "data", "mountPath": DATA_DIR, "readOnly": claim_read_only},
                 {"name": "keys", "mountPath": KEYS_DIR, "readOnly": true},
             ],
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+            "resources": match &self.resources {
+                Some(r) => serde_json::to_value(r).expect("resources serialize"),
+                None => json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}),
+            },
             "terminationMessagePolicy": "File",
         });
         if let Some(p) = &self.pull_policy {
@@ -270,6 +298,9 @@ impl Operation {
         if let Some(node) = &self.node {
             spec["nodeName"] = json!(node);
         }
+        if let Some(h) = self.host_users {
+            spec["hostUsers"] = json!(h);
+        }
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": self.meta("serve", &self.source_namespace()),
@@ -317,7 +348,34 @@ impl Operation {
         if let Some(kib) = self.bwlimit_kib.filter(|k| *k > 0) {
             args.extend(["--bwlimit".into(), (i64::from(kib) * 1024).to_string()]);
         }
+        let ownership = match self.ownership {
+            Ownership::Preserve => "require",
+            Ownership::Ignore => "ignore",
+        };
+        args.extend([
+            "--ownership".into(),
+            ownership.into(),
+            "--max-delete-percent".into(),
+            self.max_delete_percent.clamp(0, 100).to_string(),
+        ]);
+        if let Some(batch) = self.allow_deletions.as_deref().filter(|b| !b.is_empty()) {
+            args.extend(["--allow-deletions".into(), batch.into()]);
+        }
         let (pod_sc, _) = self.security(true);
+        let mut pod_spec = json!({
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "securityContext": pod_sc,
+            "containers": [self.container(args, true, false)],
+            "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": dest_pvc}},
+                {"name": "keys", "secret": {"secretName": self.name("job"), "defaultMode": 0o440}},
+            ],
+        });
+        if let Some(h) = self.host_users {
+            pod_spec["hostUsers"] = json!(h);
+        }
         serde_json::from_value(json!({
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": self.meta("job", &self.dest_namespace),
@@ -326,17 +384,7 @@ impl Operation {
                 "activeDeadlineSeconds": self.timeout.as_secs().max(60),
                 "template": {
                     "metadata": {"labels": self.labels()},
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "automountServiceAccountToken": false,
-                        "enableServiceLinks": false,
-                        "securityContext": pod_sc,
-                        "containers": [self.container(args, true, false)],
-                        "volumes": [
-                            {"name": "data", "persistentVolumeClaim": {"claimName": dest_pvc}},
-                            {"name": "keys", "secret": {"secretName": self.name("job"), "defaultMode": 0o440}},
-                        ],
-                    },
+                    "spec": pod_spec,
                 },
             },
         }))

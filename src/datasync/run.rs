@@ -51,10 +51,16 @@ pub struct Env {
     pub host: KeyRing,
     /// The mapping's export policy (destination PVC shape).
     pub policy: Policy,
-    /// VolumeSnapshots of the destination to keep (0: none).
-    pub keep_snapshots: i32,
+    /// VolumeSnapshots of the destination to keep (0: none); `None`: 1 when the DR
+    /// cluster has a VolumeSnapshotClass for the destination PVC's provisioner, else 0
+    /// (see [`image_policy`]).
+    pub keep_snapshots: Option<i32>,
     /// VolumeSnapshotClass for destination snapshots.
     pub snapshot_class: Option<String>,
+    /// Namespace of the mapping (named in the release command of a held sync).
+    pub mapping_namespace: String,
+    /// Name of the mapping.
+    pub mapping_name: String,
     /// Becomes `true` when the mapping is deleted or stops replicating data: running
     /// operations stop and clean up.
     pub cancel: tokio::sync::watch::Receiver<bool>,
@@ -63,9 +69,9 @@ pub struct Env {
 /// The result of one operation.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// Succeeded, failed or skipped.
+    /// Succeeded, failed, held or skipped.
     pub result: PvcSyncResult,
-    /// Why it failed or was skipped.
+    /// Why it failed, was held or skipped; for a success, what was not copied as is.
     pub message: Option<String>,
     /// What `pvc-sync` reported.
     pub report: Option<Report>,
@@ -136,9 +142,9 @@ pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
     let result = tokio::select! {
         r = tokio::time::timeout(op.timeout, steps(env, op)) => match r {
             Ok(r) => r,
-            Err(_) => Err(format!("timed out after {}s", op.timeout.as_secs())),
+            Err(_) => Err(StepError::Failed(format!("timed out after {}s", op.timeout.as_secs()))),
         },
-        _ = cancel.wait_for(|c| *c) => Err("cancelled: the mapping was deleted or stopped replicating data".into()),
+        _ = cancel.wait_for(|c| *c) => Err(StepError::Failed("cancelled: the mapping was deleted or stopped replicating data".into())),
     };
     let cleaned = cleanup(env, op).await;
     if let Err(e) = &cleaned {
@@ -148,8 +154,16 @@ pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
         tracing::warn!(operation = %op.id, error = %e, "cannot release the PVC lock; it expires");
     }
     let mut out = match result {
-        Ok((report, pit)) => outcome(PvcSyncResult::Succeeded, None, Some(report), Some(pit)),
-        Err(e) => outcome(PvcSyncResult::Failed, Some(e), None, None),
+        Ok((report, pit)) => {
+            let note = plan::success_note(&report);
+            outcome(PvcSyncResult::Succeeded, note, Some(report), Some(pit))
+        }
+        Err(StepError::Held(report)) => {
+            let held = report.held.clone().unwrap_or_default();
+            let msg = plan::held_message(&held, &env.mapping_namespace, &env.mapping_name);
+            outcome(PvcSyncResult::Held, Some(msg), Some(report), None)
+        }
+        Err(StepError::Failed(e)) => outcome(PvcSyncResult::Failed, Some(e), None, None),
     };
     out.cleanup_failed = cleaned.is_err();
     out
@@ -173,12 +187,43 @@ where
     }
 }
 
-async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String> {
+/// Why the steps of an operation did not end in a good copy.
+enum StepError {
+    /// Something failed; the message says what.
+    Failed(String),
+    /// The deletion breaker held the sync (the report names the batch).
+    Held(Report),
+}
+
+impl From<String> for StepError {
+    fn from(e: String) -> Self {
+        StepError::Failed(e)
+    }
+}
+
+async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepError> {
     let src_ns = op.source_namespace();
     let snapshots: Api<DynamicObject> =
         Api::namespaced_with(env.source.clone(), &src_ns, &snapshot_resource());
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.source.clone(), &src_ns);
     let pp = PostParams::default();
+    // 0. Pod Security: a namespace enforcing a level the operation's pods do not meet would
+    // refuse the server pod (source) or leave the Job without a pod until the deadline
+    // (DR); say what to change before anything is created.
+    for (client, ns, writer) in [
+        (&env.source, &src_ns, false),
+        (&env.dest, &op.dest_namespace, true),
+    ] {
+        let level = Api::<Namespace>::all(client.clone())
+            .get_opt(ns)
+            .await
+            .map_err(kube_err("read namespace"))?
+            .and_then(|n| n.metadata.labels?.remove(plan::POD_SECURITY_ENFORCE));
+        if let Some(why) = plan::pod_security_conflict(ns, level.as_deref(), op.run_as_root, writer)
+        {
+            return Err(why.into());
+        }
+    }
     // 1. The point in time.
     let point_in_time = match op.method {
         CopyMethod::Snapshot => {
@@ -297,19 +342,21 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
     let dest_claims: Api<PersistentVolumeClaim> =
         Api::namespaced(env.dest.clone(), &op.dest_namespace);
     let dest_pvc = op.pvc_name();
-    if dest_claims
+    let dest_claim = match dest_claims
         .get_opt(&dest_pvc)
         .await
         .map_err(kube_err("read destination PVC"))?
-        .is_none()
     {
-        let claim = objects::destination_claim(&op.source, &op.dest_namespace, &env.policy);
-        match dest_claims.create(&pp, &claim).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(format!("create destination PVC: {e}")),
+        Some(c) => c,
+        None => {
+            let claim = objects::destination_claim(&op.source, &op.dest_namespace, &env.policy);
+            match dest_claims.create(&pp, &claim).await {
+                Ok(c) => c,
+                Err(kube::Error::Api(s)) if s.code == 409 => claim,
+                Err(e) => return Err(format!("create destination PVC: {e}").into()),
+            }
         }
-    }
+    };
     // 5. The Job.
     let known = objects::known_hosts(
         &bastion,
@@ -352,20 +399,32 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), String>
         .map_err(kube_err("list Job pods"))?;
     let report = listed.items.iter().find_map(plan::report);
     if !succeeded {
+        if let Some(r) = report.as_ref().filter(|r| r.held.is_some()) {
+            return Err(StepError::Held(r.clone()));
+        }
         let why = report
             .and_then(|r| {
-                r.error
-                    .map(|e| format!("{e} (exit code {})", r.exit_code.unwrap_or(1)))
+                let code = r.exit_code.unwrap_or(1);
+                let hint = if code == plan::EXIT_OWNERSHIP {
+                    plan::ownership_hint(op.run_as_root)
+                } else {
+                    ""
+                };
+                r.error.map(|e| format!("{e} (exit code {code}){hint}"))
             })
             .unwrap_or_else(|| {
                 "the pvc-sync Job failed (no report in its termination message)".into()
             });
-        return Err(why);
+        return Err(why.into());
     }
     let report = report.unwrap_or_default();
+    if let Some(why) = plan::ownership_breach(&report, op.ownership) {
+        return Err(why.into());
+    }
     // The data is in and verified: a failed image snapshot is a warning, not a failed sync.
-    if env.keep_snapshots > 0
-        && let Err(e) = keep_image(env, op, &dest_pvc).await
+    let (keep, class) = image_policy(env, &dest_claim).await;
+    if keep > 0
+        && let Err(e) = keep_image(env, op, &dest_pvc, keep, class).await
     {
         tracing::warn!(operation = %op.id, error = %e, "destination snapshot not taken");
     }
@@ -444,14 +503,89 @@ async fn ensure_namespace(client: &Client, name: &str) -> Result<(), String> {
         .map_err(kube_err("create destination namespace"))
 }
 
+/// The VolumeSnapshotClass API.
+pub fn snapshot_class_resource() -> ApiResource {
+    ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshotClass".into(),
+        plural: "volumesnapshotclasses".into(),
+    }
+}
+
+/// How many destination images to keep and with which VolumeSnapshotClass: an explicit
+/// `keepSnapshots` with the mapping's class; unset, 1 with the DR cluster's
+/// VolumeSnapshotClass whose driver provisions the destination PVC's StorageClass, or 0
+/// when there is none (or the snapshot API is not served).
+async fn image_policy(env: &Env, claim: &PersistentVolumeClaim) -> (i32, Option<String>) {
+    if let Some(n) = env.keep_snapshots {
+        return (n.max(0), env.snapshot_class.clone());
+    }
+    match default_image_class(&env.dest, claim).await {
+        Ok(Some(class)) => (1, Some(class)),
+        Ok(None) => (0, None),
+        Err(e) => {
+            tracing::debug!(error = %e, "no default destination snapshot: cannot match a VolumeSnapshotClass");
+            (0, None)
+        }
+    }
+}
+
+/// The DR cluster's VolumeSnapshotClass for the provisioner of `claim`'s StorageClass
+/// (the one named by the claim, else the cluster's default StorageClass).
+async fn default_image_class(
+    dest: &Client,
+    claim: &PersistentVolumeClaim,
+) -> Result<Option<String>, kube::Error> {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let classes: Api<StorageClass> = Api::all(dest.clone());
+    let named = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone());
+    let sc = match named {
+        Some(n) => classes.get_opt(&n).await?,
+        None => classes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|c| {
+                c.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("storageclass.kubernetes.io/is-default-class"))
+                    .is_some_and(|v| v == "true")
+            }),
+    };
+    let Some(sc) = sc else { return Ok(None) };
+    let snapshot_classes: Api<DynamicObject> =
+        Api::all_with(dest.clone(), &snapshot_class_resource());
+    let listed: Vec<serde_json::Value> = snapshot_classes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap_or_default())
+        .collect();
+    Ok(plan::snapshot_class_for(&sc.provisioner, &listed))
+}
+
 /// A VolumeSnapshot of the destination after a good sync (the last-known-good image), and
-/// the oldest ones beyond `keepSnapshots` deleted.
-async fn keep_image(env: &Env, op: &Operation, pvc: &str) -> Result<(), String> {
+/// the oldest ones beyond `keep` deleted.
+async fn keep_image(
+    env: &Env,
+    op: &Operation,
+    pvc: &str,
+    keep: i32,
+    class: Option<String>,
+) -> Result<(), String> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(env.dest.clone(), &op.dest_namespace, &snapshot_resource());
     let stamp = Timestamp::now().strftime("%Y%m%d%H%M%S").to_string();
     let mut spec = json!({"source": {"persistentVolumeClaimName": pvc}});
-    if let Some(c) = &env.snapshot_class {
+    if let Some(c) = &class {
         spec["volumeSnapshotClassName"] = json!(c);
     }
     let pvc_label = objects::label_value(pvc);
@@ -472,9 +606,7 @@ async fn keep_image(env: &Env, op: &Operation, pvc: &str) -> Result<(), String> 
         .map_err(kube_err("list destination VolumeSnapshots"))?
         .items;
     list.sort_by_key(|s| s.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let excess = list
-        .len()
-        .saturating_sub(env.keep_snapshots.max(0) as usize);
+    let excess = list.len().saturating_sub(keep.max(0) as usize);
     for old in list.iter().take(excess) {
         if let Some(n) = &old.metadata.name {
             let _ = api.delete(n, &DeleteParams::default()).await;
@@ -563,6 +695,11 @@ mod tests {
             image: "i".into(),
             pull_policy: None,
             run_as_root: false,
+            host_users: None,
+            ownership: Default::default(),
+            max_delete_percent: 50,
+            allow_deletions: None,
+            resources: None,
             node: None,
             snapshot_class: None,
             timeout: Duration::from_secs(60),

@@ -600,10 +600,15 @@ async fn run_all(
         endpoint: pvc_spec.endpoint.clone(),
         host: parts.host.clone(),
         policy: setup.policy.clone(),
-        keep_snapshots: dsc.keep_snapshots.unwrap_or(0),
+        keep_snapshots: dsc.keep_snapshots,
         snapshot_class: dsc.volume_snapshot_class_name.clone(),
+        mapping_namespace: nm.namespace().unwrap_or_default(),
+        mapping_name: nm.name_any(),
         cancel: parts.cancel.clone(),
     };
+    // The batch the user released by annotation; `pvc-sync` lets deletions through only
+    // when it names exactly the deletion set at hand.
+    let allow_deletions = nm.annotations().get(keys::ALLOW_DATA_DELETION).cloned();
     let mut ops = Vec::new();
     for (src, dst) in dests {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(setup.source.clone(), src);
@@ -655,6 +660,13 @@ async fn run_all(
                     .and_then(|i| i.pull_policy)
                     .map(|p| format!("{p:?}")),
                 run_as_root: pvc_spec.run_as_root,
+                host_users: pvc_spec.host_users,
+                ownership: dsc.ownership.unwrap_or_default(),
+                max_delete_percent: dsc
+                    .max_delete_percent
+                    .unwrap_or(objects::DEFAULT_MAX_DELETE_PERCENT),
+                allow_deletions: allow_deletions.clone(),
+                resources: dsc.resources.clone(),
                 node,
                 snapshot_class: dsc.volume_snapshot_class_name.clone(),
                 timeout,
@@ -750,19 +762,27 @@ async fn record(ctx: &DataCtx, nm: &NamespaceMapping, op: &Operation, out: &Outc
                     })
                     .set(pit.as_millisecond() as f64 / 1000.0);
             }
-            (
-                false,
-                "PvcSynced",
-                format!(
-                    "{pvc} synced with {:?} in {:.1}s: {} files, {} bytes literal, {} matched",
-                    op.method,
-                    out.duration.as_secs_f64(),
-                    r.files_transferred,
-                    r.bytes_literal,
-                    r.bytes_matched
-                ),
-            )
+            let mut note = format!(
+                "{pvc} synced with {:?} in {:.1}s: {} files, {} bytes literal, {} matched, {} deleted",
+                op.method,
+                out.duration.as_secs_f64(),
+                r.files_transferred,
+                r.bytes_literal,
+                r.bytes_matched,
+                r.deleted
+            );
+            if let Some(m) = &out.message {
+                note.push_str(&format!("; {m}"));
+            }
+            (false, "PvcSynced", note)
         }
+        // Not a success: the RPO keeps growing (the last-success gauge stays) until the
+        // batch is released or the source recovers.
+        PvcSyncResult::Held => (
+            true,
+            "PvcDeletionsHeld",
+            format!("{pvc}: {}", out.message.clone().unwrap_or_default()),
+        ),
         // Outcomes are final; `Running` only appears in status while a sync runs.
         PvcSyncResult::Skipped | PvcSyncResult::Running => (
             false,
@@ -838,6 +858,10 @@ pub fn merge(volumes: &mut Vec<PvcVolumeStatus>, done: Vec<Done>, now: Timestamp
             v.bytes_literal = r.bytes_literal;
             v.bytes_matched = r.bytes_matched;
             v.files_transferred = r.files_transferred;
+            let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            v.deleted_files = count(r.deleted);
+            v.ownership_not_kept = count(r.ownership_not_kept);
+            v.unreadable = count(r.unreadable);
         }
         v.rpo_seconds = v
             .point_in_time
@@ -1090,5 +1114,34 @@ mod tests {
         assert_eq!(b.bytes_literal, 10, "numbers of the last good sync stay");
         assert!(b.last_success_time.is_some());
         assert_eq!(volumes.len(), 2);
+    }
+
+    /// A held sync is not a success: the last good numbers and point in time stay (so the
+    /// RPO keeps growing), and the message with the release command is shown.
+    #[test]
+    fn merge_held_keeps_the_last_good_copy() {
+        let first: Timestamp = "2026-11-26T10:05:00Z".parse().unwrap();
+        let later: Timestamp = "2026-11-26T11:05:00Z".parse().unwrap();
+        let mut volumes = Vec::new();
+        let mut ok = done("b/x", PvcSyncResult::Succeeded, 10);
+        if let Some(r) = ok.outcome.report.as_mut() {
+            r.deleted = 4;
+            r.unreadable = 1;
+        }
+        merge(&mut volumes, vec![ok], first);
+        assert_eq!((volumes[0].deleted_files, volumes[0].unreadable), (4, 1));
+        let mut held = done("b/x", PvcSyncResult::Held, 0);
+        held.outcome.point_in_time = None;
+        held.outcome.message = Some("release batch abc".into());
+        merge(&mut volumes, vec![held], later);
+        let v = &volumes[0];
+        assert_eq!(v.result, Some(PvcSyncResult::Held));
+        assert_eq!(v.message.as_deref(), Some("release batch abc"));
+        assert_eq!((v.bytes_literal, v.deleted_files), (10, 4));
+        assert_eq!(
+            v.point_in_time.as_ref().map(|t| t.0.to_string()).as_deref(),
+            Some("2026-11-26T10:00:00Z")
+        );
+        assert_eq!(v.rpo_seconds, Some(3900), "the RPO grows while held");
     }
 }

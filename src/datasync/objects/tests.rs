@@ -23,6 +23,11 @@ fn op(method: CopyMethod, root: bool) -> Operation {
         image: "registry.example/dr-syncer:1.0".into(),
         pull_policy: None,
         run_as_root: root,
+        host_users: None,
+        ownership: Ownership::Preserve,
+        max_delete_percent: DEFAULT_MAX_DELETE_PERCENT,
+        allow_deletions: None,
+        resources: None,
         node: (method == CopyMethod::Direct).then(|| "node-2".to_string()),
         snapshot_class: Some("csi-snap".into()),
         timeout: Duration::from_secs(600),
@@ -93,18 +98,174 @@ fn serve_pod_by_copy_method() {
     }
 }
 
+/// Each side gets exactly what it needs: as uid 0 the reader only DAC_READ_SEARCH, the
+/// writer only what recreating owners and modes takes; without `runAsRoot` uid 65532 and
+/// no capability at all (and an fsGroup only on the DR side's own volume).
 #[test]
-fn run_as_root_is_explicit_and_minimal() {
-    let pod = v(&op(CopyMethod::Clone, true).serve_pod());
-    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 0);
-    assert_eq!(
-        pod["spec"]["containers"][0]["securityContext"]["capabilities"],
-        json!({"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]})
-    );
-    assert_eq!(
-        pod["spec"]["containers"][0]["securityContext"]["privileged"],
-        false
-    );
+fn security_context_by_side_and_run_as_root() {
+    let root_pod = json!({"runAsNonRoot": false, "runAsUser": 0, "runAsGroup": 0,
+        "seccompProfile": {"type": "RuntimeDefault"}});
+    let user_pod = json!({"runAsNonRoot": true, "runAsUser": USER, "runAsGroup": USER,
+        "seccompProfile": {"type": "RuntimeDefault"}});
+    let mut user_job = user_pod.clone();
+    user_job["fsGroup"] = json!(USER);
+    user_job["fsGroupChangePolicy"] = json!("OnRootMismatch");
+    let cases = [
+        (
+            "root_reader",
+            true,
+            false,
+            root_pod.clone(),
+            json!({"drop": ["ALL"], "add": ["DAC_READ_SEARCH"]}),
+        ),
+        (
+            "root_writer",
+            true,
+            true,
+            root_pod,
+            json!({"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]}),
+        ),
+        (
+            "user_reader",
+            false,
+            false,
+            user_pod,
+            json!({"drop": ["ALL"]}),
+        ),
+        (
+            "user_writer",
+            false,
+            true,
+            user_job,
+            json!({"drop": ["ALL"]}),
+        ),
+    ];
+    for (name, root, writer, want_pod, want_caps) in cases {
+        let o = op(CopyMethod::Clone, root);
+        let (pod, c) = if writer {
+            let job = v(&o.sync_job("data", "10.1.0.9:2223", "192.168.0.4:2222"));
+            let spec = job["spec"]["template"]["spec"].clone();
+            (
+                spec["securityContext"].clone(),
+                spec["containers"][0]["securityContext"].clone(),
+            )
+        } else {
+            let p = v(&o.serve_pod());
+            (
+                p["spec"]["securityContext"].clone(),
+                p["spec"]["containers"][0]["securityContext"].clone(),
+            )
+        };
+        assert_eq!(pod, want_pod, "{name}");
+        assert_eq!(
+            c,
+            json!({"allowPrivilegeEscalation": false, "privileged": false,
+                   "readOnlyRootFilesystem": true, "capabilities": want_caps}),
+            "{name}"
+        );
+    }
+}
+
+/// `hostUsers` appears on both pods only when set.
+#[test]
+fn host_users_by_setting() {
+    for (name, setting, want) in [
+        ("unset", None, Value::Null),
+        ("user_namespace", Some(false), json!(false)),
+        ("host", Some(true), json!(true)),
+    ] {
+        let mut o = op(CopyMethod::Clone, true);
+        o.host_users = setting;
+        let pod = v(&o.serve_pod());
+        let job = v(&o.sync_job("data", "s:2223", "b:2222"));
+        assert_eq!(pod["spec"]["hostUsers"], want, "{name}: server");
+        assert_eq!(
+            job["spec"]["template"]["spec"]["hostUsers"], want,
+            "{name}: job"
+        );
+    }
+}
+
+/// The mapping's ownership, breaker threshold and released batch reach the Job's
+/// arguments.
+#[test]
+fn sync_job_args_by_mapping_settings() {
+    let cases = [
+        (
+            "defaults",
+            Ownership::Preserve,
+            50,
+            None,
+            vec!["--ownership", "require", "--max-delete-percent", "50"],
+        ),
+        (
+            "ignore_and_breaker_off",
+            Ownership::Ignore,
+            100,
+            None,
+            vec!["--ownership", "ignore", "--max-delete-percent", "100"],
+        ),
+        (
+            "released_batch",
+            Ownership::Preserve,
+            10,
+            Some("0123456789ab"),
+            vec![
+                "--ownership",
+                "require",
+                "--max-delete-percent",
+                "10",
+                "--allow-deletions",
+                "0123456789ab",
+            ],
+        ),
+        (
+            "empty_annotation_ignored",
+            Ownership::Preserve,
+            50,
+            Some(""),
+            vec!["--ownership", "require", "--max-delete-percent", "50"],
+        ),
+    ];
+    for (name, ownership, percent, batch, want) in cases {
+        let mut o = op(CopyMethod::Clone, true);
+        o.ownership = ownership;
+        o.max_delete_percent = percent;
+        o.allow_deletions = batch.map(String::from);
+        let job = v(&o.sync_job("data", "s:2223", "b:2222"));
+        let args: Vec<String> = serde_json::from_value(
+            job["spec"]["template"]["spec"]["containers"][0]["args"].clone(),
+        )
+        .unwrap();
+        assert_eq!(&args[args.len() - want.len()..], want, "{name}");
+        assert_eq!(
+            args.iter().filter(|a| *a == "--allow-deletions").count(),
+            usize::from(want.contains(&"--allow-deletions")),
+            "{name}"
+        );
+    }
+}
+
+/// Resources: the default, or the mapping's on both the server and the Job.
+#[test]
+fn resources_default_or_configured() {
+    let default =
+        json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}});
+    let custom = json!({"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "4Gi"}});
+    for (name, setting, want) in [
+        ("default", None, default),
+        ("configured", Some(custom.clone()), custom),
+    ] {
+        let mut o = op(CopyMethod::Clone, true);
+        o.resources = setting.map(|r| serde_json::from_value(r).unwrap());
+        let pod = v(&o.serve_pod());
+        let job = v(&o.sync_job("data", "s:2223", "b:2222"));
+        assert_eq!(pod["spec"]["containers"][0]["resources"], want, "{name}");
+        assert_eq!(
+            job["spec"]["template"]["spec"]["containers"][0]["resources"], want,
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -361,6 +361,11 @@ impl Operation {
         if let Some(batch) = self.allow_deletions.as_deref().filter(|b| !b.is_empty()) {
             args.extend(["--allow-deletions".into(), batch.into()]);
         }
+        // A live volume is not a point in time: resend what changed while it was read,
+        // and report what is still changing.
+        if self.method == CopyMethod::Direct {
+            args.push("--recheck".into());
+        }
         let (pod_sc, _) = self.security(true);
         let mut pod_spec = json!({
             "restartPolicy": "Never",

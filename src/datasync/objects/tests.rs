@@ -246,6 +246,27 @@ fn sync_job_args_by_mapping_settings() {
     }
 }
 
+/// Only a live volume (`Direct`) is read twice and compared a third time.
+#[test]
+fn sync_job_recheck_by_copy_method() {
+    for (method, recheck) in [
+        (CopyMethod::Snapshot, false),
+        (CopyMethod::Clone, false),
+        (CopyMethod::Direct, true),
+    ] {
+        let job = v(&op(method, true).sync_job("data", "s:2223", "b:2222"));
+        let args: Vec<String> = serde_json::from_value(
+            job["spec"]["template"]["spec"]["containers"][0]["args"].clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            args.contains(&"--recheck".to_string()),
+            recheck,
+            "{method:?}"
+        );
+    }
+}
+
 /// Resources: the default, or the mapping's on both the server and the Job.
 #[test]
 fn resources_default_or_configured() {

@@ -137,8 +137,9 @@ where
         }
         Ok::<_, std::io::Error>(skipped)
     });
-    let mut entries = Vec::new();
-    let mut ids = Vec::new();
+    // Per entry, only what serving a request needs (48 bytes and the path of a file): a
+    // volume of millions of entries is held here for the whole session.
+    let mut served: Vec<Served> = Vec::new();
     while let Some(batch) = erx.recv().await {
         for w in batch {
             match w {
@@ -146,8 +147,7 @@ where
                     let msg = Message::Entry(e);
                     out.send(&msg).await?;
                     if let Message::Entry(e) = msg {
-                        entries.push(e);
-                        ids.push(id);
+                        served.push(Served::of(e, id));
                     }
                 }
                 manifest::Walked::Unreadable(path) => {
@@ -174,7 +174,7 @@ where
         );
     }
     out.send(&Message::ManifestEnd {
-        entries: entries.len() as u64,
+        entries: served.len() as u64,
     })
     .await?;
     out.w.flush().await.map_err(wire::WireError::Io)?;
@@ -197,10 +197,9 @@ where
                     // Released before the answer goes out: the receiver may send its next
                     // request as soon as it has this one's `FileEnd`.
                     drop(permit);
-                    let file = entries
+                    let file = served
                         .get(idx as usize)
-                        .zip(ids.get(idx as usize))
-                        .filter(|(e, _)| e.kind == Kind::File)
+                        .filter(|f| f.is_file)
                         .ok_or_else(|| {
                             PvcError::Protocol(format!("request for entry {idx}, not a file"))
                         })?;
@@ -235,6 +234,34 @@ where
     result?;
     out.w.shutdown().await.map_err(wire::WireError::Io)?;
     Ok(())
+}
+
+/// What the sender keeps of a manifest entry to serve requests for it.
+struct Served {
+    /// The path (empty for anything but a file: only files are ever sent).
+    path: Box<[u8]>,
+    /// Size announced in the manifest: never more is sent.
+    size: u64,
+    /// The inode the walk saw.
+    id: FileId,
+    /// Whether the entry is a regular file.
+    is_file: bool,
+}
+
+impl Served {
+    fn of(e: Entry, id: FileId) -> Served {
+        let is_file = e.kind == Kind::File;
+        Served {
+            path: if is_file {
+                e.path.into_boxed_slice()
+            } else {
+                Box::default()
+            },
+            size: e.size,
+            id,
+            is_file,
+        }
+    }
 }
 
 /// What the request reader hands to the serving loop.
@@ -375,8 +402,8 @@ fn sig_block_size(sig: &Signature) -> u32 {
 /// would wait for a writer), never as a controlling terminal; then checks with `fstat` that
 /// it is the regular file the walk saw. Reads stop at the manifest's size, so a file that
 /// grew — or anything else that got past the check — cannot send more than announced.
-fn open(dir: &Dir, (entry, id): (&Entry, &FileId)) -> Result<impl Read, PvcError> {
-    let path = Path::new(OsStr::from_bytes(&entry.path));
+fn open(dir: &Dir, entry: &Served) -> Result<impl Read, PvcError> {
+    let (path, id) = (Path::new(OsStr::from_bytes(&entry.path)), &entry.id);
     let mut opts = OpenOptions::new();
     opts.read(true)
         .follow(FollowSymlinks::No)
@@ -399,11 +426,10 @@ fn open(dir: &Dir, (entry, id): (&Entry, &FileId)) -> Result<impl Read, PvcError
 async fn send_whole<W: AsyncWrite + Unpin>(
     dir: &Dir,
     idx: u32,
-    entry: (&Entry, &FileId),
+    entry: &Served,
     out: &mut Out<W>,
 ) -> Result<(), PvcError> {
     let mut file = open(dir, entry)?;
-    let entry = entry.0;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let (mut offset, mut hole) = (0u64, 0u64);
@@ -455,13 +481,12 @@ async fn send_whole<W: AsyncWrite + Unpin>(
 async fn send_delta<W: AsyncWrite + Unpin>(
     dir: &Dir,
     idx: u32,
-    entry: (&Entry, &FileId),
+    entry: &Served,
     sig: &Signature,
     out: &mut Out<W>,
 ) -> Result<(), PvcError> {
     let index = sig.index();
     let mut file = open(dir, entry)?;
-    let entry = entry.0;
     let mut hasher = blake3::Hasher::new();
     // Windows end on block boundaries, so blocks that did not move still match right up to
     // the end of each window instead of leaving its tail as literal bytes. Two windows are

@@ -356,6 +356,10 @@ fn pvc_data_postgres_starts_on_the_dr_copy_made_without_root() {
     .unwrap();
     std::fs::create_dir_all(&pgdata).unwrap();
     std::os::unix::fs::chown(&pgdata, Some(postgres), Some(postgres)).unwrap();
+    // The volume root is the application's too (mounted at its data path): its owner
+    // and mode must arrive as well.
+    std::os::unix::fs::chown(&volume, Some(postgres), Some(postgres)).unwrap();
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o750)).unwrap();
     as_postgres(
         "initdb",
         &[
@@ -392,7 +396,7 @@ fn pvc_data_postgres_starts_on_the_dr_copy_made_without_root() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{stderr}");
     assert!(
-        stderr.contains("CAP_CHOWN") && stderr.contains("pgdata"),
+        stderr.contains("CAP_CHOWN") && stderr.contains(&format!("(the volume root) {postgres}:")),
         "{stderr}"
     );
     assert!(!dr.join("pgdata").exists(), "nothing written");
@@ -426,6 +430,15 @@ fn pvc_data_postgres_starts_on_the_dr_copy_made_without_root() {
         "the DR volume's lost+found is kept"
     );
     assert!(!dr.join(".drsync").exists(), "no state left after a commit");
+    let root_meta = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(
+        root_meta(&dr),
+        (postgres, postgres, 0o750),
+        "the volume root's owner and mode"
+    );
 
     // PostgreSQL starts on the copy as postgres, every transaction is there, and
     // pg_amcheck finds every table and index intact.
@@ -438,9 +451,18 @@ fn pvc_data_postgres_starts_on_the_dr_copy_made_without_root() {
     copy.stop();
 
     // A reader without DAC_READ_SEARCH (runAsRoot false at the source) may not read the
-    // 0700 PGDATA: it is reported by path and the DR copy of it is kept, not deleted.
-    std::fs::write(volume.join("readme.txt"), b"readable by all").unwrap();
+    // volume root (0750 postgres): the sync fails, saying so, and DR keeps its copy.
     link.serve(&volume, Pod::Unprivileged);
+    let before = tree_meta(&dr);
+    let out = link.sync(&dr, Pod::Writer, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert_eq!(tree_meta(&dr), before);
+    // With the root readable, it still may not read the 0700 PGDATA: that is reported by
+    // path and the DR copy of it is kept, not deleted.
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(volume.join("readme.txt"), b"readable by all").unwrap();
     let before = tree_meta(&dr.join("pgdata"));
     let out = link.sync(&dr, Pod::Writer, &[]);
     assert!(
@@ -641,6 +663,7 @@ fn pvc_data_interrupted_syncs_leave_one_point_in_time() {
 
     let mut g = 1;
     let mut outcomes: Vec<String> = Vec::new();
+    let mut resumed = Vec::new();
     // The transfer is slowed to about 1.5 s so kills land all over it. The receiver is
     // killed (SIGKILL) at many points, then the sender.
     for (victim, after_ms) in [
@@ -698,7 +721,7 @@ fn pvc_data_interrupted_syncs_leave_one_point_in_time() {
         outcomes.push(format!(
             "{victim} killed at {after_ms} ms (exit {code:?}): {held}"
         ));
-        // The next run completes.
+        // The next run completes, resuming from what the killed one staged.
         link.serve(&src, Pod::Reader);
         let out = link.sync(&dr, Pod::Writer, &[]);
         assert!(
@@ -707,6 +730,8 @@ fn pvc_data_interrupted_syncs_leave_one_point_in_time() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(generation_of(&dr), Ok(g));
+        let matched = json(&out)["bytesMatched"].as_u64().unwrap();
+        resumed.push((victim, after_ms, matched));
         assert!(
             !dr.join(".drsync").exists(),
             "state left after a complete sync"
@@ -716,6 +741,15 @@ fn pvc_data_interrupted_syncs_leave_one_point_in_time() {
     assert!(
         outcomes.iter().any(|o| o.contains("kept generation")),
         "no kill landed in the transfer: {outcomes:#?}"
+    );
+    // A receiver killed late in the transfer had staged files: the next run rebuilt them
+    // from those (matched bytes) instead of sending them again.
+    eprintln!("resumed (victim, kill ms, bytes matched): {resumed:?}");
+    assert!(
+        resumed
+            .iter()
+            .any(|(v, ms, matched)| *v == "receiver" && *ms >= 800 && *matched > 0),
+        "{resumed:?}"
     );
 
     // Crashes inside the commit itself, at operation n (a test hook aborts the process):
@@ -892,4 +926,45 @@ fn pvc_data_live_source_recheck_resends_what_changed_and_names_what_still_change
             "a file changed during the first pass arrives as it is now"
         );
     }
+}
+
+/// A journal someone else wrote on the DR volume (the application, after a failover) is
+/// never carried out with the writer's capabilities.
+#[test]
+fn pvc_data_a_journal_not_written_by_the_receiver_is_refused() {
+    let (_tmp, dir) = world();
+    let (src, dr) = (dir.join("source"), dir.join("dr"));
+    generation(&src, 1);
+    let mut link = Link::new(&dir);
+    link.serve(&src, Pod::Reader);
+    let out = link.sync(&dr, Pod::Writer, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // uid 999 plants a state directory with a journal (its content does not matter: it
+    // is refused before it is read).
+    let state = dr.join(".drsync");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("journal"), b"DRSJRN1\n").unwrap();
+    for p in [&state, &state.join("journal")] {
+        std::os::unix::fs::chown(p, Some(999), Some(999)).unwrap();
+    }
+    let before = tree_meta(&dr);
+    let out = link.sync(&dr, Pod::Writer, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("owned by uid 999") && stderr.contains("refusing"),
+        "{stderr}"
+    );
+    assert_eq!(tree_meta(&dr), before, "nothing changed");
+    let out = Pod::Writer
+        .command(bin())
+        .args(["pvc-sync", "--finish-only", "--to"])
+        .arg(&dr)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--finish-only refuses it too");
 }

@@ -2113,7 +2113,7 @@ async fn replication_held_sync_shows_the_batch_and_the_release_reaches_the_next_
         &client,
         &job,
         true,
-        r#"{"filesTransferred":0,"bytesLiteral":0,"bytesMatched":0,"deleted":90,"deletedBytes":9000,"ownershipNotKept":2,"duration":0.2}"#,
+        r#"{"filesTransferred":0,"bytesLiteral":0,"bytesMatched":0,"deleted":1,"deletedFiles":90,"deletedBytes":9000,"ownershipNotKept":2,"duration":0.2}"#,
     )
     .await;
     let v = finished(&client, &env.ctl, "clone", &op).await;
@@ -2139,7 +2139,7 @@ fn job_args(job: &Job) -> Vec<String> {
 /// DR cluster's VolumeSnapshotClass whose driver provisions the destination PVC's
 /// StorageClass; none without such a class; an explicit 0 means none.
 #[tokio::test]
-async fn replication_keep_snapshots_defaults_to_one_with_a_matching_snapshot_class() {
+async fn replication_keep_snapshots_defaults_to_two_with_a_matching_snapshot_class() {
     let fx = Fixture::start("pvckeep").await;
     let env = &fx.env;
     let client = fx.client().clone();
@@ -2200,6 +2200,20 @@ async fn replication_keep_snapshots_defaults_to_one_with_a_matching_snapshot_cla
             );
         }
     }
+    // The default keeps two: the newest image and the one before it, so a sync that
+    // succeeded with bad data (an encrypted source) still leaves the previous good one.
+    for value in ["2", "3"] {
+        fx.sync_ok("matching", "pvckeep-matching", value, "10.1.1.1")
+            .await;
+    }
+    let images: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "pvckeep-matching-dr", &snapshot_ar());
+    let kept = images
+        .list(&ListParams::default().labels("dr-syncer.io/image=true"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(kept.len(), 2, "the last two good images");
 }
 
 /// Issue 16 §1–2: a source RemoteCluster with `runAsRoot: false` (namespaces enforcing

@@ -312,7 +312,7 @@ pub struct DataSyncConfig {
     #[schemars(length(min = 1, max = 253))]
     pub volume_snapshot_class_name: Option<String>,
     /// Keep this many VolumeSnapshots of the destination after good syncs (0 = none).
-    /// Unset: 1 (the last good copy) when the DR cluster has a VolumeSnapshotClass whose
+    /// Unset: 2 (the last two good copies) when the DR cluster has a VolumeSnapshotClass whose
     /// `driver` is the provisioner of the destination PVC's StorageClass (that class is
     /// used), else none.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -283,6 +283,13 @@ fn finish_only(args: &PvcSyncArgs) -> anyhow::Result<ExitCode> {
                 "finished an interrupted commit: {} files placed, {} entries deleted",
                 a.placed, a.deleted
             );
+            if a.owners_not_kept > 0 && args.ownership == receiver::Ownership::Require {
+                eprintln!(
+                    "error: {} entries could not be given their owner (no CAP_CHOWN)",
+                    a.owners_not_kept
+                );
+                return Ok(ExitCode::from(EXIT_OWNERSHIP));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Ok(None) => {

@@ -133,9 +133,12 @@ pub struct Report {
     /// Bytes matched from the destination.
     #[serde(default)]
     pub bytes_matched: i64,
-    /// Files deleted from the destination.
+    /// Entries deleted from the destination (a directory with its contents counts once).
     #[serde(default)]
     pub deleted: u64,
+    /// Files deleted from the destination, inside deleted directories included.
+    #[serde(default)]
+    pub deleted_files: u64,
     /// Bytes deleted from the destination.
     #[serde(default)]
     pub deleted_bytes: u64,
@@ -315,6 +318,27 @@ pub fn snapshot_class_for(provisioner: &str, classes: &[serde_json::Value]) -> O
 
 /// The report of a finished Job pod, if its termination message holds one.
 pub fn report(pod: &Pod) -> Option<Report> {
+    report_of(pod)
+}
+
+/// Why a Job pod's container was killed without writing a report, when Kubernetes says:
+/// out of memory gets what to change, other reasons are named as they are.
+pub fn killed_why(pod: &Pod) -> Option<String> {
+    let reason = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.reason.clone())?;
+    Some(match reason.as_str() {
+        "OOMKilled" => "the pvc-sync Job ran out of memory (OOMKilled): the receiver holds about 500 bytes per file and directory of the volume; raise spec.pvcConfig.dataSyncConfig.resources.limits.memory".into(),
+        "Error" | "Completed" => return None,
+        other => format!("the pvc-sync Job's container was terminated ({other})"),
+    })
+}
+
+fn report_of(pod: &Pod) -> Option<Report> {
     let msg = pod
         .status
         .as_ref()?
@@ -323,6 +347,42 @@ pub fn report(pod: &Pod) -> Option<Report> {
         .flatten()
         .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())?;
     serde_json::from_str(msg.trim()).ok()
+}
+
+#[cfg(test)]
+mod killed_tests {
+    use super::*;
+
+    #[test]
+    fn killed_why_table() {
+        let pod = |reason: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "status": {"containerStatuses": [{
+                    "name": "dr-syncer", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 137, "reason": reason}},
+                }]},
+            }))
+            .unwrap()
+        };
+        let cases = [
+            ("oom", Some("OOMKilled"), Some("resources.limits.memory")),
+            ("plain error", Some("Error"), None),
+            ("evicted", Some("Evicted"), Some("(Evicted)")),
+            ("no reason", None, None),
+        ];
+        for (case, reason, want) in cases {
+            let got = killed_why(&pod(reason));
+            match want {
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(w)),
+                    "{case}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{case}"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

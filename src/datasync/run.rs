@@ -51,7 +51,7 @@ pub struct Env {
     pub host: KeyRing,
     /// The mapping's export policy (destination PVC shape).
     pub policy: Policy,
-    /// VolumeSnapshots of the destination to keep (0: none); `None`: 1 when the DR
+    /// VolumeSnapshots of the destination to keep (0: none); `None`: 2 when the DR
     /// cluster has a VolumeSnapshotClass for the destination PVC's provisioner, else 0
     /// (see [`image_policy`]).
     pub keep_snapshots: Option<i32>,
@@ -398,6 +398,7 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
         .await
         .map_err(kube_err("list Job pods"))?;
     let report = listed.items.iter().find_map(plan::report);
+    let killed = listed.items.iter().find_map(plan::killed_why);
     if !succeeded {
         if let Some(r) = report.as_ref().filter(|r| r.held.is_some()) {
             return Err(StepError::Held(r.clone()));
@@ -412,6 +413,7 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
                 };
                 r.error.map(|e| format!("{e} (exit code {code}){hint}"))
             })
+            .or(killed)
             .unwrap_or_else(|| {
                 "the pvc-sync Job failed (no report in its termination message)".into()
             });
@@ -514,16 +516,21 @@ pub fn snapshot_class_resource() -> ApiResource {
     }
 }
 
+/// Destination images kept by default: the newest and the one before it — a sync that
+/// succeeds with bad data (a source encrypted in place) would otherwise replace the only
+/// image of the good state.
+const DEFAULT_IMAGES: i32 = 2;
+
 /// How many destination images to keep and with which VolumeSnapshotClass: an explicit
-/// `keepSnapshots` with the mapping's class; unset, 1 with the DR cluster's
-/// VolumeSnapshotClass whose driver provisions the destination PVC's StorageClass, or 0
-/// when there is none (or the snapshot API is not served).
+/// `keepSnapshots` with the mapping's class; unset, [`DEFAULT_IMAGES`] with the DR
+/// cluster's VolumeSnapshotClass whose driver provisions the destination PVC's
+/// StorageClass, or 0 when there is none (or the snapshot API is not served).
 async fn image_policy(env: &Env, claim: &PersistentVolumeClaim) -> (i32, Option<String>) {
     if let Some(n) = env.keep_snapshots {
         return (n.max(0), env.snapshot_class.clone());
     }
     match default_image_class(&env.dest, claim).await {
-        Ok(Some(class)) => (1, Some(class)),
+        Ok(Some(class)) => (DEFAULT_IMAGES, Some(class)),
         Ok(None) => (0, None),
         Err(e) => {
             tracing::debug!(error = %e, "no default destination snapshot: cannot match a VolumeSnapshotClass");

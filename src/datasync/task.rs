@@ -508,6 +508,21 @@ async fn step(
         if triggered {
             status.last_sync_data_now = trigger;
         }
+        // A release is used once: every Job of this pass was offered it, and only the
+        // deletion set it names went through. Left in place, it would release that same
+        // set again after a later, unrelated wipe.
+        if nm.annotations().contains_key(keys::ALLOW_DATA_DELETION) {
+            let drop = json!({"metadata": {"annotations": {keys::ALLOW_DATA_DELETION: null}}});
+            if let Err(e) = Api::<NamespaceMapping>::namespaced(
+                ctx.client.clone(),
+                &nm.namespace().unwrap_or_default(),
+            )
+            .patch(&nm.name_any(), &PatchParams::default(), &Patch::Merge(drop))
+            .await
+            {
+                tracing::warn!(mapping = %mapping, error = %e, "could not remove the used data deletion release");
+            }
+        }
     }
     // The next slot after this pass's run (or after the last attempt when nothing ran);
     // if a long run overran it, the next pass catches it up at once.
@@ -859,7 +874,7 @@ pub fn merge(volumes: &mut Vec<PvcVolumeStatus>, done: Vec<Done>, now: Timestamp
             v.bytes_matched = r.bytes_matched;
             v.files_transferred = r.files_transferred;
             let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            v.deleted_files = count(r.deleted);
+            v.deleted_files = count(r.deleted_files);
             v.ownership_not_kept = count(r.ownership_not_kept);
             v.unreadable = count(r.unreadable);
         }
@@ -1125,7 +1140,7 @@ mod tests {
         let mut volumes = Vec::new();
         let mut ok = done("b/x", PvcSyncResult::Succeeded, 10);
         if let Some(r) = ok.outcome.report.as_mut() {
-            r.deleted = 4;
+            r.deleted_files = 4;
             r.unreadable = 1;
         }
         merge(&mut volumes, vec![ok], first);

@@ -47,6 +47,20 @@ pub fn open_root(root: &Path) -> io::Result<Dir> {
     Dir::open_ambient_dir(root, cap_std::ambient_authority())
 }
 
+/// Owner, mode and times of the root directory itself, as a [`Message::Root`].
+///
+/// [`Message::Root`]: super::wire::Message::Root
+pub fn root_meta(root: &Dir) -> io::Result<super::wire::Message> {
+    let meta = root.dir_metadata()?;
+    Ok(super::wire::Message::Root {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_s: meta.mtime(),
+        mtime_ns: meta.mtime_nsec() as u32,
+    })
+}
+
 /// Which inode the walk saw at a path (`st_dev`, `st_ino`): the sender checks that the file
 /// it opens to send is still that one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,9 +135,38 @@ fn readable(dir: &Dir, name: &OsStr, mode: u32, is_dir: bool) -> io::Result<bool
         AtFlags::EACCESS | AtFlags::SYMLINK_NOFOLLOW,
     ) {
         Ok(()) => Ok(true),
-        Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => Ok(false),
+        Err(rustix::io::Errno::ACCESS) => Ok(false),
+        // `faccessat2` refused by an older seccomp profile (EPERM, ENOSYS): ask by
+        // opening instead — never guess "unreadable", which would keep a stale DR copy.
+        Err(rustix::io::Errno::PERM | rustix::io::Errno::NOSYS) => opens(dir, name, is_dir),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `name` opens for reading (a directory: and can be searched).
+fn opens(dir: &Dir, name: &OsStr, is_dir: bool) -> io::Result<bool> {
+    use rustix::fs::{Mode, OFlags};
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let flags = if is_dir {
+        flags | OFlags::DIRECTORY
+    } else {
+        flags
+    };
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::ACCESS) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if is_dir {
+        // Looking anything up inside needs search permission.
+        match rustix::fs::statat(&fd, ".", AtFlags::empty()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::ACCESS) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }
 
 impl Walk<'_> {

@@ -78,13 +78,13 @@ pub struct Summary {
     pub ownership_not_kept: u64,
     /// Source entries the sender may not read; the destination keeps its copy of them.
     pub unreadable: u64,
-    /// The first of them (at most 20).
+    /// The first of them (at most 8, each cut to 120 characters).
     pub unreadable_paths: Vec<String>,
     /// Whether an interrupted commit of an earlier sync was finished first.
     pub finished_interrupted_commit: bool,
     /// A check-only pass: files (and deletions) a sync would change now.
     pub would_change: u64,
-    /// The first of them (at most 20).
+    /// The first of them (at most 8, each cut to 120 characters).
     pub would_change_paths: Vec<String>,
     /// Bytes sent literally.
     pub bytes_literal: u64,

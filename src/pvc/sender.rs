@@ -114,10 +114,17 @@ where
         features: vec!["sparse".into(), "hardlink".into()],
     })
     .await?;
-    let dir = manifest::open_root(root).map_err(|e| PvcError::io(root, e))?;
+    let dir = match manifest::open_root(root).and_then(|d| Ok((manifest::root_meta(&d)?, d))) {
+        Ok(d) => d,
+        Err(e) => return tell(&mut out, PvcError::io(root, e)).await,
+    };
+    let (root_meta, dir) = dir;
     // The walk runs on a blocking thread and streams entries in batches while this task
     // sends them: the receiver plans the first files while the last are still stat'ed.
     let report_unreadable = features.iter().any(|f| f == wire::FEATURE_UNREADABLE);
+    if features.iter().any(|f| f == wire::FEATURE_ROOT) {
+        out.send(&root_meta).await?;
+    }
     let (etx, mut erx) = tokio::sync::mpsc::channel::<Vec<manifest::Walked>>(16);
     let walk_root = dir.try_clone().map_err(|e| PvcError::io(root, e))?;
     let walker = tokio::task::spawn_blocking(move || {
@@ -156,10 +163,14 @@ where
             }
         }
     }
-    let skipped = walker
+    let skipped = match walker
         .await
-        .map_err(|e| PvcError::Protocol(format!("manifest walk: {e}")))?
-        .map_err(|e| PvcError::io(root, e))?;
+        .map_err(|e| PvcError::Protocol(format!("manifest walk: {e}")))
+        .and_then(|r| r.map_err(|e| PvcError::io(root, e)))
+    {
+        Ok(s) => s,
+        Err(e) => return tell(&mut out, e).await,
+    };
     if !skipped.paths.is_empty() {
         tracing::warn!(
             count = skipped.paths.len(),
@@ -234,6 +245,21 @@ where
     result?;
     out.w.shutdown().await.map_err(wire::WireError::Io)?;
     Ok(())
+}
+
+/// Tells the receiver why the session ends (best effort, briefly: the connection may be
+/// what failed), then returns the error.
+async fn tell<W: AsyncWrite + Unpin>(out: &mut Out<W>, e: PvcError) -> Result<(), PvcError> {
+    let say = async {
+        let _ = out
+            .send(&Message::Error {
+                message: e.to_string(),
+            })
+            .await;
+        let _ = out.w.flush().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), say).await;
+    Err(e)
 }
 
 /// What the sender keeps of a manifest entry to serve requests for it.

@@ -191,7 +191,25 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         path: Vec<u8>,
     },
+    /// First in the manifest (sender → receiver, only to a receiver that offered the
+    /// `root` feature): owner, mode and times of the volume root itself — the data
+    /// directory of an application whose volume is mounted at its data path.
+    Root {
+        /// Permission bits.
+        mode: u32,
+        /// Numeric owner.
+        uid: u32,
+        /// Numeric group.
+        gid: u32,
+        /// Modification time, seconds since the epoch.
+        mtime_s: i64,
+        /// Nanoseconds of the modification time.
+        mtime_ns: u32,
+    },
 }
+
+/// Hello feature of a receiver that understands [`Message::Root`].
+pub const FEATURE_ROOT: &str = "root";
 
 /// Hello feature of a receiver that understands [`Message::Unreadable`].
 pub const FEATURE_UNREADABLE: &str = "unreadable";

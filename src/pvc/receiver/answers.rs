@@ -62,9 +62,11 @@ fn entry(entries: &[Entry], idx: u32) -> Result<&Entry, PvcError> {
         .ok_or_else(|| PvcError::Protocol(format!("answer for unknown entry {idx}")))
 }
 
-/// Name in the state directory's `tmp/` of the file of manifest entry `idx`.
-pub fn tmp_name(idx: u32) -> Vec<u8> {
-    idx.to_string().into_bytes()
+/// Name in the state directory's `tmp/` of the file at `path`: the same as its partial
+/// file's name, so what a killed run left in `tmp/` is adopted as partial files by the
+/// next one (see `State::adopt_tmp`).
+pub fn tmp_name(path: &[u8]) -> Vec<u8> {
+    partial_name(path).into_bytes()
 }
 
 impl<'a> Answers<'a> {
@@ -138,7 +140,7 @@ impl<'a> Answers<'a> {
                 drop(cur.file);
                 let _ = rustix::fs::unlinkat(
                     self.state.tmp.as_fd(),
-                    beneath::os(&tmp_name(cur.idx)),
+                    beneath::os(&tmp_name(&entry.path)),
                     rustix::fs::AtFlags::empty(),
                 );
                 if cur.redo {
@@ -159,7 +161,7 @@ impl<'a> Answers<'a> {
                 .map_err(|e| PvcError::io(beneath::os(&entry.path), e))?;
             self.publisher.submit(Verified {
                 file: cur.file,
-                tmp: tmp_name(cur.idx),
+                tmp: tmp_name(&entry.path),
                 idx: cur.idx,
                 entry: entry.clone(),
             })?;
@@ -193,7 +195,7 @@ impl<'a> Answers<'a> {
                 )));
             }
             let path = &entry(self.entries, idx)?.path;
-            let file = beneath::create(self.state.tmp.as_fd(), &tmp_name(idx))
+            let file = beneath::create(self.state.tmp.as_fd(), &tmp_name(path))
                 .map_err(|e| PvcError::io(beneath::os(path), e))?;
             self.current = Some(Incoming {
                 idx,
@@ -227,7 +229,7 @@ impl<'a> Answers<'a> {
             };
             let _ = rustix::fs::renameat(
                 self.state.tmp.as_fd(),
-                beneath::os(&tmp_name(cur.idx)),
+                beneath::os(&tmp_name(path)),
                 self.state.partial.as_fd(),
                 partial_name(path).as_str(),
             );

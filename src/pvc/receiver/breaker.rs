@@ -127,10 +127,20 @@ fn walk(
     Ok(())
 }
 
-/// The id of a deletion set: a hash of its paths (12 hex digits).
-pub fn batch_id(stale: &[Vec<u8>]) -> String {
+/// The id of a deletion set (12 hex digits): a hash of its paths and of the counts —
+/// what would be deleted and what the destination holds — so a release names exactly
+/// this situation, not a later wipe that happens to touch the same top-level names.
+pub fn batch_id(c: &Census) -> String {
     let mut h = blake3::Hasher::new();
-    for p in stale {
+    for n in [
+        c.files_deleted,
+        c.bytes_deleted,
+        c.files_total,
+        c.bytes_total,
+    ] {
+        h.update(&n.to_le_bytes());
+    }
+    for p in &c.stale {
         h.update(p);
         h.update(b"\0");
     }
@@ -149,7 +159,7 @@ pub fn decide(c: &Census, max_percent: u8, allow: Option<&str>) -> Option<Hold> 
     if !big || !(over(c.files_deleted, c.files_total) || over(c.bytes_deleted, c.bytes_total)) {
         return None;
     }
-    let batch = batch_id(&c.stale);
+    let batch = batch_id(c);
     if allow == Some(batch.as_str()) {
         return None;
     }
@@ -179,7 +189,7 @@ mod tests {
 
     #[test]
     fn decide_table() {
-        let id = batch_id(&[b"a".to_vec()]);
+        let id = batch_id(&census(100, 1 << 30, 100, 1 << 30));
         // (case, census, max percent, allow, holds)
         let cases: Vec<(&str, Census, u8, Option<&str>, bool)> = vec![
             (
@@ -261,15 +271,24 @@ mod tests {
     }
 
     #[test]
-    fn batch_id_depends_on_the_set_only() {
-        let a = batch_id(&[b"x".to_vec(), b"y".to_vec()]);
-        assert_eq!(a, batch_id(&[b"x".to_vec(), b"y".to_vec()]));
-        assert_ne!(a, batch_id(&[b"x".to_vec()]));
-        // The separator keeps ["xy"] and ["x", "y"] apart.
-        assert_ne!(
-            batch_id(&[b"xy".to_vec()]),
-            batch_id(&[b"x".to_vec(), b"y".to_vec()])
-        );
+    fn batch_id_names_the_set_and_the_counts() {
+        let with = |stale: &[&str], files: u64| Census {
+            stale: stale.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            files_total: 100,
+            bytes_total: 1000,
+            files_deleted: files,
+            bytes_deleted: 10,
+        };
+        let a = batch_id(&with(&["x", "y"], 5));
+        assert_eq!(a, batch_id(&with(&["x", "y"], 5)));
         assert_eq!(a.len(), 12);
+        assert_ne!(a, batch_id(&with(&["x"], 5)), "other paths");
+        assert_ne!(
+            a,
+            batch_id(&with(&["x", "y"], 6)),
+            "same names, other contents"
+        );
+        // The separator keeps ["xy"] and ["x", "y"] apart.
+        assert_ne!(batch_id(&with(&["xy"], 5)), batch_id(&with(&["x", "y"], 5)));
     }
 }

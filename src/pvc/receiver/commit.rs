@@ -77,6 +77,8 @@ pub enum Op {
         /// Operations written.
         ops: u64,
     },
+    /// Owner, mode and times of the root itself (last of all).
+    RootMeta(Entry),
 }
 
 /// Writes a journal.
@@ -176,7 +178,8 @@ fn check(op: &Op) -> io::Result<()> {
     let bad = |e: wire::WireError| io::Error::other(e.to_string());
     let path = |p: &[u8]| wire::check_path(p).map_err(bad);
     let not_state = |p: &[u8]| {
-        if split(p).0.is_empty() && split(p).1 == STATE_DIR.as_bytes() {
+        let first = p.split(|b| *b == b'/').next().unwrap_or_default();
+        if first == STATE_DIR.as_bytes() {
             return Err(io::Error::other("journal names the state directory"));
         }
         Ok(())
@@ -203,7 +206,7 @@ fn check(op: &Op) -> io::Result<()> {
             path(&entry.path)?;
             not_state(&entry.path)
         }
-        Op::End { .. } => Ok(()),
+        Op::End { .. } | Op::RootMeta(_) => Ok(()),
     }
 }
 
@@ -241,6 +244,7 @@ pub fn finish(root: &Root, state: &State) -> Result<Option<Applied>, PvcError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(e)),
     };
+    trusted(&file, &state.dir).map_err(io)?;
     let mut reader = JournalReader::open(file).map_err(io)?;
     let mut applied = Applied::default();
     let mut dirs = DirCache::default();
@@ -263,6 +267,27 @@ pub fn finish(root: &Root, state: &State) -> Result<Option<Applied>, PvcError> {
         .map_err(|e| io(e.into()))?;
     rustix::fs::fsync(&state.dir).map_err(|e| io(e.into()))?;
     Ok(Some(applied))
+}
+
+/// A journal is carried out with the receiver's capabilities, so it must be the
+/// receiver's own: the journal and the state directory owned by this process's user and
+/// writable by no one else. Anyone else who can write the DR volume (the application,
+/// after a failover) could otherwise chmod or chown anything on it through a journal.
+fn trusted(journal: &File, state_dir: &rustix::fd::OwnedFd) -> io::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    for (what, st) in [
+        ("the journal", rustix::fs::fstat(journal)?),
+        ("the state directory", rustix::fs::fstat(state_dir)?),
+    ] {
+        if st.st_uid != me || st.st_mode & 0o022 != 0 {
+            return Err(io::Error::other(format!(
+                "{what} is owned by uid {} with mode {:o}, not this receiver's (uid {me}, writable by it only): refusing to carry it out; remove {STATE_DIR} if no sync of this volume is running",
+                st.st_uid,
+                st.st_mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Carries out one operation (idempotently).
@@ -362,6 +387,11 @@ fn apply(
                 .map_err(|err| PvcError::io(&shown(&e.path), err))?;
             applied.owner(kept, e);
         }
+        Op::RootMeta(e) => {
+            let kept = beneath::set_dir_meta(root, b"", e)
+                .map_err(|err| PvcError::io(&shown(b""), err))?;
+            applied.owner(kept, e);
+        }
         Op::End { .. } => {}
     }
     Ok(())
@@ -391,6 +421,13 @@ mod tests {
             (
                 "delete the state dir",
                 Op::Delete { path: b(STATE_DIR) },
+                false,
+            ),
+            (
+                "delete inside the state dir",
+                Op::Delete {
+                    path: b(".drsync/tmp/x"),
+                },
                 false,
             ),
             (

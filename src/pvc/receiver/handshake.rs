@@ -16,6 +16,7 @@ where
         "sparse".to_string(),
         "hardlink".to_string(),
         wire::FEATURE_UNREADABLE.to_string(),
+        wire::FEATURE_ROOT.to_string(),
     ];
     if let Some(rate) = bwlimit {
         features.push(format!("bwlimit={rate}"));

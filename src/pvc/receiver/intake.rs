@@ -24,6 +24,8 @@ pub struct Manifest {
     pub plans: Vec<(u32, Plan)>,
     /// Paths the sender may not read: kept as they are here, beneath them included.
     pub unreadable: Vec<Vec<u8>>,
+    /// Owner, mode and times of the root itself (an entry with an empty path).
+    pub root: Option<Entry>,
 }
 
 /// A protocol error about `path`.
@@ -109,11 +111,12 @@ pub async fn receive<R: AsyncRead + Unpin>(
     let mut entries: Vec<Entry> = Vec::new();
     let mut plans = Vec::new();
     let mut unreadable = Vec::new();
+    let mut root = None;
     let mut order = Order::default();
     loop {
         match wire::read(rd).await? {
             Some(Message::Entry(e)) => {
-                if entries.len() as u64 >= max_entries {
+                if entries.len() as u64 + unreadable.len() as u64 >= max_entries {
                     return Err(PvcError::Protocol(format!(
                         "manifest of more than {max_entries} entries refused (raise the limit if the volume really has that many)"
                     )));
@@ -123,6 +126,24 @@ pub async fn receive<R: AsyncRead + Unpin>(
                     plans.push((entries.len() as u32, planner.plan(&e)?));
                 }
                 entries.push(e);
+            }
+            Some(Message::Root {
+                mode,
+                uid,
+                gid,
+                mtime_s,
+                mtime_ns,
+            }) if entries.is_empty() && unreadable.is_empty() && root.is_none() => {
+                root = Some(Entry {
+                    path: Vec::new(),
+                    kind: Kind::Dir,
+                    mode: mode & 0o7777,
+                    uid,
+                    gid,
+                    size: 0,
+                    mtime_s,
+                    mtime_ns,
+                });
             }
             // Takes its place in the walk order like a file of that name would.
             Some(Message::Unreadable { path }) => {
@@ -149,6 +170,7 @@ pub async fn receive<R: AsyncRead + Unpin>(
                     entries,
                     plans,
                     unreadable,
+                    root,
                 });
             }
             Some(Message::Error { message }) => return Err(PvcError::Remote(message)),

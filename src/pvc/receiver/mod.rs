@@ -115,11 +115,35 @@ pub struct State {
 impl State {
     /// Makes the state directories real directories (a symlink planted there is replaced,
     /// never written through) and opens them.
+    ///
+    /// Files staged there are moved into place and a journal there is carried out with
+    /// this process's capabilities, so the directory must be this process's own and
+    /// writable by it only — anyone else who can write the DR volume (the application,
+    /// after a failover) could plant one. Someone else's is replaced; if it holds a
+    /// journal, the sync refuses instead (fail closed: remove it by hand once no sync of
+    /// this volume runs).
     fn open(root: &Root) -> Result<State, PvcError> {
         let io = |err| PvcError::io(&root.show(STATE_DIR.as_bytes()), err);
-        beneath::ensure_dir(root.dir(b"").map_err(io)?.as_fd(), STATE_DIR.as_bytes())
-            .map_err(io)?;
-        let state = root.dir(STATE_DIR.as_bytes()).map_err(io)?;
+        let top = root.dir(b"").map_err(io)?;
+        beneath::ensure_dir(top.as_fd(), STATE_DIR.as_bytes()).map_err(io)?;
+        let mut state = root.dir(STATE_DIR.as_bytes()).map_err(io)?;
+        let st = rustix::fs::fstat(&state).map_err(|e| io(e.into()))?;
+        let me = rustix::process::geteuid().as_raw();
+        if st.st_uid != me || st.st_mode & 0o022 != 0 {
+            if beneath::stat(state.as_fd(), commit::JOURNAL.as_bytes())
+                .map_err(io)?
+                .is_some()
+            {
+                return Err(io(std::io::Error::other(format!(
+                    "owned by uid {} with mode {:o}, not this receiver's (uid {me}, writable by it only), and it holds a journal: refusing to carry it out; remove {STATE_DIR} if no sync of this volume is running",
+                    st.st_uid,
+                    st.st_mode & 0o7777
+                ))));
+            }
+            beneath::remove(top.as_fd(), STATE_DIR.as_bytes()).map_err(io)?;
+            beneath::ensure_dir(top.as_fd(), STATE_DIR.as_bytes()).map_err(io)?;
+            state = root.dir(STATE_DIR.as_bytes()).map_err(io)?;
+        }
         for d in ["tmp", "partial"] {
             beneath::ensure_dir(state.as_fd(), d.as_bytes()).map_err(io)?;
         }
@@ -131,12 +155,36 @@ impl State {
         })
     }
 
-    /// Removes what is left in `tmp/` (only ever staged files of runs that did not
-    /// commit; a journal that names them is finished before this).
-    fn clear_tmp(&self) {
-        if let Ok(names) = beneath::list(self.tmp.as_fd()) {
-            for (name, _) in names {
+    /// What a run that did not commit left in `tmp/` (it was killed: no journal names
+    /// these files, one that did is finished before this): files named after their path
+    /// become partial files to resume from — a killed first sync of a large volume starts
+    /// where it stopped, not from zero — and anything else goes.
+    fn adopt_tmp(&self) {
+        let Ok(names) = beneath::list(self.tmp.as_fd()) else {
+            return;
+        };
+        for (name, _) in names {
+            let is_path_hash = name.len() == 64 && name.iter().all(u8::is_ascii_hexdigit);
+            let adopted = is_path_hash
+                && rustix::fs::renameat(
+                    &self.tmp,
+                    beneath::os(&name),
+                    &self.partial,
+                    beneath::os(&name),
+                )
+                .is_ok();
+            if !adopted {
                 let _ = beneath::remove(self.tmp.as_fd(), &name);
+            }
+        }
+    }
+
+    /// After a successful commit: partial files are of no more use (a file deleted at the
+    /// source would otherwise leave its partial behind for good).
+    fn clear_partials(&self) {
+        if let Ok(names) = beneath::list(self.partial.as_fd()) {
+            for (name, _) in names {
+                let _ = beneath::remove(self.partial.as_fd(), &name);
             }
         }
     }
@@ -181,6 +229,9 @@ fn finish_on(root: &Root) -> Result<Option<commit::Applied>, PvcError> {
     let applied = commit::finish(root, &state)?;
     if applied.is_some() {
         State::tidy(root);
+    } else {
+        // Before planning, which looks for partial files to resume from.
+        state.adopt_tmp();
     }
     Ok(applied)
 }
@@ -210,12 +261,7 @@ where
     // Nothing was changed until here: the whole manifest has been checked.
     let entries = manifest.entries;
     summary.unreadable = manifest.unreadable.len() as u64;
-    summary.unreadable_paths = manifest
-        .unreadable
-        .iter()
-        .take(20)
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
+    summary.unreadable_paths = report_paths(manifest.unreadable.iter().map(Vec::as_slice));
     let census = {
         let wanted: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
         let kept: HashSet<&[u8]> = manifest.unreadable.iter().map(Vec::as_slice).collect();
@@ -232,30 +278,30 @@ where
             .iter()
             .filter(|(_, p)| *p != Plan::Skip)
             .map(|(i, _)| String::from_utf8_lossy(&entries[*i as usize].path).into_owned());
-        let mut paths: Vec<String> = changed.collect();
+        let paths: Vec<String> = changed.collect();
         summary.would_change = paths.len() as u64 + census.files_deleted;
-        paths.extend(
-            census
-                .stale
+        summary.would_change_paths = report_paths(
+            paths
                 .iter()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
+                .map(String::as_bytes)
+                .chain(census.stale.iter().map(Vec::as_slice)),
         );
-        paths.truncate(20);
-        summary.would_change_paths = paths;
         let _ = wire::write(&mut wr, &Message::Done).await;
         let _ = tokio::io::AsyncWriteExt::flush(&mut wr).await;
         summary.duration = start.elapsed();
         return Ok(summary);
     }
     let state = Arc::new(State::open(&root)?);
-    // Files a killed run staged but never committed (their names are per run).
-    state.clear_tmp();
     let refused = match hold {
         Some(h) => Some(PvcError::Held(h)),
-        None if opts.ownership == Ownership::Require => probe_owners(&root, &state, &entries).err(),
+        None if opts.ownership == Ownership::Require => {
+            probe_owners(&root, &state, manifest.root.iter().chain(&entries)).err()
+        }
         None => None,
     };
     if let Some(e) = refused {
+        drop(state);
+        State::tidy(&root);
         // Tell the sender we are done (nothing will be requested), then stop.
         let _ = wire::write(&mut wr, &Message::Done).await;
         let _ = tokio::io::AsyncWriteExt::flush(&mut wr).await;
@@ -309,24 +355,36 @@ where
         return Err(e);
     }
     owners.add(staged.owners_not_kept, staged.first_not_kept);
-    let journal_io = |e| {
-        PvcError::io(
-            &root.show(format!("{STATE_DIR}/{}", commit::JOURNAL).as_bytes()),
-            e,
-        )
-    };
-    let mut journal = commit::JournalWriter::create(&state).map_err(journal_io)?;
-    tree::write_ops(
-        &mut journal,
-        &entries,
-        &staged.files,
-        &local.twins,
-        &local.meta_only,
-        &census.stale,
-    )
-    .map_err(journal_io)?;
-    journal.seal().map_err(journal_io)?;
+    // Owners the probe did not cover: found before the commit, not after it.
+    if opts.ownership == Ownership::Require
+        && let Some(first) = &owners.first
+    {
+        keep_staged(&state, &entries, &staged.files);
+        return Err(PvcError::Ownership(format!(
+            "{} entries could not be given their owner (first: {first}): the DR job lacks CAP_CHOWN; nothing was changed",
+            owners.count
+        )));
+    }
+    let journal_path = root.show(format!("{STATE_DIR}/{}", commit::JOURNAL).as_bytes());
+    let sealed = commit::JournalWriter::create(&state).and_then(|mut journal| {
+        tree::write_ops(
+            &mut journal,
+            &entries,
+            &staged.files,
+            &local.twins,
+            &local.meta_only,
+            &census.stale,
+            manifest.root.as_ref(),
+        )?;
+        journal.seal()
+    });
+    if let Err(e) = sealed {
+        // Not committed (a full volume, typically): keep what arrived to resume from.
+        keep_staged(&state, &entries, &staged.files);
+        return Err(PvcError::io(&journal_path, e));
+    }
     let applied = commit::finish(&root, &state)?.unwrap_or_default();
+    state.clear_partials();
     State::tidy(&root);
     owners.add(applied.owners_not_kept, applied.first_not_kept);
     summary.deleted = applied.deleted;
@@ -354,6 +412,28 @@ where
     Ok(summary)
 }
 
+/// At most this many paths in a summary, each cut to [`REPORT_PATH_CHARS`]: a Job's
+/// report travels in its termination message, which Kubernetes cuts at 4 KiB, and a cut
+/// report cannot be read at all.
+const REPORT_PATHS: usize = 8;
+/// See [`REPORT_PATHS`].
+const REPORT_PATH_CHARS: usize = 120;
+
+/// The first paths for a summary, within [`REPORT_PATHS`] and [`REPORT_PATH_CHARS`].
+fn report_paths<'p>(paths: impl Iterator<Item = &'p [u8]>) -> Vec<String> {
+    paths
+        .take(REPORT_PATHS)
+        .map(|p| {
+            let s = String::from_utf8_lossy(p);
+            if s.chars().count() > REPORT_PATH_CHARS {
+                format!("{}…", s.chars().take(REPORT_PATH_CHARS).collect::<String>())
+            } else {
+                s.into_owned()
+            }
+        })
+        .collect()
+}
+
 /// Entries whose owner could not be set, with the first of them for the message.
 #[derive(Default)]
 struct Owners {
@@ -372,6 +452,9 @@ impl Owners {
     }
 }
 
+/// A numeric owner and group.
+type OwnerIds = (u32, u32);
+
 /// Most distinct owners a manifest's probe tries (a hostile manifest could name millions;
 /// owners beyond these are still checked, and counted, when they are set).
 const PROBE_OWNERS: usize = 256;
@@ -379,19 +462,23 @@ const PROBE_OWNERS: usize = 256;
 /// Tries every distinct owner the manifest names on a scratch file, so a receiver that may
 /// not chown (no `CAP_CHOWN`) fails before any transfer with a message naming what it
 /// could not keep, instead of after copying a volume it cannot make usable.
-fn probe_owners(root: &Root, state: &State, entries: &[wire::Entry]) -> Result<(), PvcError> {
-    let mut owners: HashMap<(u32, u32), (u64, usize)> = HashMap::new();
-    for (i, e) in entries.iter().enumerate() {
+fn probe_owners<'e>(
+    root: &Root,
+    state: &State,
+    entries: impl Iterator<Item = &'e wire::Entry>,
+) -> Result<(), PvcError> {
+    let mut owners: HashMap<(u32, u32), (u64, &[u8])> = HashMap::new();
+    for e in entries {
         if let Some(o) = owners.get_mut(&(e.uid, e.gid)) {
             o.0 += 1;
         } else if owners.len() < PROBE_OWNERS {
-            owners.insert((e.uid, e.gid), (1, i));
+            owners.insert((e.uid, e.gid), (1, &e.path));
         }
     }
     let name = b"owner-probe".as_slice();
     let shown = root.show(format!("{STATE_DIR}/tmp/owner-probe").as_bytes());
     let probe = beneath::create(state.tmp.as_fd(), name).map_err(|e| PvcError::io(&shown, e))?;
-    let mut refused: Vec<((u32, u32), (u64, usize))> = Vec::new();
+    let mut refused: Vec<(OwnerIds, (u64, &[u8]))> = Vec::new();
     for (&(uid, gid), &n) in &owners {
         let r = rustix::fs::fchown(
             &probe,
@@ -412,9 +499,14 @@ fn probe_owners(root: &Root, state: &State, entries: &[wire::Entry]) -> Result<(
     refused.sort_by_key(|(_, (_, first))| *first);
     let count: u64 = refused.iter().map(|(_, (n, _))| n).sum();
     let ((uid, gid), (_, first)) = refused[0];
+    let first = if first.is_empty() {
+        b"(the volume root)".as_slice()
+    } else {
+        first
+    };
     Err(PvcError::Ownership(format!(
         "{count} entries would lose their owner (first: {} {uid}:{gid}; {} distinct owners refused): this receiver (uid {}) may not chown (no CAP_CHOWN). Nothing was changed. Run the DR job with the capabilities it needs (RemoteCluster pvcSync.runAsRoot), or accept files owned by the job's user (dataSyncConfig.ownership: Ignore)",
-        String::from_utf8_lossy(&entries[first].path),
+        String::from_utf8_lossy(first),
         refused.len(),
         rustix::process::geteuid().as_raw()
     )))

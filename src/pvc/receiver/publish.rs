@@ -1,5 +1,5 @@
-//! Staging verified files on their own thread — fdatasync, then owner, mode and times on
-//! the open descriptor — so the disk flush of one file overlaps receiving the next. The
+//! Staging verified files on their own thread — owner, mode and times on the open
+//! descriptor, then fsync — so the disk flush of one file overlaps receiving the next. The
 //! files stay in the state directory's `tmp/` until the commit moves them into place
 //! ([`super::commit`]): the destination's visible tree does not change during the
 //! transfer. The first failure stops the thread and is reported.
@@ -52,10 +52,10 @@ impl Publisher {
             for v in rx {
                 let path = root.show(&v.entry.path);
                 let io = |e| PvcError::io(&path, e);
-                let step = v
-                    .file
-                    .sync_data()
-                    .and_then(|()| beneath::set_meta(v.file.as_fd(), &v.entry));
+                // Metadata first, then one fsync: owner, mode and times are durable with
+                // the content before any journal can name this file.
+                let step = beneath::set_meta(v.file.as_fd(), &v.entry)
+                    .and_then(|kept| v.file.sync_all().map(|()| kept));
                 match step {
                     Ok(kept) => {
                         if !kept {

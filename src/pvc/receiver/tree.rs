@@ -51,7 +51,8 @@ pub fn stage_twin(
 
 /// Writes the commit of a sync to `journal`: `staged` files, `meta_only` files (manifest
 /// indexes), `twins` (staged links that also need their metadata), and the `stale` paths
-/// to delete (parents before children, as the census lists them).
+/// to delete (parents before children, as the census lists them), and the root's own
+/// metadata.
 pub fn write_ops(
     journal: &mut JournalWriter<'_>,
     entries: &[Entry],
@@ -59,7 +60,13 @@ pub fn write_ops(
     twins: &[Staged],
     meta_only: &[u32],
     stale: &[Vec<u8>],
+    root: Option<&Entry>,
 ) -> std::io::Result<()> {
+    // Deletions first: they free the space the rest may need, and no stale path is an
+    // ancestor of a wanted one.
+    for p in stale.iter().rev() {
+        journal.push(&Op::Delete { path: p.clone() })?;
+    }
     for e in entries.iter().filter(|e| e.kind == Kind::Dir) {
         journal.push(&Op::MkDir {
             path: e.path.clone(),
@@ -85,11 +92,11 @@ pub fn write_ops(
             Kind::Dir | Kind::File => {}
         }
     }
-    for p in stale.iter().rev() {
-        journal.push(&Op::Delete { path: p.clone() })?;
-    }
     for e in entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
         journal.push(&Op::DirMeta(e.clone()))?;
+    }
+    if let Some(r) = root {
+        journal.push(&Op::RootMeta(r.clone()))?;
     }
     Ok(())
 }

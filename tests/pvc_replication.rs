@@ -2126,6 +2126,18 @@ async fn replication_held_sync_shows_the_batch_and_the_release_reaches_the_next_
         "ownership: Ignore shows what was not kept"
     );
     assert!(v.point_in_time > good.point_in_time);
+    // A release is used once: the controller removed it after the pass that used it.
+    let nm: dr_syncer::api::NamespaceMapping = Api::namespaced(client.clone(), &env.ctl)
+        .get("clone")
+        .await
+        .unwrap();
+    assert!(
+        !nm.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("dr-syncer.io/allow-data-deletion"),
+        "the release annotation is gone"
+    );
 }
 
 fn job_args(job: &Job) -> Vec<String> {
@@ -2135,7 +2147,7 @@ fn job_args(job: &Job) -> Vec<String> {
         .unwrap()
 }
 
-/// Issue 16 §3: `keepSnapshots` unset keeps one last-good destination snapshot, with the
+/// Issue 16 §3: `keepSnapshots` unset keeps the two last good destination snapshots, with the
 /// DR cluster's VolumeSnapshotClass whose driver provisions the destination PVC's
 /// StorageClass; none without such a class; an explicit 0 means none.
 #[tokio::test]

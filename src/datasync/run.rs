@@ -413,9 +413,11 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
                 };
                 r.error.map(|e| format!("{e} (exit code {code}){hint}"))
             })
-            .or(killed)
+            .or(killed.map(|k| format!("{k}; {KILLED_COMMIT}")))
             .unwrap_or_else(|| {
-                "the pvc-sync Job failed (no report in its termination message)".into()
+                format!(
+                    "the pvc-sync Job failed (no report in its termination message); {KILLED_COMMIT}"
+                )
             });
         return Err(why.into());
     }
@@ -515,6 +517,9 @@ pub fn snapshot_class_resource() -> ApiResource {
         plural: "volumesnapshotclasses".into(),
     }
 }
+
+/// What a Job killed without a report may have left: a commit half carried out.
+const KILLED_COMMIT: &str = "if it was killed while committing, the DR volume holds .drsync/journal and the next sync finishes that commit first (on failover: pvc-sync --finish-only, runbook §4b)";
 
 /// Destination images kept by default: the newest and the one before it — a sync that
 /// succeeds with bad data (a source encrypted in place) would otherwise replace the only

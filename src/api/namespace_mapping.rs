@@ -341,6 +341,71 @@ pub struct DataSyncConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     pub timeout: Option<String>,
+    /// Commands run in the application's pods around the point in time (Velero-style
+    /// pre/post hooks, through the source cluster's `pods/exec`): e.g. a database's
+    /// checkpoint or `fsfreeze` before the VolumeSnapshot and the thaw after it. Needs the
+    /// chart's `rbac.execHooks` (and, for a tenant, its TenantPolicy's `execHooks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub hooks: Vec<VolumeHook>,
+}
+
+/// Commands run in the pods that use a volume, before and after its point in time is taken.
+///
+/// For each PVC sync, the hook runs in every Running pod of the source namespace that
+/// mounts the PVC and matches `podSelector`. `pre` runs before the point in time is taken;
+/// `post` once it is fixed — after the VolumeSnapshot is ready (`Snapshot`), after the
+/// clone's volume is attached to the copy's server pod (`Clone`), after the whole copy
+/// (`Direct`) — and also when the sync fails or times out after `pre` started, so a frozen
+/// application is always thawed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeHook {
+    /// Name shown in status messages and logs.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Which of the pods that mount the volume run the hook; unset: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Container the commands run in; unset: the pod's first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub container: Option<String>,
+    /// Run before the point in time is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre: Option<HookCommand>,
+    /// Run once the point in time is fixed (or the sync failed after `pre` started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<HookCommand>,
+}
+
+/// One hook command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookCommand {
+    /// The command and its arguments, run without a shell (use `["sh", "-c", "..."]` for
+    /// one).
+    #[schemars(length(min = 1, max = 64), inner(length(max = 4096)))]
+    pub command: Vec<String>,
+    /// Give up waiting after this long (default 30s). The command is not killed in the
+    /// container then; bound it itself (e.g. with `timeout`) when that matters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// What a failure (exit code other than 0, exec error, timeout) does; default `Fail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<HookErrorPolicy>,
+}
+
+/// What a failed hook command does to the sync.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum HookErrorPolicy {
+    /// The sync fails with the hook's error (a failed `pre` copies nothing; `post` still
+    /// runs where `pre` started).
+    #[default]
+    Fail,
+    /// The sync goes on; the error is named in the volume's status message.
+    Continue,
 }
 
 /// File ownership on the DR copy: `Preserve` (default) gives every file its source owner

@@ -50,6 +50,11 @@ pub struct TenantPolicySpec {
     /// (`team-a-*`). Empty: only a namespace named like the tenant namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destination_namespaces: Vec<String>,
+    /// Let the tenant's mappings run volume hooks (`dataSyncConfig.hooks`): commands the
+    /// controller execs in the tenant's pods. Off by default: a tenant who may edit
+    /// mappings but not exec into pods would otherwise gain exec through the controller.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exec_hooks: bool,
 }
 
 /// One git repository prefix a tenant may push to.

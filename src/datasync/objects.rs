@@ -81,6 +81,8 @@ pub struct Operation {
     pub timeout: Duration,
     /// Bandwidth limit in KiB/s.
     pub bwlimit_kib: Option<i32>,
+    /// Commands run in the pods that use the volume around the point in time.
+    pub hooks: Vec<crate::api::VolumeHook>,
 }
 
 /// A label value for a mapping: `<namespace>.<name>` (see [`label_value`]).

@@ -20,6 +20,7 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams
 use kube::{Api, Client};
 use serde_json::json;
 
+use super::hooks::HookRun;
 use super::keys::KeyRing;
 use super::objects::{self, Operation};
 use super::plan::{self, Report};
@@ -139,13 +140,28 @@ pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
         }
     };
     let mut cancel = env.cancel.clone();
-    let result = tokio::select! {
-        r = tokio::time::timeout(op.timeout, steps(env, op)) => match r {
+    let mut hooks = HookRun::new(
+        &env.source,
+        &op.source_namespace(),
+        &op.pvc_name(),
+        &op.hooks,
+    );
+    let mut result = tokio::select! {
+        r = tokio::time::timeout(op.timeout, steps(env, op, &mut hooks)) => match r {
             Ok(r) => r,
             Err(_) => Err(StepError::Failed(format!("timed out after {}s", op.timeout.as_secs()))),
         },
         _ = cancel.wait_for(|c| *c) => Err(StepError::Failed("cancelled: the mapping was deleted or stopped replicating data".into())),
     };
+    // A sync that failed, timed out or was cancelled after `pre` started still thaws the
+    // application (a no-op when `post` already ran at its point).
+    if let Err(e) = hooks.post().await {
+        result = match result {
+            Ok(_) => Err(StepError::Failed(e)),
+            Err(StepError::Failed(first)) => Err(StepError::Failed(format!("{first}; then {e}"))),
+            Err(held) => Err(held),
+        };
+    }
     let cleaned = cleanup(env, op).await;
     if let Err(e) = &cleaned {
         tracing::warn!(operation = %op.id, error = %e, "cleanup incomplete; swept again on the next pass");
@@ -156,6 +172,11 @@ pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
     let mut out = match result {
         Ok((report, pit)) => {
             let note = plan::success_note(&report);
+            let note = match (note, hooks.warnings().join("; ")) {
+                (note, w) if w.is_empty() => note,
+                (Some(n), w) => Some(format!("{n}; {w}")),
+                (None, w) => Some(w),
+            };
             outcome(PvcSyncResult::Succeeded, note, Some(report), Some(pit))
         }
         Err(StepError::Held(report)) => {
@@ -201,7 +222,11 @@ impl From<String> for StepError {
     }
 }
 
-async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepError> {
+async fn steps(
+    env: &Env,
+    op: &Operation,
+    hooks: &mut HookRun,
+) -> Result<(Report, Timestamp), StepError> {
     let src_ns = op.source_namespace();
     let snapshots: Api<DynamicObject> =
         Api::namespaced_with(env.source.clone(), &src_ns, &snapshot_resource());
@@ -224,7 +249,8 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
             return Err(why.into());
         }
     }
-    // 1. The point in time.
+    // 1. The point in time, between the hooks' `pre` and `post`.
+    hooks.pre().await?;
     let point_in_time = match op.method {
         CopyMethod::Snapshot => {
             let snap = op.source_snapshot();
@@ -251,6 +277,7 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
                 }))
             })
             .await?;
+            hooks.post().await?;
             claims
                 .create(&pp, &op.temp_claim(size.as_deref()))
                 .await
@@ -311,6 +338,10 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
         }
     })
     .await?;
+    // The clone's volume exists once the pod that mounts it runs.
+    if op.method == CopyMethod::Clone {
+        hooks.post().await?;
+    }
     let server = plan::address(&ip, i32::from(objects::SERVE_PORT));
     // 3. The bastion and its allow-list entry for this operation only.
     let bastion = match &env.endpoint {
@@ -391,6 +422,8 @@ async fn steps(env: &Env, op: &Operation) -> Result<(Report, Timestamp), StepErr
         })
     })
     .await?;
+    // `Direct`: the copy was the point in time.
+    hooks.post().await?;
     let job_pods: Api<Pod> = Api::namespaced(env.dest.clone(), &op.dest_namespace);
     let sel = format!("{}={}", objects::OPERATION, op.id);
     let listed = job_pods
@@ -716,6 +749,7 @@ mod tests {
             snapshot_class: None,
             timeout: Duration::from_secs(60),
             bwlimit_kib: None,
+            hooks: Vec::new(),
         }
     }
 

@@ -686,6 +686,7 @@ async fn run_all(
                 snapshot_class: dsc.volume_snapshot_class_name.clone(),
                 timeout,
                 bwlimit_kib: dsc.bandwidth_limit_kib,
+                hooks: dsc.hooks.clone(),
             });
         }
     }

@@ -146,6 +146,8 @@ pub struct Grants {
     pub destination_clusters: BTreeSet<String>,
     /// DR namespace patterns (empty: the tenant namespace's own name).
     pub destination_namespaces: Vec<String>,
+    /// Volume hooks (exec in the tenant's pods) allowed.
+    pub exec_hooks: bool,
 }
 
 /// The grants for tenant namespace `ns` from `policies` (those read from the controller's
@@ -165,6 +167,7 @@ pub fn grants_for(ns: &str, policies: &[TenantPolicy]) -> Option<Grants> {
             .extend(p.spec.destination_clusters.iter().cloned());
         g.destination_namespaces
             .extend(p.spec.destination_namespaces.iter().cloned());
+        g.exec_hooks |= p.spec.exec_hooks;
     }
     found.then_some(g)
 }
@@ -205,6 +208,20 @@ pub fn authorize(refs: MappingRefs<'_>, scope: &Scope) -> Result<(), Refusal> {
         return Err(refuse(
             "spec.pvcConfig.syncData",
             "a tenant's volume data needs a DR cluster its TenantPolicy grants (spec.destination.cluster or the ClusterMapping's targetCluster)",
+        ));
+    }
+    let hooks = nm
+        .spec
+        .pvc_config
+        .as_ref()
+        .and_then(|p| p.data_sync_config.as_ref())
+        .is_some_and(|d| !d.hooks.is_empty());
+    if hooks && !grants.exec_hooks {
+        return Err(refuse(
+            "spec.pvcConfig.dataSyncConfig.hooks",
+            format!(
+                "volume hooks exec commands in pods; no TenantPolicy grants them to namespace {own} (execHooks: true)"
+            ),
         ));
     }
     granted_cluster(refs.source(), &grants.source_clusters, "source", &own)?;

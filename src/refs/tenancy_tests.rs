@@ -161,6 +161,12 @@ fn authorize_tenant_table() {
             true,
             Ok(()),
         ),
+        (
+            "volume hooks (exec in pods) without an execHooks grant",
+            "spec: {sourceNamespace: team-a, clusterMappingRef: {name: mine}, pvcConfig: {syncData: true, dataSyncConfig: {hooks: [{name: h, pre: {command: [sh, -c, id]}}]}}}".into(),
+            true,
+            Err("spec.pvcConfig.dataSyncConfig.hooks"),
+        ),
     ];
     let scope = tenant_scope();
     for (name, spec, with_cm, want) in cases {
@@ -391,4 +397,25 @@ fn authorize_refuses_path_names_and_tenant_data_without_dr_cluster() {
         "spec: {sourceNamespace: team-a, pvcConfig: {syncData: true}, destination: {cluster: {remoteClusterRef: {name: dr}}}}",
     );
     assert_eq!(judge(&nm, None, &scope), Ok(()));
+}
+
+#[test]
+fn authorize_tenant_hooks_need_an_exec_hooks_grant() {
+    let cm: ClusterMapping = serde_saphyr::from_str(TENANT_CM).unwrap();
+    let nm = mapping(
+        "team-a",
+        "spec: {sourceNamespace: team-a, clusterMappingRef: {name: mine}, pvcConfig: {syncData: true, dataSyncConfig: {hooks: [{name: h, pre: {command: [sh, -c, id]}}]}}}",
+    );
+    let grant = policy(
+        "apiVersion: dr-syncer.io/v1alpha1\nkind: TenantPolicy\nmetadata: {name: hooks, namespace: dr-syncer}\nspec: {namespaces: [team-a], execHooks: true}\n",
+    );
+    let scope = Scope::Tenant {
+        controller_namespace: "dr-syncer".into(),
+        grants: grants_for("team-a", &[policy(POLICY), grant]).unwrap(),
+    };
+    assert_eq!(judge(&nm, Some(&cm), &scope), Ok(()));
+    assert_eq!(
+        judge(&nm, Some(&cm), &tenant_scope()),
+        Err("spec.pvcConfig.dataSyncConfig.hooks".into())
+    );
 }

@@ -32,6 +32,7 @@ fn op(method: CopyMethod, root: bool) -> Operation {
         snapshot_class: Some("csi-snap".into()),
         timeout: Duration::from_secs(600),
         bwlimit_kib: Some(1024),
+        hooks: Vec::new(),
     }
 }
 

@@ -2350,3 +2350,221 @@ async fn replication_pod_security_conflict_fails_before_creating_anything() {
     );
     assert_clean(&client, &[src, "pvcpsa-src-dr"], &env.agent_ns, &env.ctl).await;
 }
+
+/// The result of the first sync of `mapping`'s PVC `data` whose operation is not `previous`.
+async fn next_result(
+    client: &Client,
+    ns: &str,
+    mapping: &str,
+    previous: &str,
+) -> dr_syncer::api::PvcVolumeStatus {
+    eventually("next sync result", Duration::from_secs(60), || async {
+        let nm = Api::<NamespaceMapping>::namespaced(client.clone(), ns)
+            .get(mapping)
+            .await
+            .ok()?;
+        nm.status?.pvc_data?.volumes.into_iter().find(|v| {
+            v.operation.as_deref().is_some_and(|o| o != previous)
+                && v.result
+                    .is_some_and(|r| r != dr_syncer::api::PvcSyncResult::Running)
+        })
+    })
+    .await
+}
+
+/// Issue 16 §7: volume hooks through the real apiserver's `pods/exec` (served by the
+/// kubelet's own streaming code). `pre` runs in the selected container of the pod that
+/// mounts the PVC before the VolumeSnapshot exists, `post` once it is ready; a failing
+/// `pre` fails the sync with its exit code and stderr, copies nothing and still thaws; a
+/// `pre` that hangs past its timeout under `onError: Continue` is named in the status of a
+/// sync that goes on.
+#[tokio::test]
+async fn replication_hooks_quiesce_around_the_snapshot_and_always_thaw() {
+    let fx = Fixture::start("pvchook").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let work = tempfile::tempdir().unwrap();
+    let kubelet = dr_syncer_testkit::kubelet::ExecKubelet::start(work.path());
+    kubelet.node(&client, "pvchook-node").await;
+    let src = "pvchook-src";
+    source_namespace(env, src).await;
+    // The database: its pod on the exec-kubelet's node, the hook's container second.
+    Applier::new(client.clone(), "test")
+        .apply(&json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db", "namespace": src, "labels": {"app": "db"}},
+            "spec": {"nodeName": "pvchook-node",
+                     "containers": [{"name": "exporter", "image": "e"}, {"name": "postgres", "image": "pg"}],
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}}))
+        .await;
+    run_pod(&client, src, "db", "10.9.9.10").await;
+    let dir = work.path().display().to_string();
+    let hooks = |pre: Value, post_file: &str| {
+        json!({"copyMethod": "Snapshot", "volumeSnapshotClassName": "csi-snap", "keepSnapshots": 0,
+            "hooks": [
+                {"name": "freeze", "podSelector": {"matchLabels": {"app": "db"}}, "container": "postgres",
+                 "pre": pre,
+                 "post": {"command": ["sh", "-c", format!("echo thawed > {dir}/{post_file}")]}},
+                {"name": "elsewhere", "podSelector": {"matchLabels": {"app": "nothing"}},
+                 "pre": {"command": ["false"]}}]})
+    };
+    let pre_ok =
+        json!({"command": ["sh", "-c", format!("echo \"$DR_POD $DR_CONTAINER\" > {dir}/pre")]});
+    mapping(env, "hooked", src, hooks(pre_ok, "post")).await;
+    let snaps: Api<DynamicObject> = Api::namespaced_with(client.clone(), src, &snapshot_ar());
+    let new_snapshot = || async {
+        eventually("source VolumeSnapshot", Duration::from_secs(60), || async {
+            snaps
+                .list(&ListParams::default().labels(TEMP))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .next()
+        })
+        .await
+    };
+    let make_ready = |name: String| {
+        let snaps = snaps.clone();
+        async move {
+            snaps
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"readyToUse": true, "restoreSize": "1Gi",
+                        "creationTime": "2026-12-03T08:00:00Z"}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    // 1. pre before the snapshot, post after it is ready, then the copy.
+    trigger(
+        &client,
+        &env.ctl,
+        "hooked",
+        "dr-syncer.io/sync-data-now",
+        "1",
+    )
+    .await;
+    let snap = new_snapshot().await;
+    let pre = std::fs::read_to_string(work.path().join("pre"))
+        .expect("pre ran before the VolumeSnapshot");
+    assert_eq!(pre.trim(), format!("{src}/db postgres"));
+    assert!(
+        !work.path().join("post").exists(),
+        "post ran before the snapshot was ready"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !work.path().join("post").exists(),
+        "post must wait for readyToUse"
+    );
+    make_ready(snap.name_any()).await;
+    eventually("post hook", Duration::from_secs(30), || async {
+        work.path().join("post").exists().then_some(())
+    })
+    .await;
+    let pod: Pod = one(&client, src, TEMP, "server pod").await;
+    let op = op_of(&pod);
+    let job = fx.serve(src, &pod, "10.1.0.9", "sync Job").await;
+    finish_job(&client, &job, true, REPORT).await;
+    let v = finished(&client, &env.ctl, "hooked", &op).await;
+    assert_eq!(
+        v.result,
+        Some(dr_syncer::api::PvcSyncResult::Succeeded),
+        "{:?}",
+        v.message
+    );
+    let execs = kubelet.execs();
+    let seen: Vec<(String, String, String)> = execs
+        .iter()
+        .map(|e| {
+            (
+                e["pod"].as_str().unwrap().to_string(),
+                e["container"].as_str().unwrap().to_string(),
+                e["command"][2].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                format!("{src}/db"),
+                "postgres".into(),
+                format!("echo \"$DR_POD $DR_CONTAINER\" > {dir}/pre")
+            ),
+            (
+                format!("{src}/db"),
+                "postgres".into(),
+                format!("echo thawed > {dir}/post")
+            ),
+        ],
+        "only the selected pod's container, pre then post; the app pod on node-b untouched"
+    );
+
+    // 2. A failing pre: the sync fails with its exit code and stderr (it never waited for a
+    // snapshot, which nobody makes ready here), and the application is thawed anyway.
+    let pre_fail = json!({"command": ["sh", "-c", "echo 'cannot freeze: disk busy' >&2; exit 3"]});
+    mapping(env, "hooked", src, hooks(pre_fail, "post2")).await;
+    trigger(
+        &client,
+        &env.ctl,
+        "hooked",
+        "dr-syncer.io/sync-data-now",
+        "2",
+    )
+    .await;
+    let v = next_result(&client, &env.ctl, "hooked", &op).await;
+    assert_eq!(v.result, Some(dr_syncer::api::PvcSyncResult::Failed));
+    let message = v.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("hook \"freeze\" pre in pod db container postgres: exit code 3: cannot freeze: disk busy"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("post2"))
+            .expect("post ran after the failed pre")
+            .trim(),
+        "thawed"
+    );
+    let after = kubelet.execs();
+    assert_eq!(after.len(), 4, "pre (exit 3) and post: {after:?}");
+    assert_eq!(after[2]["exit"], 3);
+    assert_eq!(after[3]["exit"], 0);
+
+    // 3. A pre that hangs past its timeout, onError: Continue: the sync goes on and says so.
+    let pre_hang = json!({"command": ["sleep", "20"], "timeout": "1s", "onError": "Continue"});
+    mapping(env, "hooked", src, hooks(pre_hang, "post3")).await;
+    trigger(
+        &client,
+        &env.ctl,
+        "hooked",
+        "dr-syncer.io/sync-data-now",
+        "3",
+    )
+    .await;
+    let snap = new_snapshot().await;
+    make_ready(snap.name_any()).await;
+    let pod: Pod = one(&client, src, TEMP, "server pod").await;
+    let op3 = op_of(&pod);
+    let job = fx.serve(src, &pod, "10.1.0.10", "sync Job").await;
+    finish_job(&client, &job, true, REPORT).await;
+    let v = finished(&client, &env.ctl, "hooked", &op3).await;
+    assert_eq!(
+        v.result,
+        Some(dr_syncer::api::PvcSyncResult::Succeeded),
+        "{:?}",
+        v.message
+    );
+    let message = v.message.unwrap_or_default();
+    assert!(
+        message.contains("hook \"freeze\" pre in pod db container postgres: no answer within 1s"),
+        "{message}"
+    );
+    assert!(
+        work.path().join("post3").exists(),
+        "post after a timed-out pre"
+    );
+}

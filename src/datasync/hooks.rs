@@ -331,7 +331,11 @@ mod tests {
             pod("pending", "Pending", "data", json!({"app": "db"})),
         ];
         // (case, hooks, expected (pod, container) pairs)
-        type Case = (&'static str, Vec<VolumeHook>, Vec<(&'static str, &'static str)>);
+        type Case = (
+            &'static str,
+            Vec<VolumeHook>,
+            Vec<(&'static str, &'static str)>,
+        );
         let cases: Vec<Case> = vec![
             (
                 "no selector: every running pod of the claim, by name",

@@ -4,6 +4,7 @@
 //!   ServiceAccount tokens, one or several side by side.
 //! - [`objects`]: applying objects and generating namespaces of mixed objects.
 //! - [`git`]: `git daemon` and `sshd` serving bare repositories.
+//! - [`kubelet`]: the exec part of a kubelet, for `pods/exec` through the test apiserver.
 //! - [`process`]: long-running children that are stopped with all their descendants.
 //! - [`flux`]: Flux's source- and kustomize-controller (built from their Go modules) run
 //!   against a test apiserver.
@@ -14,6 +15,7 @@ pub mod envtest;
 pub mod flux;
 pub mod git;
 pub mod git_https;
+pub mod kubelet;
 pub mod objects;
 pub mod process;
 pub mod tools;

@@ -33,7 +33,8 @@ fn snapshot_ar() -> ApiResource {
     dr_syncer::datasync::run::snapshot_resource()
 }
 
-/// Installs the CSI VolumeSnapshot CRDs (from external-snapshotter's module) once.
+/// Installs the CSI VolumeSnapshot and VolumeGroupSnapshot CRDs (from external-snapshotter's
+/// module) once.
 async fn snapshot_crds(plane: &ControlPlane) {
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     DONE.get_or_init(|| async {
@@ -53,7 +54,11 @@ async fn snapshot_crds(plane: &ControlPlane) {
         let client = plane.client().await.unwrap();
         dr_syncer_testkit::objects::wait_established(
             &client,
-            &["volumesnapshots.snapshot.storage.k8s.io"],
+            &[
+                "volumesnapshots.snapshot.storage.k8s.io",
+                "volumegroupsnapshots.groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io",
+            ],
         )
         .await;
     })
@@ -2566,5 +2571,293 @@ async fn replication_hooks_quiesce_around_the_snapshot_and_always_thaw() {
     assert!(
         work.path().join("post3").exists(),
         "post after a timed-out pre"
+    );
+}
+
+/// Issue 16 §7: a consistency group. The database's two PVCs (data and WAL) are taken as
+/// one VolumeGroupSnapshot between the hooks (whatever `copyMethod` says), each PVC is
+/// copied from its own member snapshot — found through the volume and snapshot handles,
+/// not by name or order — and both DR copies carry the group's point in time; the group
+/// snapshot is removed after the pass.
+#[tokio::test]
+async fn replication_consistency_group_copies_each_pvc_from_one_group_snapshot() {
+    let fx = Fixture::start("pvcgrp").await;
+    let env = &fx.env;
+    let client = fx.client().clone();
+    let work = tempfile::tempdir().unwrap();
+    let kubelet = dr_syncer_testkit::kubelet::ExecKubelet::start(work.path());
+    kubelet.node(&client, "pvcgrp-node").await;
+    let src = "pvcgrp-src";
+    source_namespace(env, src).await;
+    let applier = Applier::new(client.clone(), "test");
+    // PersistentVolumes with their CSI handles; `data` (from source_namespace) joins the group.
+    for (pv, handle) in [
+        (format!("pv-{src}"), "vol-data"),
+        (format!("pv-{src}-wal"), "vol-wal"),
+    ] {
+        applier
+            .apply(
+                &json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                         "csi": {"driver": "csi.test", "volumeHandle": handle}}}),
+            )
+            .await;
+    }
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), src)
+        .patch(
+            "data",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}})),
+        )
+        .await
+        .unwrap();
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "wal", "namespace": src, "labels": {"app": "db"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                     "volumeName": format!("pv-{src}-wal"), "resources": {"requests": {"storage": "1Gi"}}}}))
+        .await;
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), src)
+        .patch_status(
+            "wal",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+        )
+        .await
+        .unwrap();
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db", "namespace": src, "labels": {"app": "db"}},
+            "spec": {"nodeName": "pvcgrp-node", "containers": [{"name": "postgres", "image": "pg"}],
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}},
+                                 {"name": "w", "persistentVolumeClaim": {"claimName": "wal"}}]}}))
+        .await;
+    run_pod(&client, src, "db", "10.9.9.11").await;
+    let dir = work.path().display().to_string();
+    mapping(
+        env,
+        "grouped",
+        src,
+        json!({"copyMethod": "Clone",
+            "consistencyGroups": [{"name": "db", "pvcSelector": {"matchLabels": {"app": "db"}},
+                                   "volumeGroupSnapshotClassName": "grp"}],
+            "hooks": [{"name": "checkpoint", "podSelector": {"matchLabels": {"app": "db"}},
+                       "pre": {"command": ["sh", "-c", format!("touch {dir}/pre")]},
+                       "post": {"command": ["sh", "-c", format!("touch {dir}/post")]}}]}),
+    )
+    .await;
+    trigger(
+        &client,
+        &env.ctl,
+        "grouped",
+        "dr-syncer.io/sync-data-now",
+        "1",
+    )
+    .await;
+
+    // The group snapshot, after pre; nothing else yet.
+    let groups: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        src,
+        &dr_syncer::datasync::group::group_resource(),
+    );
+    let vgs = eventually("VolumeGroupSnapshot", Duration::from_secs(60), || async {
+        groups
+            .list(&ListParams::default().labels(TEMP))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(
+        vgs.data["spec"],
+        json!({"source": {"selector": {"matchLabels": {"app": "db"}}}, "volumeGroupSnapshotClassName": "grp"})
+    );
+    assert!(
+        work.path().join("pre").exists(),
+        "pre ran before the group snapshot"
+    );
+    assert!(
+        !work.path().join("post").exists(),
+        "post before the group snapshot was ready"
+    );
+    let snaps: Api<DynamicObject> = Api::namespaced_with(client.clone(), src, &snapshot_ar());
+    assert!(
+        snaps
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no per-PVC VolumeSnapshot: the members come from the group"
+    );
+    assert!(
+        labeled::<Pod>(&client, src, TEMP).await.is_empty(),
+        "no copy before the group is ready"
+    );
+
+    // Play the group snapshot controller: contents with handles, member snapshots named
+    // so that neither order nor name gives the PVC away.
+    let vsc: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource {
+            group: "snapshot.storage.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "snapshot.storage.k8s.io/v1".into(),
+            kind: "VolumeSnapshotContent".into(),
+            plural: "volumesnapshotcontents".into(),
+        },
+    );
+    let vgsc: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource {
+            group: "groupsnapshot.storage.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "groupsnapshot.storage.k8s.io/v1".into(),
+            kind: "VolumeGroupSnapshotContent".into(),
+            plural: "volumegroupsnapshotcontents".into(),
+        },
+    );
+    let pp = PostParams::default();
+    let status = |v: Value| Patch::Merge(json!({"status": v}));
+    for (content, handle, member) in [
+        ("pvcgrp-vsc-w", "snap-w", "member-1"),
+        ("pvcgrp-vsc-d", "snap-d", "member-2"),
+    ] {
+        let c: DynamicObject = serde_json::from_value(json!({"apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshotContent", "metadata": {"name": content},
+            "spec": {"deletionPolicy": "Delete", "driver": "csi.test", "source": {"snapshotHandle": handle},
+                     "volumeSnapshotRef": {"name": member, "namespace": src}}})).unwrap();
+        vsc.create(&pp, &c).await.unwrap();
+        vsc.patch_status(
+            content,
+            &PatchParams::default(),
+            &status(json!({"snapshotHandle": handle, "readyToUse": true})),
+        )
+        .await
+        .unwrap();
+        let m: DynamicObject =
+            serde_json::from_value(json!({"apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshot", "metadata": {"name": member, "namespace": src},
+            "spec": {"source": {"volumeSnapshotContentName": content}}}))
+            .unwrap();
+        snaps.create(&pp, &m).await.unwrap();
+        snaps
+            .patch_status(member, &PatchParams::default(), &status(json!({"readyToUse": true, "restoreSize": "1Gi",
+                "boundVolumeSnapshotContentName": content, "volumeGroupSnapshotName": vgs.name_any(),
+                "creationTime": "2026-12-03T09:00:00Z"})))
+            .await
+            .unwrap();
+    }
+    let gc: DynamicObject =
+        serde_json::from_value(json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1",
+        "kind": "VolumeGroupSnapshotContent", "metadata": {"name": "pvcgrp-vgsc"},
+        "spec": {"deletionPolicy": "Delete", "driver": "csi.test",
+                 "source": {"volumeHandles": ["vol-data", "vol-wal"]},
+                 "volumeGroupSnapshotRef": {"name": vgs.name_any(), "namespace": src}}}))
+        .unwrap();
+    vgsc.create(&pp, &gc).await.unwrap();
+    vgsc.patch_status(
+        "pvcgrp-vgsc",
+        &PatchParams::default(),
+        &status(json!({"readyToUse": true,
+        "volumeSnapshotInfoList": [
+            {"volumeHandle": "vol-wal", "snapshotHandle": "snap-w"},
+            {"volumeHandle": "vol-data", "snapshotHandle": "snap-d"}]})),
+    )
+    .await
+    .unwrap();
+    groups
+        .patch_status(&vgs.name_any(), &PatchParams::default(), &status(json!({"readyToUse": true,
+            "creationTime": "2026-12-03T09:00:00Z", "boundVolumeGroupSnapshotContentName": "pvcgrp-vgsc"})))
+        .await
+        .unwrap();
+    eventually("post hook", Duration::from_secs(30), || async {
+        work.path().join("post").exists().then_some(())
+    })
+    .await;
+
+    // Each PVC's copy reads its own member snapshot; both carry the group's point in time.
+    let mut served = BTreeMap::new();
+    while served.len() < 2 {
+        let pod = eventually("next server pod", Duration::from_secs(60), || async {
+            labeled::<Pod>(&client, src, TEMP)
+                .await
+                .into_iter()
+                .find(|p| !served.contains_key(&op_of(p)))
+        })
+        .await;
+        let op = op_of(&pod);
+        let pvc = pod.labels()["dr-syncer.io/pvc"].clone();
+        let temp = one::<PersistentVolumeClaim>(
+            &client,
+            src,
+            &format!("dr-syncer.io/operation={op}"),
+            "temporary PVC",
+        )
+        .await;
+        let from = temp.spec.unwrap().data_source.unwrap();
+        assert_eq!(
+            (from.kind.as_str(), from.name.as_str()),
+            (
+                "VolumeSnapshot",
+                if pvc == "data" {
+                    "member-2"
+                } else {
+                    "member-1"
+                }
+            ),
+            "{pvc}"
+        );
+        let job = fx
+            .serve(
+                src,
+                &pod,
+                &format!("10.1.0.{}", 20 + served.len()),
+                "sync Job",
+            )
+            .await;
+        finish_job(&client, &job, true, REPORT).await;
+        served.insert(op, pvc);
+    }
+    // The status shows a pass's results once all of its syncs ended.
+    for (op, pvc) in &served {
+        let v = finished(&client, &env.ctl, "grouped", op).await;
+        assert_eq!(
+            v.result,
+            Some(dr_syncer::api::PvcSyncResult::Succeeded),
+            "{pvc}: {:?}",
+            v.message
+        );
+        assert_eq!(
+            v.point_in_time.unwrap().0.to_string(),
+            "2026-12-03T09:00:00Z",
+            "{pvc}"
+        );
+    }
+    let mut pvcs: Vec<_> = served.into_values().collect();
+    pvcs.sort();
+    assert_eq!(pvcs, ["data", "wal"]);
+    eventually(
+        "group snapshot removed",
+        Duration::from_secs(30),
+        || async {
+            groups
+                .list(&ListParams::default().labels(TEMP))
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let execs = kubelet.execs();
+    assert_eq!(
+        execs.len(),
+        2,
+        "pre and post once for the group, not per PVC: {execs:?}"
     );
 }

@@ -348,6 +348,30 @@ pub struct DataSyncConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub hooks: Vec<VolumeHook>,
+    /// Volumes that must share one point in time (a database's data and WAL volumes):
+    /// each group is taken as one CSI VolumeGroupSnapshot, and each member PVC is copied
+    /// from its member snapshot (copy method `Snapshot` for them, whatever `copyMethod`
+    /// says). The source cluster must serve `groupsnapshot.storage.k8s.io/v1` and its
+    /// driver group snapshots; a group that cannot be taken whole fails all its members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub consistency_groups: Vec<ConsistencyGroup>,
+}
+
+/// PVCs of a source namespace snapshotted together (see `consistencyGroups`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistencyGroup {
+    /// Name shown in status messages.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The PVCs of the group (the VolumeGroupSnapshot's `source.selector`). A PVC may
+    /// belong to one group only.
+    pub pvc_selector: LabelSelector,
+    /// VolumeGroupSnapshotClass; unset: the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_group_snapshot_class_name: Option<String>,
 }
 
 /// Commands run in the pods that use a volume, before and after its point in time is taken.

@@ -55,10 +55,14 @@ impl Phase {
     }
 }
 
-/// The (hook, pod) pairs of a sync of `claim`: for each hook in order, the Running pods
-/// in `pods` that mount `claim` and match its selector, by name. A selector that cannot
+/// The (hook, pod) pairs of a sync of `claims`: for each hook in order, the Running pods
+/// in `pods` that mount one of `claims` and match its selector, by name. A selector that cannot
 /// be used is an error naming the hook (never "matches everything").
-pub fn targets(hooks: &[VolumeHook], pods: &[Pod], claim: &str) -> Result<Vec<Target>, String> {
+pub fn targets(
+    hooks: &[VolumeHook],
+    pods: &[Pod],
+    claims: &[String],
+) -> Result<Vec<Target>, String> {
     let mut using: Vec<&Pod> = pods
         .iter()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
@@ -70,7 +74,7 @@ pub fn targets(hooks: &[VolumeHook], pods: &[Pod], claim: &str) -> Result<Vec<Ta
                 .any(|v| {
                     v.persistent_volume_claim
                         .as_ref()
-                        .is_some_and(|c| c.claim_name == claim)
+                        .is_some_and(|c| claims.contains(&c.claim_name))
                 })
         })
         .collect();
@@ -142,7 +146,7 @@ fn tail(text: &str) -> String {
 /// The hooks of one sync and how far they got.
 pub struct HookRun {
     pods: Api<Pod>,
-    claim: String,
+    claims: Vec<String>,
     hooks: Vec<VolumeHook>,
     /// The pairs, once `pre` looked them up.
     targets: Vec<Target>,
@@ -153,11 +157,12 @@ pub struct HookRun {
 }
 
 impl HookRun {
-    /// The hooks of a sync of `claim` in `namespace` of the source cluster.
-    pub fn new(source: &Client, namespace: &str, claim: &str, hooks: &[VolumeHook]) -> Self {
+    /// The hooks of a sync of `claims` (one PVC, or a consistency group's) in `namespace`
+    /// of the source cluster.
+    pub fn new(source: &Client, namespace: &str, claims: &[String], hooks: &[VolumeHook]) -> Self {
         HookRun {
             pods: Api::namespaced(source.clone(), namespace),
-            claim: claim.into(),
+            claims: claims.to_vec(),
             hooks: hooks.to_vec(),
             targets: Vec::new(),
             started: 0,
@@ -178,12 +183,14 @@ impl HookRun {
         if self.hooks.is_empty() {
             return Ok(());
         }
-        let pods =
-            self.pods.list(&ListParams::default()).await.map_err(|e| {
-                format!("hooks: cannot list the pods using PVC {}: {e}", self.claim)
-            })?;
-        self.targets = targets(&self.hooks, &pods.items, &self.claim)?;
-        tracing::info!(pvc = %self.claim, pods = self.targets.len(), "running pre hooks");
+        let pods = self.pods.list(&ListParams::default()).await.map_err(|e| {
+            format!(
+                "hooks: cannot list the pods using {}: {e}",
+                self.claims.join(", ")
+            )
+        })?;
+        self.targets = targets(&self.hooks, &pods.items, &self.claims)?;
+        tracing::info!(pvcs = %self.claims.join(","), pods = self.targets.len(), "running pre hooks");
         for i in 0..self.targets.len() {
             self.started = i + 1;
             let t = self.targets[i].clone();
@@ -373,7 +380,7 @@ mod tests {
             ),
         ];
         for (name, hooks, want) in cases {
-            let got: Vec<(String, String)> = targets(&hooks, &pods, "data")
+            let got: Vec<(String, String)> = targets(&hooks, &pods, &["data".to_string()])
                 .unwrap()
                 .into_iter()
                 .map(|t| (t.pod, t.container))
@@ -393,7 +400,7 @@ mod tests {
             json!({"name": "freeze", "podSelector": {"matchExpressions": [
             {"key": "app", "operator": "Sometimes", "values": ["db"]}]}}),
         )];
-        let err = targets(&hooks, &pods, "data").unwrap_err();
+        let err = targets(&hooks, &pods, &["data".to_string()]).unwrap_err();
         assert!(err.contains("\"freeze\""), "{err}");
     }
 

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod context;
 pub mod due;
+pub mod group;
 pub mod hooks;
 pub mod keys;
 pub mod lock;

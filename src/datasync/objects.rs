@@ -81,8 +81,11 @@ pub struct Operation {
     pub timeout: Duration,
     /// Bandwidth limit in KiB/s.
     pub bwlimit_kib: Option<i32>,
-    /// Commands run in the pods that use the volume around the point in time.
+    /// Commands run in the pods that use the volume around the point in time (empty for
+    /// a consistency group's member: the group ran them around its snapshot).
     pub hooks: Vec<crate::api::VolumeHook>,
+    /// The member snapshot to copy when the PVC belongs to a consistency group.
+    pub group: Option<super::group::GroupMember>,
 }
 
 /// A label value for a mapping: `<namespace>.<name>` (see [`label_value`]).
@@ -139,6 +142,15 @@ impl Operation {
         json!({"name": self.name(role), "namespace": namespace, "labels": self.labels()})
     }
 
+    /// `Snapshot`: the VolumeSnapshot the copy reads — the consistency group's member
+    /// snapshot, else the operation's own.
+    pub fn snapshot_name(&self) -> String {
+        match &self.group {
+            Some(m) => m.snapshot.clone(),
+            None => self.name("snap"),
+        }
+    }
+
     /// `Snapshot`: the VolumeSnapshot of the source PVC.
     pub fn source_snapshot(&self) -> DynamicObject {
         let mut spec = json!({"source": {"persistentVolumeClaimName": self.pvc_name()}});
@@ -170,7 +182,7 @@ impl Operation {
         let source = match self.method {
             CopyMethod::Snapshot => json!({
                 "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
-                "name": self.name("snap"),
+                "name": self.snapshot_name(),
             }),
             _ => json!({"kind": "PersistentVolumeClaim", "name": self.pvc_name()}),
         };

@@ -143,7 +143,7 @@ pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
     let mut hooks = HookRun::new(
         &env.source,
         &op.source_namespace(),
-        &op.pvc_name(),
+        &[op.pvc_name()],
         &op.hooks,
     );
     let mut result = tokio::select! {
@@ -172,7 +172,11 @@ pub async fn sync_one(env: &Env, op: &Operation) -> Outcome {
     let mut out = match result {
         Ok((report, pit)) => {
             let note = plan::success_note(&report);
-            let note = match (note, hooks.warnings().join("; ")) {
+            let mut warnings = hooks.warnings().to_vec();
+            if let Some(m) = &op.group {
+                warnings.extend(m.warnings.iter().cloned());
+            }
+            let note = match (note, warnings.join("; ")) {
                 (note, w) if w.is_empty() => note,
                 (Some(n), w) => Some(format!("{n}; {w}")),
                 (None, w) => Some(w),
@@ -194,7 +198,7 @@ fn kube_err(what: &str) -> impl Fn(kube::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-async fn wait<T, F, Fut>(what: &str, mut check: F) -> Result<T, String>
+pub(super) async fn wait<T, F, Fut>(what: &str, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, String>>,
@@ -253,12 +257,14 @@ async fn steps(
     hooks.pre().await?;
     let point_in_time = match op.method {
         CopyMethod::Snapshot => {
-            let snap = op.source_snapshot();
-            snapshots
-                .create(&pp, &snap)
-                .await
-                .map_err(kube_err("create VolumeSnapshot"))?;
-            let name = op.name("snap");
+            // A consistency group's member snapshot exists (and is ready) already.
+            if op.group.is_none() {
+                snapshots
+                    .create(&pp, &op.source_snapshot())
+                    .await
+                    .map_err(kube_err("create VolumeSnapshot"))?;
+            }
+            let name = op.snapshot_name();
             let (pit, size) = wait("VolumeSnapshot readyToUse", || async {
                 let s = snapshots
                     .get(&name)
@@ -282,7 +288,7 @@ async fn steps(
                 .create(&pp, &op.temp_claim(size.as_deref()))
                 .await
                 .map_err(kube_err("create temporary PVC"))?;
-            pit
+            op.group.as_ref().map_or(pit, |m| m.point_in_time)
         }
         CopyMethod::Clone => {
             let pit = Timestamp::now();
@@ -673,6 +679,7 @@ pub async fn delete_labeled(
         ApiResource::erase::<Secret>(&()),
         ApiResource::erase::<PersistentVolumeClaim>(&()),
         snapshot_resource(),
+        super::group::group_resource(),
     ];
     let lp = ListParams::default().labels(selector);
     let mut first_error = None;
@@ -750,6 +757,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             bwlimit_kib: None,
             hooks: Vec::new(),
+            group: None,
         }
     }
 

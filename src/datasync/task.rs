@@ -687,6 +687,7 @@ async fn run_all(
                 timeout,
                 bwlimit_kib: dsc.bandwidth_limit_kib,
                 hooks: dsc.hooks.clone(),
+                group: None,
             });
         }
     }
@@ -709,9 +710,18 @@ async fn run_all(
             tracing::warn!(error = %e, "cannot record running syncs");
         }
     }
+    // Consistency groups: one VolumeGroupSnapshot per group before its members run.
+    let (not_run, groups) = super::group::prepare(
+        &setup.source,
+        &dsc.consistency_groups,
+        &dsc.hooks,
+        &mut ops,
+        timeout,
+    )
+    .await;
     let concurrency = usize::try_from(pvc_spec.concurrency).unwrap_or(1).max(1);
     let env = &env;
-    let results: Vec<_> = futures::stream::iter(ops)
+    let mut results: Vec<_> = futures::stream::iter(ops)
         .map(|op| async move {
             tracing::info!(operation = %op.id, pvc = %op.pvc_name(), method = ?op.method, "PVC sync started");
             let out = run::sync_one(env, &op).await;
@@ -720,6 +730,12 @@ async fn run_all(
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    for (ns, id) in groups {
+        if let Err(e) = super::group::remove(&setup.source, &ns, &id).await {
+            tracing::warn!(error = %e, group = %id, "cannot remove a group snapshot; swept later");
+        }
+    }
+    results.extend(not_run);
     let mut recorded = Vec::new();
     for (op, out) in results {
         record(ctx, nm, &op, &out).await;

@@ -3,7 +3,7 @@
 # versions, verified against the Go checksum database) into target/helm/<key>/, where
 # <key> hashes go.mod, go.sum and this script; a cached result is reused. Prints the
 # directory: bin/helm, crds/flux/*.yaml, crds/argocd/*.yaml, crds/snapshot/*.yaml (the CSI
-# VolumeSnapshot API from external-snapshotter's client module).
+# VolumeSnapshot and VolumeGroupSnapshot APIs from external-snapshotter's client module).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -26,7 +26,8 @@ cp "$src/config/crd/bases/source.toolkit.fluxcd.io_gitrepositories.yaml" "$out.t
 cp "$kus/config/crd/bases/kustomize.toolkit.fluxcd.io_kustomizations.yaml" "$out.tmp/crds/flux/"
 cp "$argo/manifests/crds/application-crd.yaml" "$argo/manifests/crds/applicationset-crd.yaml" \
    "$argo/manifests/crds/appproject-crd.yaml" "$out.tmp/crds/argocd/"
-cp "$snap"/config/crd/snapshot.storage.k8s.io_*.yaml "$out.tmp/crds/snapshot/"
+cp "$snap"/config/crd/snapshot.storage.k8s.io_*.yaml \
+   "$snap"/config/crd/groupsnapshot.storage.k8s.io_*.yaml "$out.tmp/crds/snapshot/"
 chmod -R u+w "$out.tmp"
 rm -rf "$out"; mv "$out.tmp" "$out"
 echo "helm: ready in $(( $(date +%s) - start ))s -> $out" >&2

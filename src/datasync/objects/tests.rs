@@ -33,6 +33,7 @@ fn op(method: CopyMethod, root: bool) -> Operation {
         timeout: Duration::from_secs(600),
         bwlimit_kib: Some(1024),
         hooks: Vec::new(),
+        group: None,
     }
 }
 

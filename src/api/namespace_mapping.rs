@@ -63,6 +63,12 @@ pub struct NamespaceMappingSpec {
     /// (on `schedule`) or `Manual` (on the `dr-syncer.io/sync-now` annotation).
     #[serde(default)]
     pub replication_mode: ReplicationMode,
+    /// The recovery point objective: how old the last complete sync (and each PVC's last
+    /// good copy) may get. `dr-syncer status` shows an RPO above it in red; unset: the
+    /// default of the tool that reads it (`status --rpo-target`, 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub rpo_target: Option<String>,
     /// Cron schedule (5 fields: minute hour day-of-month month day-of-week, UTC; ranges,
     /// lists, steps and names; or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`).
     /// Required in `Scheduled` mode.

@@ -13,6 +13,8 @@ mod export_git;
 mod failover;
 mod logging;
 mod pvc_sync;
+mod status;
+pub mod status_view;
 mod verify;
 
 use std::process::ExitCode;
@@ -59,6 +61,9 @@ pub enum Command {
     PvcSync(pvc_sync::PvcSyncArgs),
     /// Tell before a disaster whether the DR cluster would come up from the exported tree.
     Verify(verify::VerifyArgs),
+    /// The DR posture on one screen: every mapping's phase, RPO, last commit, held
+    /// breakers, DR readiness and PVCs (also `kubectl dr-syncer status`).
+    Status(status::StatusArgs),
 }
 
 /// Runs a parsed command line; the exit code tells scripts what happened.
@@ -75,5 +80,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::run(&args).await,
         Command::PvcSync(args) => pvc_sync::run(&args).await,
         Command::Verify(args) => verify::run(&args).await,
+        Command::Status(args) => status::run(&args).await,
     }
 }

@@ -13,13 +13,14 @@ test: deps envtest
 deps:
 	scripts/install-deps.sh
 
-## envtest: build kube-apiserver, etcd, kubectl, sops, kustomize, helm and Flux's source- and
+## envtest: build kube-apiserver, etcd, kubectl, sops, kustomize, helm, promtool and Flux's source- and
 ## kustomize-controller from Go modules, fetch the Flux and Argo CD CRDs (all cached by go.sum)
 envtest:
 	tests/envtest/build.sh >/dev/null
 	tests/tools/build.sh >/dev/null
 	tests/helm/build.sh >/dev/null
 	tests/flux/build.sh >/dev/null
+	tests/promtool/build.sh >/dev/null
 
 ## crds: regenerate crds/, the chart's crds/ and docs/reference.md from the Rust types
 crds:

@@ -1268,3 +1268,291 @@ async fn controller_continuous_namespace_selector_follows_labels() {
     let root = show("kustomization.yaml").unwrap();
     assert!(!root.contains("sel-b-dr"), "{root}");
 }
+
+/// Series names (`name{labels}` as exposed) and the `# TYPE` names of a scrape.
+fn scraped_names(scrape: &str) -> (Vec<String>, Vec<(String, String)>) {
+    let mut series = Vec::new();
+    let mut types = Vec::new();
+    for line in scrape.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            if let (Some(n), Some(t)) = (it.next(), it.next()) {
+                types.push((n.to_string(), t.to_string()));
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (s, _) = line.rsplit_once(' ').unwrap();
+            series.push(s.to_string());
+        }
+    }
+    (series, types)
+}
+
+/// Whether metric `name` is one the scrape exposes: a series of that name, or a family
+/// whose type gives it that name (`_total` of a counter, `_bucket`/`_sum`/`_count` of a
+/// histogram) although it has no series yet.
+fn exported(name: &str, series: &[String], types: &[(String, String)]) -> bool {
+    let base = |s: &String| s.split('{').next().unwrap_or_default().to_string();
+    series.iter().any(|s| base(s) == name)
+        || types.iter().any(|(n, t)| {
+            (t == "gauge" && n == name)
+                || (t == "counter" && format!("{n}_total") == name)
+                || (t == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|x| format!("{n}{x}") == name))
+        })
+}
+
+fn promtool(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(dr_syncer_testkit::tools::promtool())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Issue 17 §1–2: the chart's alerting rules and Grafana dashboard against what the
+/// controller really exports. A controller syncs a mapping into git; its `/metrics` scrape
+/// gives the metric names and the label set; every metric the rules and panels use must be
+/// in it; `promtool check rules` parses every alert and panel query; `promtool test rules`
+/// fires each alert on series named and labelled as scraped (kube-state-metrics' DaemonSet
+/// series and Prometheus' `up` are the only ones not from the controller) and keeps quiet
+/// for a healthy mapping.
+#[tokio::test]
+async fn monitoring_rules_and_dashboard_use_what_the_controller_exports() {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let ns = "dr-syncer-mon";
+    let applier = Applier::new(client.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await;
+    for o in source_objects("case-mon") {
+        applier.apply(&o).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let addr = free_addr();
+    let _controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        "monitoring",
+        &addr,
+        &["--default-rpo-target", "20m"],
+    );
+    let mut nm = mapping(
+        "mon",
+        "case-mon",
+        json!({"replicationMode": "Manual", "rpoTarget": "15m"}),
+        &daemon.url("dr.git"),
+        &recipient,
+    );
+    nm["metadata"]["namespace"] = json!(ns);
+    nm["metadata"]["annotations"] = json!({"dr-syncer.io/sync-now": "1"});
+    applier.apply(&nm).await;
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
+    wait_for(&nms, "mon", 60, "first sync", |nm| {
+        nm.status.as_ref().and_then(|s| s.last_sync_now.as_deref()) == Some("1")
+    })
+    .await;
+    let (code, scrape) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    let key = format!("{ns}/mon");
+    for want in [
+        format!("dr_syncer_rpo_target_seconds{{mapping=\"{key}\"}} 900"),
+        "dr_syncer_leader 1".to_string(),
+    ] {
+        assert!(
+            scrape.lines().any(|l| l == want),
+            "{want} not in:\n{scrape}"
+        );
+    }
+    let (series, types) = scraped_names(&scrape);
+    let mapping_labels = series
+        .iter()
+        .find(|s| s.starts_with("dr_syncer_last_success_timestamp_seconds{"))
+        .map(|s| {
+            s.trim_start_matches("dr_syncer_last_success_timestamp_seconds")
+                .to_string()
+        })
+        .unwrap_or_else(|| panic!("no last_success series in:\n{scrape}"));
+    assert_eq!(mapping_labels, format!("{{mapping=\"{key}\"}}"));
+
+    // The chart's rules and dashboard, rendered as a user installs them.
+    let render = |template: &str| -> Value {
+        let out = Command::new(dr_syncer_testkit::tools::helm())
+            .args([
+                "template",
+                "dr",
+                "charts/dr-syncer",
+                "--namespace",
+                "dr-syncer",
+            ])
+            .args([
+                "--set",
+                "monitoring.rules.enabled=true",
+                "--set",
+                "monitoring.dashboard.enabled=true",
+            ])
+            .args(["--show-only", template])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_saphyr::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap()
+    };
+    let rule = render("templates/prometheusrule.yaml");
+    let dashboard_cm = render("templates/dashboard.yaml");
+    assert_eq!(dashboard_cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value =
+        serde_json::from_str(dashboard_cm["data"]["dr-syncer.json"].as_str().unwrap()).unwrap();
+    let rules = &rule["spec"]["groups"][0]["rules"];
+    let work = tmp.path().join("promtool");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        work.join("alerts.yaml"),
+        serde_saphyr::to_string(&rule["spec"]).unwrap(),
+    )
+    .unwrap();
+
+    // Every metric used is exported (no rename slips through).
+    let panel_exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    // (PVC metrics appear with the first volume sync: the PVC replication test checks
+    // those against its scrape.)
+    let used = common::chart_metric_names();
+    for name in used.iter().filter(|n| !n.starts_with("dr_syncer_pvc_")) {
+        assert!(
+            exported(name, &series, &types),
+            "{name}, used by the chart's alerts or dashboard, is not exported by the controller:\n{scrape}"
+        );
+    }
+    assert!(used.len() >= 12, "{used:?}");
+    assert!(panel_exprs.len() >= 12, "{panel_exprs:?}");
+
+    // Every alert and every panel query parses.
+    let (ok, out) = promtool(&work, &["check", "rules", "alerts.yaml"]);
+    assert!(ok, "{out}");
+    let recording: Vec<Value> = panel_exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"record": format!("dashboard:panel_{i}"), "expr": e.replace("$__rate_interval", "5m")}))
+        .collect();
+    std::fs::write(
+        work.join("dashboard.yaml"),
+        serde_saphyr::to_string(&json!({"groups": [{"name": "dashboard", "rules": recording}]}))
+            .unwrap(),
+    )
+    .unwrap();
+    let (ok, out) = promtool(&work, &["check", "rules", "dashboard.yaml"]);
+    assert!(ok, "{out}");
+
+    // Each alert fires on scraped names and labels; a healthy mapping stays quiet.
+    let annotations = |alert: &str, labels: &[(&str, &str)]| -> Value {
+        let r = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == alert)
+            .unwrap_or_else(|| panic!("no alert {alert}"));
+        let mut a = r["annotations"].clone();
+        for v in a.as_object_mut().unwrap().values_mut() {
+            let mut s = v.as_str().unwrap().to_string();
+            for (k, val) in labels {
+                s = s.replace(&format!("{{{{ $labels.{k} }}}}"), val);
+            }
+            *v = json!(s);
+        }
+        a
+    };
+    let healthy = "dr-syncer-mon/healthy";
+    let m = |name: &str, key: &str| format!("{name}{{mapping=\"{key}\"}}");
+    let pvc = "case-mon/data";
+    let expect = |alert: &str, eval: &str, labels: Vec<(&str, &str)>| {
+        let mut l: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let severity = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == alert)
+            .unwrap()["labels"]["severity"]
+            .clone();
+        l.insert("severity".into(), severity);
+        json!({"eval_time": eval, "alertname": alert,
+               "exp_alerts": [{"exp_labels": l, "exp_annotations": annotations(alert, &labels)}]})
+    };
+    let quiet =
+        |alert: &str, eval: &str| json!({"eval_time": eval, "alertname": alert, "exp_alerts": []});
+    let tests = json!({
+        "rule_files": ["alerts.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                // RPO: `key` last synced at 0 (target 15m, as scraped); `healthy` every minute.
+                {"series": m("dr_syncer_last_success_timestamp_seconds", &key), "values": "0x60"},
+                {"series": m("dr_syncer_rpo_target_seconds", &key), "values": "900x60"},
+                {"series": m("dr_syncer_last_success_timestamp_seconds", healthy), "values": "0+60x60"},
+                {"series": m("dr_syncer_rpo_target_seconds", healthy), "values": "900x60"},
+                // Failing syncs: `key` only fails; `healthy` fails too but also succeeds.
+                {"series": m("dr_syncer_sync_failures_total", &key), "values": "0+1x60"},
+                {"series": format!("dr_syncer_syncs_total{{mapping=\"{key}\",path=\"full\"}}"), "values": "1x60"},
+                {"series": m("dr_syncer_sync_failures_total", healthy), "values": "0+1x60"},
+                {"series": format!("dr_syncer_syncs_total{{mapping=\"{healthy}\",path=\"patch\"}}"), "values": "0+1x60"},
+                {"series": m("dr_syncer_breaker_held", &key), "values": "1x60"},
+                {"series": m("dr_syncer_breaker_held", healthy), "values": "0x60"},
+                {"series": format!("dr_syncer_pvc_syncs_total{{mapping=\"{key}\",result=\"Failed\"}}"), "values": "0+1x60"},
+                {"series": format!("dr_syncer_pvc_syncs_total{{mapping=\"{healthy}\",result=\"Succeeded\"}}"), "values": "0+1x60"},
+                {"series": format!("dr_syncer_pvc_last_success_timestamp_seconds{{mapping=\"{key}\",pvc=\"{pvc}\"}}"), "values": "0x60"},
+                {"series": m("dr_syncer_dr_rejected_objects", &key), "values": "2x60"},
+                {"series": m("dr_syncer_dr_rejected_objects", healthy), "values": "0x60"},
+                {"series": "dr_syncer_leader", "values": "0x60"},
+                {"series": "kube_daemonset_status_number_unavailable{daemonset=\"dr-syncer-agent\",namespace=\"dr-syncer-agent\"}", "values": "1x60"},
+            ],
+            "alert_rule_test": [
+                quiet("DrSyncerRpoAboveTarget", "10m"),
+                expect("DrSyncerRpoAboveTarget", "25m", vec![("mapping", &key)]),
+                expect("DrSyncerSyncFailing", "30m", vec![("mapping", &key)]),
+                expect("DrSyncerBreakerHeld", "5m", vec![("mapping", &key)]),
+                expect("DrSyncerPvcSyncFailing", "30m", vec![("mapping", &key)]),
+                expect("DrSyncerPvcRpoAboveTarget", "25m", vec![("mapping", &key), ("pvc", pvc)]),
+                expect("DrSyncerDrNotReady", "20m", vec![("mapping", &key)]),
+                expect("DrSyncerNoLeader", "10m", vec![]),
+                expect("DrSyncerControllerDown", "10m", vec![("job", "dr-dr-syncer")]),
+                expect("DrSyncerAgentNotReady", "20m", vec![("daemonset", "dr-syncer-agent"), ("namespace", "dr-syncer-agent")]),
+            ],
+        }],
+    });
+    std::fs::write(
+        work.join("alerts_test.yaml"),
+        serde_saphyr::to_string(&tests).unwrap(),
+    )
+    .unwrap();
+    let (ok, out) = promtool(&work, &["test", "rules", "alerts_test.yaml"]);
+    assert!(ok, "promtool test rules:\n{out}");
+}

@@ -943,6 +943,17 @@ async fn replication_objects_per_copy_method() {
         )),
         "{metrics}"
     );
+    // The PVC metrics the chart's alerts and dashboard read are series of this scrape
+    // (the others are checked by controller_envtest's monitoring test).
+    for name in common::chart_metric_names()
+        .into_iter()
+        .filter(|n| n.starts_with("dr_syncer_pvc_"))
+    {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+            "{name}, used by the chart's alerts or dashboard, is not exported:\n{metrics}"
+        );
+    }
 }
 
 /// Locking: a second mapping of the same PVC is skipped while the first one's sync runs;

@@ -59,6 +59,10 @@ pub struct ControllerArgs {
     /// the check off.
     #[arg(long, env = "DR_SYNCER_DR_CHECK_INTERVAL", default_value = "10m")]
     pub dr_check_interval: String,
+    /// RPO target of mappings without `spec.rpoTarget`, exported as
+    /// `dr_syncer_rpo_target_seconds` for the alerting rules.
+    #[arg(long, env = "DR_SYNCER_DEFAULT_RPO_TARGET", default_value = "1h")]
+    pub default_rpo_target: String,
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -86,6 +90,19 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
                 (!d.is_zero()).then(|| d.max(std::time::Duration::from_secs(1)))
             }
         },
+        default_rpo_target: std::time::Duration::from_secs(3600),
+    };
+    let default_rpo_target = crate::schedule::parse_duration(&args.default_rpo_target)
+        .filter(|d| !d.is_zero())
+        .with_context(|| {
+            format!(
+                "--default-rpo-target: {:?} is not a duration (e.g. 15m, 1h)",
+                args.default_rpo_target
+            )
+        })?;
+    let settings = Settings {
+        default_rpo_target,
+        ..settings
     };
     tracing::info!(namespace = %args.namespace, instance = %args.instance, "dr-syncer controller starting");
     let opts = controller::RunOptions {

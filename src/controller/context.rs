@@ -30,6 +30,8 @@ pub struct Settings {
     pub watch_start_delay: std::time::Duration,
     /// How often the DR readiness check (`DrReady`) runs; `None` switches it off.
     pub dr_check_interval: Option<std::time::Duration>,
+    /// RPO target of mappings without `spec.rpoTarget` (exported for alerts).
+    pub default_rpo_target: std::time::Duration,
 }
 
 /// Shared state of the reconcilers.

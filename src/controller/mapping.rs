@@ -99,6 +99,26 @@ pub async fn reconcile(
         return Ok(Action::await_change());
     };
     let prev = nm.status.clone().unwrap_or_default();
+    let target = nm
+        .spec
+        .rpo_target
+        .as_deref()
+        .and_then(crate::schedule::parse_duration)
+        .unwrap_or(ctx.settings.default_rpo_target);
+    let label = super::metrics::MappingLabel {
+        mapping: key.clone(),
+    };
+    let m = &ctx.metrics;
+    m.rpo_target
+        .get_or_create(&label)
+        .set(i64::try_from(target.as_secs()).unwrap_or(i64::MAX));
+    // Every series an alert reads exists from the mapping's first reconcile on: a counter
+    // that appears only at its first failure would hide that failure from `increase()`.
+    let _ = m.sync_failures.get_or_create(&label);
+    let _ = m.push_failures.get_or_create(&label);
+    let _ = m.breaker_held.get_or_create(&label);
+    let _ = m.dr_rejected_objects.get_or_create(&label);
+    let _ = m.pending_changes.get_or_create(&label);
     // The watch follows the same source as the full sync. When the ClusterMapping cannot be
     // read the source is unknown: no watch is started (never the local cluster by default).
     // A mapping the tenancy rules refuse gets neither a watch nor data syncs, only status.

@@ -65,6 +65,12 @@ pub struct Metrics {
     /// Files of the mapping's tree the last DR readiness check found a problem with (the
     /// DR apiserver's dry-run rejected them, or their layout or encryption is wrong).
     pub dr_rejected_objects: Family<MappingLabel, Gauge>,
+    /// The mapping's RPO target (`spec.rpoTarget` or `--default-rpo-target`) in seconds, so
+    /// alerts compare `time() - last_success_timestamp_seconds` with it per mapping.
+    pub rpo_target: Family<MappingLabel, Gauge>,
+    /// 1 while this replica leads (or runs without leader election); a standby shows 0.
+    /// `sum(dr_syncer_leader) < 1` means nobody writes.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -86,6 +92,8 @@ impl Default for Metrics {
             last_success: Family::default(),
             pvc: Default::default(),
             dr_rejected_objects: Family::default(),
+            rpo_target: Family::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -138,6 +146,16 @@ impl Default for Metrics {
             "dr_rejected_objects",
             "Files the last DR readiness check (DrReady) found a problem with",
             m.dr_rejected_objects.clone(),
+        );
+        registry.register(
+            "rpo_target_seconds",
+            "The mapping's RPO target (spec.rpoTarget or the controller's default)",
+            m.rpo_target.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (or runs without leader election)",
+            m.leader.clone(),
         );
         m.pvc.register(&mut registry);
         Metrics { registry, ..m }

@@ -120,6 +120,8 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
         tracing::info!(identity = %opts.instance, "became leader");
         leadership = Some((rx, task));
     }
+    // Leading from here on (a lost lease ends the process).
+    metrics.leader.set(1);
     // Tenant mappings may live in any namespace the admin lists: watch them all and let the
     // reconciler drop the others (`Tenancy::role`).
     let mappings: Api<NamespaceMapping> = if settings.tenancy.has_tenants() {

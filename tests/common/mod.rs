@@ -165,3 +165,19 @@ pub fn start_controller_with(
             .stderr(log),
     )
 }
+
+/// Every `dr_syncer_*` metric name the chart's alerting rules and Grafana dashboard use
+/// (`charts/dr-syncer/files/`), for the tests that check them against a real scrape.
+#[allow(dead_code)] // not every test binary checks metrics
+pub fn chart_metric_names() -> std::collections::BTreeSet<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/dr-syncer/files");
+    let text = ["alerts.yaml", "dashboard.json"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect::<String>();
+    regex::Regex::new(r"dr_syncer_[a-z_]+")
+        .unwrap()
+        .find_iter(&text)
+        .map(|m| m.as_str().to_string())
+        .collect()
+}

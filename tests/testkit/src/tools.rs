@@ -97,6 +97,14 @@ pub fn helm() -> PathBuf {
     helm_dir().join("bin/helm")
 }
 
+/// `promtool` built from Prometheus's Go module (`tests/promtool/build.sh`, cached by its
+/// go.sum): checks the chart's alerting rules and the dashboard's PromQL.
+pub fn promtool() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build("tests/promtool/build.sh"))
+        .join("promtool")
+}
+
 /// A Debian-packaged command (`age`, `sshd`, ...), with a hint when it is missing.
 pub fn debian(cmd: &str, package: &str) -> PathBuf {
     for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {

@@ -1,5 +1,8 @@
 # dr-syncer container image: a static (musl) binary on distroless, running as non-root.
 #   docker build -t dr-syncer .
+# Without Docker, `make image` builds the same image from scratch (binary path, user,
+# entrypoint, command; CA certificates and the nonroot user in /etc) as an OCI archive,
+# reproducibly; scripts/image-test.sh checks that both describe the same image.
 # The build stage runs scripts/build-static.sh, the same script CI runs to prove the static
 # binary links; libgit2 and OpenSSL are compiled from source (`--features vendored`).
 

@@ -3,11 +3,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt static fuzz bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller
+.PHONY: test deps envtest crds lint fmt static image fuzz bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller
 
-## test: install missing dependencies, build the test control plane, run every test
+## test: install missing dependencies, build the test control plane, run every test, then
+## build the container image twice and test it (scripts/image-test.sh)
 test: deps envtest
 	$(CARGO) test --workspace
+	scripts/image-test.sh
 
 ## deps: Debian packages and toolchain checks
 deps:
@@ -31,6 +33,10 @@ crds:
 ## static: the static (musl) binary of the container image; CI builds it to prove it links
 static:
 	scripts/build-static.sh
+
+## image: the OCI image (umoci, no container engine) as an OCI archive under target/image/
+image:
+	scripts/image.sh
 
 ## fuzz: the PVC frame decoder and the receiver (hostile sender) under libFuzzer, FUZZ_SECONDS each (installs nightly + cargo-fuzz)
 FUZZ_SECONDS ?= 60

@@ -19,6 +19,10 @@ declare -A NEEDED=(
   [openssl]=openssl             # the HTTPS git server's htpasswd hash (openssl passwd -apr1)
   [/usr/lib/postgresql]=postgresql  # PVC data tests: initdb, pgbench, pg_amcheck on a real data directory
   [setpriv]=util-linux          # PVC data tests: run each process with exactly its pod's privileges
+  [umoci]=umoci                 # make image: the OCI image without a container engine
+  [/etc/ssl/certs/ca-certificates.crt]=ca-certificates  # the image's CA bundle
+  [file]=file                   # the image test: the binary is static and stripped
+  [objcopy]=binutils            # make image: strips the binary
 )
 
 missing=()

@@ -1,11 +1,13 @@
-//! The controller as users install it: the Helm chart rendered with `helm template`, applied
+//! The controller as users install it: the Helm chart packaged with `helm package` and the
+//! archive rendered with `helm template`, applied
 //! to a real apiserver, and the binary started with the rendered Deployment's args and env
 //! and the chart's ServiceAccount token. Only what a pod provides differently here is
 //! substituted: a free port for `--http-addr`, a writable `--cache-dir`, and ConfigMap
 //! volumes as local copies (env values pointing into them follow).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dr_syncer_testkit::envtest::ControlPlane;
@@ -18,9 +20,38 @@ use super::{Running, free_addr, install_crds};
 /// The chart in this repository.
 pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dr-syncer");
 
-/// `helm template dr-syncer <chart> -n <ns> --set <sets…>` as objects.
+/// The chart archive users install (`helm package` of [`CHART`]), made once per test
+/// process: what is missing from the archive (a file `.helmignore` drops, a template
+/// reading a file outside the chart) fails the tests that render it.
+pub fn packaged() -> PathBuf {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap().keep();
+            let out = Command::new(helm())
+                .args(["package", CHART, "-d"])
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "helm package: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+                .expect("helm package wrote a .tgz")
+        })
+        .clone()
+}
+
+/// `helm template dr-syncer <packaged chart> -n <ns> --set <sets…>` as objects.
 pub fn render(ns: &str, sets: &[&str]) -> Vec<Value> {
-    let mut args = vec!["template", "dr-syncer", CHART, "-n", ns];
+    let archive = packaged();
+    let archive = archive.to_str().unwrap();
+    let mut args = vec!["template", "dr-syncer", archive, "-n", ns];
     for s in sets {
         args.extend(["--set", s]);
     }

@@ -62,7 +62,26 @@ fn verify(dir: &Path, identity: &Path, dr: &ControlPlane) -> (i32, Value) {
             String::from_utf8_lossy(&out.stderr)
         )
     });
+    // Not a terminal: no progress bar in the output.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("dry-run ") && !err.contains('\r'), "{err}");
     (out.status.code().unwrap(), report)
+}
+
+/// `verify` of `dir` on a terminal (`script` gives it a pty): what the terminal showed.
+fn verify_on_a_terminal(dir: &Path, identity: &Path, dr: &ControlPlane) -> String {
+    let cmd = format!(
+        "{} verify --repo {} --age-identity {} --kubeconfig {}",
+        env!("CARGO_BIN_EXE_dr-syncer"),
+        s(dir),
+        s(identity),
+        s(&dr.kubeconfig_path())
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The findings of `report` as `(path, outcome, reason)`.
@@ -123,6 +142,13 @@ async fn verify_tells_whether_dr_would_come_up() {
     assert_eq!(report["verdict"], "notVerified", "{report:#}");
     let objects_in_tree = report["objects"].as_u64().unwrap();
     assert!(objects_in_tree >= 20, "{objects_in_tree}");
+    // On a terminal the dry-run shows its progress (and the same report).
+    let shown = verify_on_a_terminal(&tree, &identity, &dr);
+    assert!(
+        shown.contains("dry-run ") && shown.contains(" objects"),
+        "no progress on a terminal:\n{shown}"
+    );
+    assert!(shown.contains("black-friday.yaml"), "{shown}");
     let deferred = findings(&report);
     assert!(
         deferred.iter().all(|(_, o, _)| o == "deferred")

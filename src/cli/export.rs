@@ -489,15 +489,5 @@ async fn read_live(
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() || total < 50 {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} listing {pos}/{len} types {wide_bar} {elapsed}",
-        )
-        .expect("valid template"),
-    );
-    bar
+    super::progress::bar(total, "listing {pos}/{len} types", 50)
 }

@@ -12,6 +12,7 @@ pub mod export;
 mod export_git;
 mod failover;
 mod logging;
+mod progress;
 mod pvc_sync;
 mod status;
 pub mod status_view;

@@ -147,7 +147,7 @@ async fn check(
     let keys = tree::SecretKeys::Recipients(&expected);
     let (mut report, candidates) = tree::check(&tree_files.files, consumer, &keys);
     let dr = refs::cluster_client(&ctx.client, dr_ref).await?;
-    if let Err(e) = verify::dry_run::run(&dr, &candidates, &mut report).await {
+    if let Err(e) = verify::dry_run::run(&dr, &candidates, &mut report, &|| {}).await {
         report.problem(
             "(DR cluster)",
             Check::DryRun,

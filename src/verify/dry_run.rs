@@ -60,11 +60,13 @@ fn supplied(candidates: &[Candidate]) -> Supplied {
 }
 
 /// Dry-runs `candidates` against `client`'s cluster and records what it rejects in
-/// `report`. An error reaching the apiserver at all is returned (nothing could be told).
+/// `report`; `progress` is called once per object checked. An error reaching the
+/// apiserver at all is returned (nothing could be told).
 pub async fn run(
     client: &Client,
     candidates: &[Candidate],
     report: &mut Report,
+    progress: &(dyn Fn() + Sync),
 ) -> Result<(), kube::Error> {
     let discovery = Discovery::new(client.clone()).run().await?;
     let supplied = supplied(candidates);
@@ -74,6 +76,7 @@ pub async fn run(
     let results: Vec<(String, Result<(), Verdict>)> = stream::iter(candidates.to_vec())
         .map(|c| async move {
             let r = one(client, discovery, supplied, &c).await;
+            progress();
             (c.path, r)
         })
         .buffer_unordered(8)

@@ -542,14 +542,6 @@ async fn controller_leader_election_one_writer_and_takeover() {
         &addr_a,
         &le,
     ));
-    let mut b = Some(start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &tmp.path().join("cache-b"),
-        "replica-b",
-        &addr_b,
-        &le,
-    ));
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), ns);
     let holder = || async {
@@ -560,6 +552,17 @@ async fn controller_leader_election_one_writer_and_takeover() {
             .and_then(|l| l.spec.and_then(|s| s.holder_identity))
     };
     let leader = eventually("somebody took the lease", Duration::from_secs(30), holder).await;
+    // The standby starts once the lease is held. (Started at the same instant, both may
+    // briefly think they lead: the loser's pushes are fenced and it exits to be
+    // restarted — correct, but it would leave this test without a standby to take over.)
+    let mut b = Some(start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache-b"),
+        "replica-b",
+        &addr_b,
+        &le,
+    ));
     let mut nm = mapping(
         "le",
         "case-le",

@@ -1,7 +1,6 @@
 //! `dr-syncer export`: one export of one or more namespaces, from a live cluster or from
 //! files, into a directory (or just the diff with `--dry-run`).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -78,11 +78,7 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     if args.kubeconfig.is_some() || args.context.is_some() {
         let client =
             super::client::build(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-        let bar = super::progress::bar(
-            candidates.len() as u64,
-            "dry-run {pos}/{len} objects",
-            1,
-        );
+        let bar = super::progress::bar(candidates.len() as u64, "dry-run {pos}/{len} objects", 1);
         let done = verify::dry_run::run(&client, &candidates, &mut report, &|| bar.inc(1)).await;
         bar.finish_and_clear();
         done.context("reaching the DR cluster for the dry-run")?;

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt static image fuzz bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller
+.PHONY: test deps envtest crds lint fmt static image fuzz bench bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller
 
 ## test: install missing dependencies, build the test control plane, run every test, then
 ## build the container image twice and test it (scripts/image-test.sh)
@@ -43,7 +43,11 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
-## bench-pvc: pvc-sync vs rsync -aHS --delete -e ssh, scenarios (a)-(e); BENCH_SCALE=0.1 for a quick run
+## bench: every benchmark below, one after the other, into benches/RESULTS.md (BENCHES="pvc gitops" for a subset)
+bench: deps envtest
+	scripts/bench.sh
+
+## bench-pvc: pvc-sync vs rsync over OpenSSH (default cipher, aes256-gcm, aes256-gcm --fsync), scenarios (a)-(e); BENCH_SCALE=0.1 for a quick run
 bench-pvc: deps
 	$(CARGO) bench --bench pvc
 

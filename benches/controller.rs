@@ -1,12 +1,14 @@
 //! Controller benchmark: a Continuous mapping over 10 000 objects (`BENCH_OBJECTS`) in a
 //! real apiserver, committing to git daemon. Measures, for 100 single-object changes
 //! (`BENCH_CHANGES`), the time from the change to the commit on the remote (p50/p99 against
-//! the goals debounce + 0.5 s / + 2 s), and the controller's RSS (goal ≤ 150 MB).
+//! the goals debounce + 0.5 s / + 2 s), and the controller's RSS (read after every change;
+//! goal: peak ≤ 150 MB). Verdicts are computed, on the samples named in the table.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dr_syncer_testkit::bench::{Samples, Table, Verdict, proc_status_kib};
 use dr_syncer_testkit::envtest::ControlPlane;
 use dr_syncer_testkit::git::{GitDaemon, bare_repo};
 use dr_syncer_testkit::objects::{Applier, mixed_namespace};
@@ -24,20 +26,6 @@ fn git(repo: &Path, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[tokio::main]
@@ -98,14 +86,13 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!(
-        "first commit of {n} objects after {:.1}s",
-        start.elapsed().as_secs_f64()
-    );
+    let first_commit_secs = start.elapsed().as_secs_f64();
+    eprintln!("first commit of {n} objects after {first_commit_secs:.1}s");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
         kube::Api::namespaced(client, "bench");
-    let mut latencies = Vec::new();
+    let mut latencies = Samples::default();
+    let mut rss_mb = Samples::default();
     for i in 0..changes {
         let marker = format!("change-{i}");
         let t0 = Instant::now();
@@ -132,46 +119,53 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         latencies.push(t0.elapsed().as_secs_f64());
+        rss_mb.push(proc_status_kib(controller.id(), "VmRSS:") as f64 / 1024.0);
     }
-    let (rss, hwm) = (
-        rss_kib(controller.id(), "VmRSS:"),
-        rss_kib(controller.id(), "VmHWM:"),
-    );
+    let first_commit = first_commit_secs;
+    let hwm_mb = proc_status_kib(controller.id(), "VmHWM:") as f64 / 1024.0;
     let _ = controller.kill();
     let _ = controller.wait();
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p99) = (latencies.quantile(0.5), latencies.quantile(0.99));
     println!(
-        "\ncontroller, Continuous mapping over {n} objects, {changes} single-object changes (debounce {DEBOUNCE_S}s)"
+        "\n## Controller: a Continuous mapping over {n} objects, {changes} single-object changes (debounce {DEBOUNCE_S} s)"
     );
-    println!("{:<34} {:>10} {:>12}", "measure", "value", "goal");
-    println!(
-        "{:<34} {:>9.2}s {:>11.2}s",
-        "change -> pushed commit, p50",
-        pct(&latencies, 0.5),
-        DEBOUNCE_S + 0.5
-    );
-    println!(
-        "{:<34} {:>9.2}s {:>11.2}s",
-        "change -> pushed commit, p99",
-        pct(&latencies, 0.99),
-        DEBOUNCE_S + 2.0
-    );
-    println!(
-        "{:<34} {:>9.2}s {:>12}",
-        "change -> pushed commit, max",
-        latencies[latencies.len() - 1],
-        "-"
-    );
-    println!(
-        "{:<34} {:>8.1}MB {:>10}MB",
-        "controller RSS now",
-        rss as f64 / 1024.0,
-        150
-    );
-    println!(
-        "{:<34} {:>8.1}MB {:>10}MB",
-        "controller RSS peak",
-        hwm as f64 / 1024.0,
-        150
-    );
+    let mut t = Table::new(&["measure", "value", "goal", "verdict"]);
+    let judged = |met: bool, samples: &Samples| Verdict::judge(samples.len(), met, false).to_string();
+    t.row(vec![
+        "first complete commit".into(),
+        format!("{first_commit:.1} s"),
+        "-".into(),
+        "-".into(),
+    ]);
+    t.row(vec![
+        "change -> pushed commit, p50".into(),
+        format!("{p50:.2} s"),
+        format!("≤ {:.2} s", DEBOUNCE_S + 0.5),
+        judged(p50 <= DEBOUNCE_S + 0.5, &latencies),
+    ]);
+    t.row(vec![
+        "change -> pushed commit, p99".into(),
+        format!("{p99:.2} s"),
+        format!("≤ {:.2} s", DEBOUNCE_S + 2.0),
+        judged(p99 <= DEBOUNCE_S + 2.0, &latencies),
+    ]);
+    t.row(vec![
+        "change -> pushed commit, max".into(),
+        format!("{:.2} s", latencies.max()),
+        "-".into(),
+        "-".into(),
+    ]);
+    t.row(vec![
+        format!("controller RSS, median of {} readings", rss_mb.len()),
+        format!("{:.1} MB (range {} MB)", rss_mb.median(), rss_mb.spread(1)),
+        "-".into(),
+        "-".into(),
+    ]);
+    t.row(vec![
+        "controller peak RSS (VmHWM, startup included)".into(),
+        format!("{hwm_mb:.1} MB"),
+        "≤ 150 MB".into(),
+        judged(hwm_mb <= 150.0, &rss_mb),
+    ]);
+    t.print("change to commit and memory");
 }

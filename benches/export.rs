@@ -1,42 +1,16 @@
 //! Export benchmark against the peer the issue names: loads N mixed objects (default
 //! 10 000, `BENCH_OBJECTS`) into a real kube-apiserver, then runs, in the same session,
-//! `dr-syncer export` and `kubectl get <same types> -o yaml`, three times each, and prints
-//! a table of median wall time and peak RSS (GNU time). Run with `make bench-export`.
+//! `dr-syncer export` and `kubectl get <same types> -o yaml`, `BENCH_REPS` (≥ 3) times each
+//! in alternating order, and prints a table of median and range of wall time and peak RSS
+//! (GNU time). Run with `make bench-export`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use dr_syncer_testkit::bench::{Samples, Table, gnu_time, reps, rotated, settle};
+
 use dr_syncer_testkit::envtest::{ControlPlane, kubectl_path};
 use dr_syncer_testkit::objects::{Applier, MIXED_TYPES, mixed_namespace};
-
-/// Runs `cmd` under GNU time; returns (wall seconds, peak RSS MiB).
-fn measure(program: &Path, args: &[String]) -> (f64, f64) {
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "%e %M"])
-        .arg(program)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .output()
-        .expect("GNU time (Debian package `time`) is installed");
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        program.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
-    let mut it = last.split_whitespace();
-    let wall: f64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-    let rss_kib: f64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-    (wall, rss_kib / 1024.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 #[tokio::main]
 async fn main() {
@@ -54,53 +28,50 @@ async fn main() {
 
     let tmp = tempfile::tempdir().unwrap();
     let kubeconfig = plane.kubeconfig_path().display().to_string();
-    let (mut ours, mut peer) = (Vec::new(), Vec::new());
-    for i in 0..3 {
-        let to = tmp.path().join(format!("out-{i}")).display().to_string();
-        let args = [
-            "export",
-            "--kubeconfig",
-            &kubeconfig,
-            "-n",
-            "bench",
-            "--to",
-            &to,
-            "-o",
-            "json",
-        ]
-        .map(String::from);
-        ours.push(measure(Path::new(env!("CARGO_BIN_EXE_dr-syncer")), &args));
-        let args = [
-            "--kubeconfig",
-            &kubeconfig,
-            "get",
-            MIXED_TYPES,
-            "-n",
-            "bench",
-            "-o",
-            "yaml",
-        ]
-        .map(String::from);
-        peer.push(measure(&kubectl_path().unwrap(), &args));
+    let kubectl = kubectl_path().unwrap();
+    // (wall s, peak RSS MiB) per tool: 0 = dr-syncer, 1 = kubectl.
+    let mut runs: [(Samples, Samples); 2] = Default::default();
+    for rep in 0..reps() {
+        for tool in rotated(&[0usize, 1], rep) {
+            let mut cmd;
+            if tool == 0 {
+                let to = tmp.path().join(format!("out-{rep}"));
+                cmd = Command::new(env!("CARGO_BIN_EXE_dr-syncer"));
+                cmd.args(["export", "--kubeconfig", &kubeconfig, "-n", "bench", "--to"])
+                    .arg(&to)
+                    .args(["-o", "json"]);
+            } else {
+                cmd = Command::new(&kubectl);
+                cmd.args(["--kubeconfig", &kubeconfig, "get", MIXED_TYPES])
+                    .args(["-n", "bench", "-o", "yaml"]);
+            }
+            settle();
+            let t = gnu_time(&cmd);
+            runs[tool].0.push(t.secs);
+            runs[tool].1.push(t.peak_rss_kib as f64 / 1024.0);
+        }
     }
-    let row = |name: &str, runs: &[(f64, f64)]| {
-        let wall = median(runs.iter().map(|r| r.0).collect());
-        let rss = median(runs.iter().map(|r| r.1).collect());
-        (name.to_string(), wall, rss)
-    };
-    let rows = [
-        row("dr-syncer export", &ours),
-        row("kubectl get -o yaml", &peer),
-    ];
-    println!("\nexport of {n} objects (median of 3 runs, same apiserver, same session)");
     println!(
-        "{:<22} {:>10} {:>14} {:>16}",
-        "tool", "wall (s)", "peak RSS (MiB)", "time vs kubectl"
+        "\n## Export of {n} objects: dr-syncer export vs kubectl get -o yaml (same apiserver, same session, {} runs each)",
+        runs[0].0.len()
     );
-    for (name, wall, rss) in &rows {
-        println!(
-            "{name:<22} {wall:>10.2} {rss:>14.1} {:>15.2}x",
-            wall / rows[1].1
-        );
+    let mut t = Table::new(&[
+        "tool",
+        "wall median (s)",
+        "wall range (s)",
+        "x kubectl time",
+        "peak RSS median (MiB)",
+        "peak RSS range (MiB)",
+    ]);
+    for (name, (wall, rss)) in ["dr-syncer export", "kubectl get -o yaml"].iter().zip(&runs) {
+        t.row(vec![
+            name.to_string(),
+            format!("{:.2}", wall.median()),
+            wall.spread(2),
+            format!("{:.2}", wall.median() / runs[1].0.median()),
+            format!("{:.1}", rss.median()),
+            rss.spread(1),
+        ]);
     }
+    t.print("export");
 }

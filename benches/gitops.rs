@@ -1,11 +1,13 @@
 //! Git destination benchmark: the initial commit of a 10 000-object export (`BENCH_OBJECTS`)
 //! into a bare repository, a no-change export, and a one-object change, each timed end to
-//! end with `dr-syncer export` (median of 3). Run with `make bench-gitops`.
+//! end with `dr-syncer export` (median and range of `BENCH_REPS`, ≥ 3). Run with
+//! `make bench-gitops`.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use dr_syncer_testkit::bench::{Samples, Table, reps};
 use dr_syncer_testkit::git::bare_repo;
 use dr_syncer_testkit::objects::mixed_namespace;
 
@@ -29,11 +31,6 @@ fn export(from: &Path, to: &Path, cache: &Path) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     let n: usize = std::env::var("BENCH_OBJECTS")
         .ok()
@@ -45,8 +42,9 @@ fn main() {
     let objects = mixed_namespace("bench", n);
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
     std::fs::write(src.join("objects.json"), serde_json::to_vec(&list).unwrap()).unwrap();
-    let (mut initial, mut noop, mut change) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..3 {
+    let (mut initial, mut noop, mut change) =
+        (Samples::default(), Samples::default(), Samples::default());
+    for i in 0..reps() {
         let repo = bare_repo(tmp.path(), &format!("r{i}.git"));
         let cache = tmp.path().join(format!("cache{i}"));
         initial.push(export(&src, &repo, &cache));
@@ -63,13 +61,21 @@ fn main() {
         .unwrap();
         change.push(export(&src2, &repo, &cache));
     }
-    println!("\ngit destination, {n} objects (median of 3, whole `dr-syncer export` runs)");
-    println!("{:<34} {:>10}", "step", "wall (s)");
+    println!(
+        "\n## Git destination: {n} objects, whole `dr-syncer export` runs ({} each)",
+        initial.len()
+    );
+    let mut t = Table::new(&["step", "wall median (s)", "wall range (s)"]);
     for (name, runs) in [
         ("initial commit + push", initial),
         ("no change (no commit)", noop),
         ("one object changed: commit + push", change),
     ] {
-        println!("{name:<34} {:>10.2}", median(runs));
+        t.row(vec![
+            name.to_string(),
+            format!("{:.2}", runs.median()),
+            runs.spread(2),
+        ]);
     }
+    t.print("git destination");
 }

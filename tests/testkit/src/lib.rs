@@ -1,5 +1,6 @@
 //! Test support for dr-syncer: real components, started on loopback for each test run.
 //!
+//! - [`bench`]: samples, medians, spreads, peak RSS and computed verdicts for `benches/`.
 //! - [`envtest`]: etcd + kube-apiserver (+ kubectl) built from Go modules, with TLS, RBAC and
 //!   ServiceAccount tokens, one or several side by side.
 //! - [`objects`]: applying objects and generating namespaces of mixed objects.
@@ -11,6 +12,7 @@
 //! - [`tools`]: Go-built peers (sops, kustomize, helm) and the KSOPS emulation
 //!   (`src/bin/ksops_emulation.rs`), a test-only stand-in for KSOPS's exec KRM function.
 
+pub mod bench;
 pub mod envtest;
 pub mod flux;
 pub mod git;

@@ -130,7 +130,8 @@ async fn main() {
         "\n## Controller: a Continuous mapping over {n} objects, {changes} single-object changes (debounce {DEBOUNCE_S} s)"
     );
     let mut t = Table::new(&["measure", "value", "goal", "verdict"]);
-    let judged = |met: bool, samples: &Samples| Verdict::judge(samples.len(), met, false).to_string();
+    let judged =
+        |met: bool, samples: &Samples| Verdict::judge(samples.len(), met, false).to_string();
     t.row(vec![
         "first complete commit".into(),
         format!("{first_commit:.1} s"),

@@ -63,7 +63,10 @@ async fn main() {
         "peak RSS median (MiB)",
         "peak RSS range (MiB)",
     ]);
-    for (name, (wall, rss)) in ["dr-syncer export", "kubectl get -o yaml"].iter().zip(&runs) {
+    for (name, (wall, rss)) in ["dr-syncer export", "kubectl get -o yaml"]
+        .iter()
+        .zip(&runs)
+    {
         t.row(vec![
             name.to_string(),
             format!("{:.2}", wall.median()),

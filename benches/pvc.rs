@@ -18,16 +18,17 @@
 //! `BENCH_SCALE=0.1` shrinks every data set; `BENCH_ONLY=a,c` runs a subset.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dr_syncer_testkit::bench::{
-    MIN_SAMPLES, Samples, Table, Verdict, gnu_time, proc_status_kib, read_time_rss, reps,
-    rotated, settle, tempfile_path,
+    MIN_SAMPLES, Samples, Table, Verdict, gnu_time, proc_status_kib, read_time_rss, reps, rotated,
+    settle, tempfile_path,
 };
 use dr_syncer_testkit::git::Sshd;
+use dr_syncer_testkit::volume::{VolumeServer, keygen};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -75,8 +76,8 @@ async fn pump(
                 // Idle time banks at most one bucket of credit.
                 let bucket = Duration::from_secs_f64(BUCKET as f64 / rate);
                 let earliest = at.checked_sub(bucket).unwrap_or(at);
-                link_free = link_free.max(earliest)
-                    + Duration::from_secs_f64(buf.len() as f64 / rate);
+                link_free =
+                    link_free.max(earliest) + Duration::from_secs_f64(buf.len() as f64 / rate);
                 tokio::time::sleep_until((link_free.max(at) + s.delay).into()).await;
             }
             let ok = to.write_all(&buf).await.is_ok();
@@ -96,7 +97,10 @@ async fn pump(
                 let Ok(permit) = room.clone().acquire_many_owned(n as u32).await else {
                     break;
                 };
-                if tx.send((Instant::now(), buf[..n].to_vec(), permit)).is_err() {
+                if tx
+                    .send((Instant::now(), buf[..n].to_vec(), permit))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -141,20 +145,6 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(n);
     out
-}
-
-fn keygen(path: &Path) -> String {
-    let _ = std::fs::remove_file(path);
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::read_to_string(path.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 fn pin(known: &Path, port: u16, public: &str) {
@@ -257,7 +247,8 @@ impl Env {
     }
 
     async fn ours(&self, from: &Path, to: &Path, shape: Option<Shape>) -> Run {
-        let (mut agent, agent_port) = agent(&self.bin, &self.dir, from);
+        let agent = VolumeServer::start(&self.bin, &self.dir, from);
+        let agent_port = agent.port;
         let p = proxy(agent_port, shape).await;
         pin(
             &self.known,
@@ -279,9 +270,8 @@ impl Env {
         let timed = tokio::task::spawn_blocking(move || gnu_time(&cmd))
             .await
             .unwrap();
-        let sender_kib = proc_status_kib(agent.id(), "VmHWM:");
-        let _ = agent.kill();
-        let _ = agent.wait();
+        let sender_kib = proc_status_kib(agent.child.id(), "VmHWM:");
+        drop(agent);
         Run {
             secs: timed.secs,
             wire: p.bytes.load(Ordering::Relaxed),
@@ -306,11 +296,10 @@ impl Env {
         // The remote rsync (the sender) runs under GNU time too.
         let sender_rss = tempfile_path("rsync-sender");
         let mut cmd = Command::new("rsync");
-        cmd.args(["-aHS", "--delete", "-e", &ssh])
-            .arg(format!(
-                "--rsync-path=/usr/bin/time -f %M -o {} rsync",
-                sender_rss.display()
-            ));
+        cmd.args(["-aHS", "--delete", "-e", &ssh]).arg(format!(
+            "--rsync-path=/usr/bin/time -f %M -o {} rsync",
+            sender_rss.display()
+        ));
         if tool == Tool::RsyncAesFsync {
             cmd.arg("--fsync");
         }
@@ -349,11 +338,7 @@ impl Env {
                     let _ = std::fs::remove_dir_all(&to);
                 }
                 let run = self.run(tool, from, &to, shape).await;
-                all.iter_mut()
-                    .find(|(t, _)| *t == tool)
-                    .unwrap()
-                    .1
-                    .add(run);
+                all.iter_mut().find(|(t, _)| *t == tool).unwrap().1.add(run);
             }
         }
         all
@@ -370,31 +355,6 @@ impl Env {
     fn dest(&self, scenario: &str, tool: Tool) -> PathBuf {
         self.dir.join(format!("{scenario}-{}", tool.dir()))
     }
-}
-
-fn agent(bin: &Path, dir: &Path, root: &Path) -> (std::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["agent", "serve-volume", "--root"])
-        .arg(root)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--host-key"])
-        .arg(dir.join("agent_host"))
-        .arg("--authorized-keys")
-        .arg(dir.join("authorized_keys"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "agent never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
 }
 
 /// Changes `fraction` of a file's bytes in scattered 4 KiB runs.
@@ -526,10 +486,7 @@ async fn main() {
     }
     if run("a") {
         let runs = env.rounds(&ALL, &a, "a", None, true, |_| {}).await;
-        print_runs(
-            &format!("(a) initial copy, {files} files of 1 MiB"),
-            &runs,
-        );
+        print_runs(&format!("(a) initial copy, {files} files of 1 MiB"), &runs);
         let ours = runs_of(&runs, Tool::Ours);
         for tool in [Tool::Rsync, Tool::RsyncAes, Tool::RsyncAesFsync] {
             let peer = runs_of(&runs, tool);
@@ -560,7 +517,11 @@ async fn main() {
         let runs = env
             .rounds(&ALL, &b, "b", None, false, |rep| {
                 for i in 0..8 {
-                    scatter(&b.join(format!("large{i}.bin")), 0.01, 7 + i + 10 * rep as u64);
+                    scatter(
+                        &b.join(format!("large{i}.bin")),
+                        0.01,
+                        7 + i + 10 * rep as u64,
+                    );
                 }
             })
             .await;
@@ -652,10 +613,7 @@ async fn main() {
         });
         let tools = [Tool::Ours, Tool::Rsync, Tool::RsyncAes];
         let runs = env.rounds(&tools, &a, "e", shape, true, |_| {}).await;
-        print_runs(
-            "(e) (a) through a shaped link: 50 ms RTT, 1 Gbit/s",
-            &runs,
-        );
+        print_runs("(e) (a) through a shaped link: 50 ms RTT, 1 Gbit/s", &runs);
         let mut rates = Samples::default();
         for s in runs_of(&runs, Tool::Ours).secs.values() {
             rates.push(total / s / 125e6 * 100.0);
@@ -680,7 +638,11 @@ async fn main() {
         let runs = env
             .rounds(&tools, &b, "eb", shape, false, |rep| {
                 for i in 0..8 {
-                    scatter(&b.join(format!("large{i}.bin")), 0.01, 70 + i + 10 * rep as u64);
+                    scatter(
+                        &b.join(format!("large{i}.bin")),
+                        0.01,
+                        70 + i + 10 * rep as u64,
+                    );
                 }
             })
             .await;

@@ -18,6 +18,7 @@ use super::intake::refuse;
 use super::plan::partial_name;
 use super::publish::{Publisher, Verified};
 use super::requests::{Budgets, Order};
+use super::spill::Spill;
 use crate::pvc::delta;
 use crate::pvc::wire::{self, Entry, Message};
 use crate::pvc::{PvcError, Summary};
@@ -25,6 +26,7 @@ use crate::pvc::{PvcError, Summary};
 /// A file being received.
 struct Incoming {
     idx: u32,
+    entry: Entry,
     file: File,
     hasher: blake3::Hasher,
     basis: Option<(File, u64)>,
@@ -37,7 +39,7 @@ struct Incoming {
 /// Receives the answers to `total` requests.
 pub struct Answers<'a> {
     /// The manifest.
-    pub entries: &'a [Entry],
+    pub entries: &'a Spill,
     /// State directories.
     pub state: &'a State,
     /// Requests sent, in order.
@@ -56,10 +58,10 @@ pub struct Answers<'a> {
 
 /// The entry an answer is for. Answers are matched against our own requests first, so
 /// this cannot fail; it is checked anyway rather than trusted.
-fn entry(entries: &[Entry], idx: u32) -> Result<&Entry, PvcError> {
+fn entry(entries: &Spill, idx: u32) -> Result<Entry, PvcError> {
     entries
-        .get(idx as usize)
-        .ok_or_else(|| PvcError::Protocol(format!("answer for unknown entry {idx}")))
+        .get(idx)
+        .map_err(|e| PvcError::Protocol(format!("answer for entry {idx}: {e}")))
 }
 
 /// Name in the state directory's `tmp/` of the file at `path`: the same as its partial
@@ -72,7 +74,7 @@ pub fn tmp_name(path: &[u8]) -> Vec<u8> {
 impl<'a> Answers<'a> {
     /// A reader of answers.
     pub fn new(
-        entries: &'a [Entry],
+        entries: &'a Spill,
         state: &'a State,
         orders: mpsc::UnboundedReceiver<Order>,
         redo: mpsc::UnboundedSender<u32>,
@@ -114,16 +116,15 @@ impl<'a> Answers<'a> {
                 Message::Error { message } => return Err(PvcError::Remote(message.clone())),
                 other => return Err(PvcError::Protocol(format!("unexpected {other:?}"))),
             };
-            let entries = self.entries;
             let cur = self.current_for(idx).await?;
-            let entry = entry(entries, cur.idx)?;
             let Message::FileEnd { size, blake3, .. } = msg else {
-                accept(cur, entry, msg, summary)?;
+                accept(cur, msg, summary)?;
                 continue;
             };
             let Some(cur) = self.current.take() else {
                 return Err(PvcError::Protocol("no file in progress".into()));
             };
+            let entry = &cur.entry;
             self.budgets.ahead.add_permits(1);
             self.budgets.sig.add_permits(cur.sig_bytes as usize);
             if size > entry.size {
@@ -137,7 +138,6 @@ impl<'a> Answers<'a> {
             }
             let ok = cur.written == size && *cur.hasher.finalize().as_bytes() == blake3;
             if !ok {
-                drop(cur.file);
                 let _ = rustix::fs::unlinkat(
                     self.state.tmp.as_fd(),
                     beneath::os(&tmp_name(&entry.path)),
@@ -161,9 +161,8 @@ impl<'a> Answers<'a> {
                 .map_err(|e| PvcError::io(beneath::os(&entry.path), e))?;
             self.publisher.submit(Verified {
                 file: cur.file,
-                tmp: tmp_name(&entry.path),
                 idx: cur.idx,
-                entry: entry.clone(),
+                entry: cur.entry,
             })?;
             outstanding -= 1;
             summary.files_transferred += 1;
@@ -194,11 +193,12 @@ impl<'a> Answers<'a> {
                     order.idx
                 )));
             }
-            let path = &entry(self.entries, idx)?.path;
-            let file = beneath::create(self.state.tmp.as_fd(), &tmp_name(path))
-                .map_err(|e| PvcError::io(beneath::os(path), e))?;
+            let entry = entry(self.entries, idx)?;
+            let file = beneath::create(self.state.tmp.as_fd(), &tmp_name(&entry.path))
+                .map_err(|e| PvcError::io(beneath::os(&entry.path), e))?;
             self.current = Some(Incoming {
                 idx,
+                entry,
                 file,
                 hasher: blake3::Hasher::new(),
                 basis: order.basis,
@@ -224,9 +224,7 @@ impl<'a> Answers<'a> {
         if let Some(cur) = self.current.take() {
             let _ = cur.file.sync_all();
             drop(cur.file);
-            let Ok(Entry { path, .. }) = entry(self.entries, cur.idx) else {
-                return;
-            };
+            let path = &cur.entry.path;
             let _ = rustix::fs::renameat(
                 self.state.tmp.as_fd(),
                 beneath::os(&tmp_name(path)),
@@ -239,12 +237,8 @@ impl<'a> Answers<'a> {
 
 /// Applies one `Data`, `Hole` or `Delta` frame to the file in progress — refusing anything
 /// out of order or past the manifest's size of the file.
-fn accept(
-    cur: &mut Incoming,
-    entry: &Entry,
-    msg: Message,
-    summary: &mut Summary,
-) -> Result<(), PvcError> {
+fn accept(cur: &mut Incoming, msg: Message, summary: &mut Summary) -> Result<(), PvcError> {
+    let entry = &cur.entry;
     let left = entry.size - cur.written.min(entry.size);
     let beyond = || {
         refuse(

@@ -68,6 +68,19 @@ impl Root {
         Ok(rfs::syncfs(&self.fd)?)
     }
 
+    /// A file in the root's file system that has no name (`O_TMPFILE`): scratch space that
+    /// nothing else can see and that goes away with the last descriptor, even if the
+    /// process is killed.
+    pub fn unnamed_file(&self) -> io::Result<std::fs::File> {
+        let fd = rfs::openat(
+            &self.fd,
+            ".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(std::fs::File::from(fd))
+    }
+
     /// Opens directory `rel` (empty: the root) beneath the root, refusing symlinks in any
     /// component.
     pub fn dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {

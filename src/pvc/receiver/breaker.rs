@@ -66,12 +66,74 @@ impl std::fmt::Display for Hold {
     }
 }
 
+/// The manifest's paths, asked in walk order (the census walks the destination in the
+/// order the manifest was checked to have, so a cursor over the manifest answers without
+/// holding its paths in memory).
+pub trait Wanted {
+    /// Whether the manifest has `path`; every call names a path later in walk order than
+    /// the one before.
+    fn contains(&mut self, path: &[u8]) -> Result<bool, PvcError>;
+}
+
+impl Wanted for HashSet<&[u8]> {
+    fn contains(&mut self, path: &[u8]) -> Result<bool, PvcError> {
+        Ok(HashSet::contains(self, path))
+    }
+}
+
+/// Walk order: depth first, each directory before its children, names sorted bytewise per
+/// directory — paths compared component by component.
+pub fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
+}
+
+/// A [`Wanted`] over manifest paths given in walk order.
+pub struct Cursor<I: Iterator<Item = Result<Vec<u8>, PvcError>>> {
+    paths: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = Result<Vec<u8>, PvcError>>> Cursor<I> {
+    /// A cursor over `paths`.
+    pub fn new(paths: I) -> Self {
+        Cursor {
+            paths: paths.peekable(),
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<Vec<u8>, PvcError>>> Wanted for Cursor<I> {
+    fn contains(&mut self, path: &[u8]) -> Result<bool, PvcError> {
+        loop {
+            let order = match self.paths.peek() {
+                None => return Ok(false),
+                Some(Ok(p)) => Some(walk_order(p, path)),
+                Some(Err(_)) => None,
+            };
+            let Some(order) = order else {
+                // An unreadable manifest is an error, never "not wanted" (that would
+                // delete).
+                return match self.paths.next() {
+                    Some(Err(e)) => Err(e),
+                    _ => Err(PvcError::Protocol("manifest cursor".into())),
+                };
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    self.paths.next();
+                }
+                std::cmp::Ordering::Equal => return Ok(true),
+                std::cmp::Ordering::Greater => return Ok(false),
+            }
+        }
+    }
+}
+
 /// Walks the destination (the state directory and a top-level `lost+found` aside) against
 /// the manifest's paths: `wanted` paths stay, `kept` paths (unreadable at the source) stay
 /// with everything beneath them, anything else is stale.
 pub fn census(
     root: &Root,
-    wanted: &HashSet<&[u8]>,
+    wanted: &mut dyn Wanted,
     kept: &HashSet<&[u8]>,
 ) -> Result<Census, PvcError> {
     let mut c = Census::default();
@@ -82,7 +144,7 @@ pub fn census(
 fn walk(
     root: &Root,
     prefix: &[u8],
-    wanted: &HashSet<&[u8]>,
+    wanted: &mut dyn Wanted,
     kept: &HashSet<&[u8]>,
     inside_stale: bool,
     c: &mut Census,
@@ -102,7 +164,7 @@ fn walk(
         if kept.contains(path.as_slice()) {
             continue;
         }
-        let stale = inside_stale || !wanted.contains(path.as_slice());
+        let stale = inside_stale || !wanted.contains(&path)?;
         if is_dir {
             if stale && !inside_stale {
                 c.stale.push(path.clone());
@@ -290,5 +352,72 @@ mod tests {
         );
         // The separator keeps ["xy"] and ["x", "y"] apart.
         assert_ne!(batch_id(&with(&["xy"], 5)), batch_id(&with(&["x", "y"], 5)));
+    }
+
+    #[test]
+    fn walk_order_table() {
+        use std::cmp::Ordering::*;
+        // (a, b, order): a directory's children come right after it, before a sibling
+        // whose name merely starts with the directory's.
+        let cases = [
+            ("a", "a/x", Less),
+            ("a/x", "a-b", Less),
+            ("a/z/z", "a0", Less),
+            ("a-b", "a", Greater),
+            ("b", "a/x", Greater),
+            ("a/x", "a/x", Equal),
+            ("a/x/y", "a/y", Less),
+        ];
+        for (a, b, order) in cases {
+            assert_eq!(walk_order(a.as_bytes(), b.as_bytes()), order, "{a} vs {b}");
+        }
+    }
+
+    /// The census with the manifest cursor finds exactly what it finds with every path
+    /// in memory.
+    #[test]
+    fn census_cursor_matches_set() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["a", "a/sub", "a-b", "c", "gone", "gone/deep"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        for f in [
+            "a/x",
+            "a/sub/y",
+            "a/stale",
+            "a-b/z",
+            "c/k",
+            "gone/deep/q",
+            "top",
+            "a0",
+        ] {
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        let root = Root::open(dir.path()).unwrap();
+        // In walk order, as the manifest is; with paths the destination lacks.
+        let manifest = [
+            "a", "a/new", "a/sub", "a/sub/y", "a/x", "a-b", "a-b/z", "a0", "b", "b/n", "c", "c/k",
+            "top",
+        ];
+        let set: HashSet<&[u8]> = manifest.iter().map(|p| p.as_bytes()).collect();
+        let kept = HashSet::new();
+        let mut with_set = set.clone();
+        let expected = super::census(&root, &mut with_set, &kept).unwrap();
+        let mut cursor = Cursor::new(manifest.iter().map(|p| Ok(p.as_bytes().to_vec())));
+        let got = super::census(&root, &mut cursor, &kept).unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(got.stale, vec![b"a/stale".to_vec(), b"gone".to_vec()]);
+        assert_eq!(got.files_deleted, 2);
+    }
+
+    #[test]
+    fn census_cursor_error_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let mut cursor =
+            Cursor::new([Err(PvcError::Protocol("unreadable spill".into()))].into_iter());
+        // Never "not wanted": that would delete.
+        assert!(super::census(&root, &mut cursor, &HashSet::new()).is_err());
     }
 }

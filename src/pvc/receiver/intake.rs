@@ -12,16 +12,19 @@
 use tokio::io::AsyncRead;
 
 use super::plan::{Plan, Planner};
+use super::spill::{Spill, Tag, spill_error};
 use crate::pvc::PvcError;
 use crate::pvc::manifest::{LOST_AND_FOUND, STATE_DIR};
 use crate::pvc::wire::{self, Entry, Kind, Message};
 
 /// The checked manifest and the plan of each file entry (by manifest index).
 pub struct Manifest {
-    /// Every entry, in manifest order.
-    pub entries: Vec<Entry>,
-    /// Plans of the `File` entries.
+    /// Every entry, in manifest order (on disk).
+    pub entries: Spill,
+    /// Plans of the `File` entries that need anything done, in manifest order.
     pub plans: Vec<(u32, Plan)>,
+    /// `File` entries that need nothing done.
+    pub unchanged: u64,
     /// Paths the sender may not read: kept as they are here, beneath them included.
     pub unreadable: Vec<Vec<u8>>,
     /// Owner, mode and times of the root itself (an entry with an empty path).
@@ -42,8 +45,9 @@ pub struct Order {
 }
 
 impl Order {
-    /// Checks the next entry against the previous ones (`earlier`, in manifest order).
-    pub fn check(&mut self, e: &Entry, earlier: &[Entry]) -> Result<(), PvcError> {
+    /// Checks the next entry against the previous ones; `earlier_file(i)` tells whether
+    /// the earlier entry `i` is a `File` entry.
+    pub fn check(&mut self, e: &Entry, earlier_file: impl Fn(u32) -> bool) -> Result<(), PvcError> {
         let (parent, name) = super::beneath::split(&e.path);
         if parent.is_empty() && name == STATE_DIR.as_bytes() {
             return Err(refuse(&e.path, "reserved for the receiver's state"));
@@ -85,10 +89,7 @@ impl Order {
         match &e.kind {
             Kind::Dir => self.open.push((e.path.clone(), Vec::new())),
             Kind::HardLink { leader } => {
-                let ok = earlier
-                    .get(*leader as usize)
-                    .is_some_and(|l| l.kind == Kind::File);
-                if !ok {
+                if !earlier_file(*leader) {
                     return Err(refuse(
                         &e.path,
                         "hard link to something that is not an earlier file entry",
@@ -101,15 +102,16 @@ impl Order {
     }
 }
 
-/// Reads and checks the manifest (at most `max_entries` entries), planning file entries
-/// as they arrive.
+/// Reads and checks the manifest (at most `max_entries` entries) into `entries`, planning
+/// file entries as they arrive.
 pub async fn receive<R: AsyncRead + Unpin>(
     rd: &mut R,
     planner: &mut Planner<'_>,
+    mut entries: Spill,
     max_entries: u64,
 ) -> Result<Manifest, PvcError> {
-    let mut entries: Vec<Entry> = Vec::new();
     let mut plans = Vec::new();
+    let mut unchanged = 0;
     let mut unreadable = Vec::new();
     let mut root = None;
     let mut order = Order::default();
@@ -121,11 +123,14 @@ pub async fn receive<R: AsyncRead + Unpin>(
                         "manifest of more than {max_entries} entries refused (raise the limit if the volume really has that many)"
                     )));
                 }
-                order.check(&e, &entries)?;
+                order.check(&e, |i| entries.tag(i) == Some(Tag::File))?;
                 if e.kind == Kind::File {
-                    plans.push((entries.len() as u32, planner.plan(&e)?));
+                    match planner.plan(&e)? {
+                        Plan::Skip => unchanged += 1,
+                        plan => plans.push((entries.len() as u32, plan)),
+                    }
                 }
-                entries.push(e);
+                entries.push(&e).map_err(spill_error)?;
             }
             Some(Message::Root {
                 mode,
@@ -162,13 +167,15 @@ pub async fn receive<R: AsyncRead + Unpin>(
                     mtime_s: 0,
                     mtime_ns: 0,
                 };
-                order.check(&stand_in, &entries)?;
+                order.check(&stand_in, |i| entries.tag(i) == Some(Tag::File))?;
                 unreadable.push(stand_in.path);
             }
             Some(Message::ManifestEnd { entries: n }) if n == entries.len() as u64 => {
+                entries.flush().map_err(spill_error)?;
                 return Ok(Manifest {
                     entries,
                     plans,
+                    unchanged,
                     unreadable,
                     root,
                 });
@@ -254,10 +261,11 @@ mod tests {
         ];
         for (case, entries, refused) in cases {
             let mut order = Order::default();
-            let first_err = entries
-                .iter()
-                .enumerate()
-                .find_map(|(i, e)| order.check(e, &entries[..i]).err().map(|_| i));
+            let first_err = entries.iter().enumerate().find_map(|(i, e)| {
+                let earlier_file =
+                    |l: u32| (l as usize) < i && entries[l as usize].kind == Kind::File;
+                order.check(e, earlier_file).err().map(|_| i)
+            });
             assert_eq!(first_err, refused, "{case}");
         }
     }

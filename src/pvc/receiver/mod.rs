@@ -4,8 +4,10 @@
 //! 2. [`handshake`]: protocol versions and features;
 //! 3. [`intake`]: the manifest, checked to describe one tree in walk order (every parent an
 //!    earlier directory entry, no duplicates, nothing under the state directory, at most
-//!    [`Options::max_entries`] entries), each file planned as it arrives ([`plan`]);
-//! 4. [`breaker`]: what the manifest would delete is counted; too much holds the sync;
+//!    [`Options::max_entries`] entries), each file planned as it arrives ([`plan`]), kept
+//!    on disk rather than in memory ([`spill`]) so millions of files fit the Job's limit;
+//! 4. [`breaker`]: what the manifest would delete is counted (the destination walked
+//!    beside the manifest, both in walk order); too much holds the sync;
 //!    then the owners the manifest names are tried once, so a receiver that may not chown
 //!    fails before any transfer ([`Ownership`]);
 //! 5. the transfer: [`requests`] go out ahead of the [`answers`], which are written to
@@ -31,6 +33,7 @@ mod intake;
 pub mod plan;
 mod publish;
 mod requests;
+mod spill;
 mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -48,12 +51,14 @@ use super::manifest::STATE_DIR;
 use super::wire::{self, Kind, Message};
 use super::{PvcError, Summary};
 use beneath::Root;
+use spill::{Spill, Tag, spill_error};
 
 /// Progress callback: (files done, files to transfer, bytes done).
 pub type ProgressFn = Box<dyn Fn(u64, u64, u64) + Send + Sync>;
 
 /// Default bound on manifest entries: far more than a volume usually holds, and a bound on
-/// what a hostile sender can make the receiver keep in memory (a few hundred bytes each).
+/// what a hostile sender can make the receiver keep (9 bytes of memory each, the entries
+/// themselves go to an unnamed file on the volume: [`spill`]).
 pub const MAX_ENTRIES: u64 = 20_000_000;
 
 /// Default share of the destination's files or bytes a sync may delete before it holds.
@@ -254,18 +259,28 @@ where
     let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let mut wr = tokio::io::BufWriter::with_capacity(64 << 10, wr);
     handshake::hello(&mut rd, &mut wr, opts.bwlimit).await?;
+    let spill = Spill::create(&root).map_err(spill_error)?;
     let manifest = {
         let mut planner = plan::Planner::new(&root);
-        intake::receive(&mut rd, &mut planner, opts.max_entries).await?
+        intake::receive(&mut rd, &mut planner, spill, opts.max_entries).await?
     };
     // Nothing was changed until here: the whole manifest has been checked.
-    let entries = manifest.entries;
-    summary.unreadable = manifest.unreadable.len() as u64;
-    summary.unreadable_paths = report_paths(manifest.unreadable.iter().map(Vec::as_slice));
+    let intake::Manifest {
+        entries,
+        plans,
+        unchanged,
+        unreadable,
+        root: root_entry,
+    } = manifest;
+    let entries = Arc::new(entries);
+    summary.unreadable = unreadable.len() as u64;
+    summary.unreadable_paths = report_paths(unreadable.iter().map(Vec::as_slice));
     let census = {
-        let wanted: HashSet<&[u8]> = entries.iter().map(|e| e.path.as_slice()).collect();
-        let kept: HashSet<&[u8]> = manifest.unreadable.iter().map(Vec::as_slice).collect();
-        breaker::census(&root, &wanted, &kept)?
+        let kept: HashSet<&[u8]> = unreadable.iter().map(Vec::as_slice).collect();
+        let paths = entries
+            .iter()
+            .map(|r| r.map(|(_, e)| e.path).map_err(spill_error));
+        breaker::census(&root, &mut breaker::Cursor::new(paths), &kept)?
     };
     let hold = breaker::decide(
         &census,
@@ -273,17 +288,17 @@ where
         opts.allow_deletions.as_deref(),
     );
     if opts.check_only {
-        let changed = manifest
-            .plans
+        let first: Vec<Vec<u8>> = plans
             .iter()
-            .filter(|(_, p)| *p != Plan::Skip)
-            .map(|(i, _)| String::from_utf8_lossy(&entries[*i as usize].path).into_owned());
-        let paths: Vec<String> = changed.collect();
-        summary.would_change = paths.len() as u64 + census.files_deleted;
+            .take(REPORT_PATHS)
+            .map(|(i, _)| entries.get(*i).map(|e| e.path))
+            .collect::<Result<_, _>>()
+            .map_err(spill_error)?;
+        summary.would_change = plans.len() as u64 + census.files_deleted;
         summary.would_change_paths = report_paths(
-            paths
+            first
                 .iter()
-                .map(String::as_bytes)
+                .map(Vec::as_slice)
                 .chain(census.stale.iter().map(Vec::as_slice)),
         );
         let _ = wire::write(&mut wr, &Message::Done).await;
@@ -295,7 +310,7 @@ where
     let refused = match hold {
         Some(h) => Some(PvcError::Held(h)),
         None if opts.ownership == Ownership::Require => {
-            probe_owners(&root, &state, manifest.root.iter().chain(&entries)).err()
+            probe_owners(&root, &state, root_entry.as_ref(), &entries).err()
         }
         None => None,
     };
@@ -307,7 +322,8 @@ where
         let _ = tokio::io::AsyncWriteExt::flush(&mut wr).await;
         return Err(e);
     }
-    let local = local_work(&root, &state, &entries, manifest.plans, &mut summary)?;
+    summary.files_unchanged += unchanged;
+    let mut local = local_work(&root, &state, &entries, plans, &mut summary)?;
     let total = local.wants.len() as u64;
     let budgets = requests::Budgets::new();
     let (order_tx, order_rx) = mpsc::unbounded_channel();
@@ -316,7 +332,8 @@ where
         wr,
         root.clone(),
         state.clone(),
-        local.wants,
+        entries.clone(),
+        std::mem::take(&mut local.wants),
         budgets.clone(),
         order_tx,
         redo_rx,
@@ -336,7 +353,7 @@ where
         answers.keep_partial();
     }
     drop(answers);
-    let (staged, staging) = publisher.finish();
+    let (mut staged, staging) = publisher.finish();
     // The staging thread's own error says more than "it stopped".
     let result = staging.and(result);
     let result = match result {
@@ -351,7 +368,7 @@ where
     };
     if let Err(e) = result {
         // Nothing was committed: what arrived is kept to resume from.
-        keep_staged(&state, &entries, &staged.files);
+        state.adopt_tmp();
         return Err(e);
     }
     owners.add(staged.owners_not_kept, staged.first_not_kept);
@@ -359,7 +376,7 @@ where
     if opts.ownership == Ownership::Require
         && let Some(first) = &owners.first
     {
-        keep_staged(&state, &entries, &staged.files);
+        state.adopt_tmp();
         return Err(PvcError::Ownership(format!(
             "{} entries could not be given their owner (first: {first}): the DR job lacks CAP_CHOWN; nothing was changed",
             owners.count
@@ -370,17 +387,17 @@ where
         tree::write_ops(
             &mut journal,
             &entries,
-            &staged.files,
+            &mut staged.files,
             &local.twins,
-            &local.meta_only,
+            &mut local.meta_only,
             &census.stale,
-            manifest.root.as_ref(),
+            root_entry.as_ref(),
         )?;
         journal.seal()
     });
     if let Err(e) = sealed {
         // Not committed (a full volume, typically): keep what arrived to resume from.
-        keep_staged(&state, &entries, &staged.files);
+        state.adopt_tmp();
         return Err(PvcError::io(&journal_path, e));
     }
     let applied = commit::finish(&root, &state)?.unwrap_or_default();
@@ -390,15 +407,9 @@ where
     summary.deleted = applied.deleted;
     summary.deleted_files = census.files_deleted;
     summary.deleted_bytes = census.bytes_deleted;
-    summary.dirs = entries.iter().filter(|e| e.kind == Kind::Dir).count() as u64;
-    summary.symlinks = entries
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::Symlink { .. }))
-        .count() as u64;
-    summary.hardlinks = entries
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::HardLink { .. }))
-        .count() as u64;
+    summary.dirs = entries.count(Tag::Dir);
+    summary.symlinks = entries.count(Tag::Symlink);
+    summary.hardlinks = entries.count(Tag::HardLink);
     summary.ownership_not_kept = owners.count;
     summary.duration = start.elapsed();
     if opts.ownership == Ownership::Require
@@ -462,24 +473,32 @@ const PROBE_OWNERS: usize = 256;
 /// Tries every distinct owner the manifest names on a scratch file, so a receiver that may
 /// not chown (no `CAP_CHOWN`) fails before any transfer with a message naming what it
 /// could not keep, instead of after copying a volume it cannot make usable.
-fn probe_owners<'e>(
+fn probe_owners(
     root: &Root,
     state: &State,
-    entries: impl Iterator<Item = &'e wire::Entry>,
+    root_entry: Option<&wire::Entry>,
+    entries: &Spill,
 ) -> Result<(), PvcError> {
-    let mut owners: HashMap<(u32, u32), (u64, &[u8])> = HashMap::new();
-    for e in entries {
+    let mut owners: HashMap<(u32, u32), (u64, Vec<u8>)> = HashMap::new();
+    let mut note = |e: &wire::Entry| {
         if let Some(o) = owners.get_mut(&(e.uid, e.gid)) {
             o.0 += 1;
         } else if owners.len() < PROBE_OWNERS {
-            owners.insert((e.uid, e.gid), (1, &e.path));
+            owners.insert((e.uid, e.gid), (1, e.path.clone()));
         }
+    };
+    if let Some(r) = root_entry {
+        note(r);
+    }
+    for r in entries.iter() {
+        note(&r.map_err(spill_error)?.1);
     }
     let name = b"owner-probe".as_slice();
     let shown = root.show(format!("{STATE_DIR}/tmp/owner-probe").as_bytes());
     let probe = beneath::create(state.tmp.as_fd(), name).map_err(|e| PvcError::io(&shown, e))?;
     let mut refused: Vec<(OwnerIds, (u64, &[u8]))> = Vec::new();
-    for (&(uid, gid), &n) in &owners {
+    for (&(uid, gid), (n, first)) in &owners {
+        let n = (*n, first.as_slice());
         let r = rustix::fs::fchown(
             &probe,
             Some(rustix::fs::Uid::from_raw(uid)),
@@ -512,21 +531,6 @@ fn probe_owners<'e>(
     )))
 }
 
-/// After a failed transfer: every staged file becomes the partial file of its path, so
-/// the next run sends only what changed since (a delta against it).
-fn keep_staged(state: &State, entries: &[wire::Entry], staged: &[tree::Staged]) {
-    for s in staged {
-        if let Some(e) = entries.get(s.idx as usize) {
-            let _ = rustix::fs::renameat(
-                &state.tmp,
-                beneath::os(&s.tmp),
-                &state.partial,
-                plan::partial_name(&e.path).as_str(),
-            );
-        }
-    }
-}
-
 /// What needs no transfer, sorted out before it.
 struct LocalWork {
     /// Files to request.
@@ -542,15 +546,18 @@ struct LocalWork {
 fn local_work(
     root: &Root,
     state: &State,
-    entries: &[super::wire::Entry],
+    entries: &Spill,
     plans: Vec<(u32, Plan)>,
     summary: &mut Summary,
 ) -> Result<LocalWork, PvcError> {
     // Other names of each hard-linked file.
-    let mut members: HashMap<u32, Vec<&[u8]>> = HashMap::new();
-    for e in entries {
-        if let Kind::HardLink { leader } = e.kind {
-            members.entry(leader).or_default().push(&e.path);
+    let mut members: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    if entries.count(Tag::HardLink) > 0 {
+        for r in entries.iter() {
+            let (_, e) = r.map_err(spill_error)?;
+            if let Kind::HardLink { leader } = e.kind {
+                members.entry(leader).or_default().push(e.path);
+            }
         }
     }
     let mut work = LocalWork {
@@ -559,7 +566,6 @@ fn local_work(
         twins: Vec::new(),
     };
     for (i, plan) in plans {
-        let e = &entries[i as usize];
         match plan {
             Plan::Skip => summary.files_unchanged += 1,
             Plan::Metadata => {
@@ -567,12 +573,14 @@ fn local_work(
                 summary.files_metadata += 1;
             }
             Plan::Whole => {
-                let twins = members.get(&i).map(Vec::as_slice).unwrap_or_default();
-                let twin = if twins.is_empty() {
-                    None
-                } else {
-                    tree::stage_twin(root, state, (i, e), twins)
-                        .map_err(|err| PvcError::io(&root.show(&e.path), err))?
+                let twin = match members.get(&i) {
+                    Some(names) => {
+                        let e = entries.get(i).map_err(spill_error)?;
+                        let names: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+                        tree::stage_twin(root, state, (i, &e), &names)
+                            .map_err(|err| PvcError::io(&root.show(&e.path), err))?
+                    }
+                    None => None,
                 };
                 match twin {
                     Some(t) => {
@@ -581,14 +589,12 @@ fn local_work(
                     }
                     None => work.wants.push(requests::Want {
                         idx: i,
-                        path: Vec::new(),
                         basis: None,
                     }),
                 }
             }
             Plan::Delta(basis) => work.wants.push(requests::Want {
                 idx: i,
-                path: e.path.clone(),
                 basis: Some(basis),
             }),
         }

@@ -9,7 +9,6 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::beneath::{self, Root};
-use super::tree::Staged;
 use crate::pvc::PvcError;
 use crate::pvc::wire::Entry;
 
@@ -17,8 +16,6 @@ use crate::pvc::wire::Entry;
 pub struct Verified {
     /// The temporary file, written and verified.
     pub file: File,
-    /// Its name in the state directory's `tmp/`.
-    pub tmp: Vec<u8>,
     /// Its manifest index.
     pub idx: u32,
     /// Its manifest entry.
@@ -28,8 +25,9 @@ pub struct Verified {
 /// What the staging thread did.
 #[derive(Debug, Default)]
 pub struct StagedFiles {
-    /// Files staged, in the order they were verified.
-    pub files: Vec<Staged>,
+    /// Files staged (manifest indexes; each named in `tmp/` after its path), in the order
+    /// they were verified.
+    pub files: Vec<u32>,
     /// Files whose owner could not be set, and the first of them (path, uid, gid).
     pub owners_not_kept: u64,
     /// The first file whose owner could not be set.
@@ -64,10 +62,7 @@ impl Publisher {
                                 (v.entry.path.clone(), v.entry.uid, v.entry.gid)
                             });
                         }
-                        out.files.push(Staged {
-                            idx: v.idx,
-                            tmp: v.tmp,
-                        });
+                        out.files.push(v.idx);
                     }
                     Err(e) => return (out, Err(io(e))),
                 }

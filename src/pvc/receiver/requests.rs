@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::State;
 use super::beneath::{self, DirCache, Root, split};
 use super::plan::{DeltaBasis, partial_name};
+use super::spill::Spill;
 use crate::pvc::PvcError;
 use crate::pvc::delta::{self, read_full};
 use crate::pvc::wire::{self, Basis, Message};
@@ -21,8 +22,6 @@ use crate::pvc::wire::{self, Basis, Message};
 pub struct Want {
     /// Manifest index.
     pub idx: u32,
-    /// The entry's path (to find the basis).
-    pub path: Vec<u8>,
     /// The basis, for a delta.
     pub basis: Option<DeltaBasis>,
 }
@@ -81,10 +80,13 @@ impl Budgets {
 
 /// Sends every request of `wants`, then resends (whole) the files the reader reports as
 /// failed, then `Done`.
+// The pipeline's parts, each used once; a struct for them would only be unpacked here.
+#[allow(clippy::too_many_arguments)]
 pub async fn send_all<W: AsyncWrite + Unpin>(
     mut wr: W,
     root: Arc<Root>,
     state: Arc<State>,
+    entries: Arc<Spill>,
     wants: Vec<Want>,
     budgets: Budgets,
     orders: mpsc::UnboundedSender<Order>,
@@ -93,8 +95,17 @@ pub async fn send_all<W: AsyncWrite + Unpin>(
     let mut dirs = DirCache::default();
     for want in wants {
         Budgets::take(&budgets.ahead, 1, &mut wr).await?;
+        let path = match want.basis {
+            Some(_) => {
+                entries
+                    .get(want.idx)
+                    .map_err(|e| PvcError::Protocol(format!("manifest entry {}: {e}", want.idx)))?
+                    .path
+            }
+            None => Vec::new(),
+        };
         let basis = match want.basis {
-            Some(b) => open_basis(&root, &state, &mut dirs, &want.path, b),
+            Some(b) => open_basis(&root, &state, &mut dirs, &path, b),
             None => None,
         };
         let idx = want.idx;
@@ -128,7 +139,7 @@ pub async fn send_all<W: AsyncWrite + Unpin>(
         let sig_bytes = send_signature(&mut wr, &budgets, idx, block_size, hash_len, &file)
             .await
             .map_err(|e| match e {
-                PvcError::Io(_, err) => PvcError::io(&root.show(&want.path), err),
+                PvcError::Io(_, err) => PvcError::io(&root.show(&path), err),
                 other => other,
             })?;
         let order = Order {

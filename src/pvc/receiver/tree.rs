@@ -7,8 +7,10 @@
 use std::os::fd::AsFd;
 
 use super::State;
+use super::answers::tmp_name;
 use super::beneath::{self, Root, split};
 use super::commit::{JournalWriter, Op};
+use super::spill::{Spill, Tag};
 use crate::pvc::wire::{Entry, Kind};
 
 /// A file whose new content waits in the state directory's `tmp/`.
@@ -49,16 +51,17 @@ pub fn stage_twin(
     Ok(None)
 }
 
-/// Writes the commit of a sync to `journal`: `staged` files, `meta_only` files (manifest
-/// indexes), `twins` (staged links that also need their metadata), and the `stale` paths
-/// to delete (parents before children, as the census lists them), and the root's own
-/// metadata.
+/// Writes the commit of a sync to `journal`: `staged` files (manifest indexes, named in
+/// `tmp/` after their path), `twins` (staged links that also need their metadata),
+/// `meta_only` files (manifest indexes), the `stale` paths to delete (parents
+/// before children, as the census lists them), and the root's own metadata. The manifest
+/// is read in walk order, pass by pass, never held whole.
 pub fn write_ops(
     journal: &mut JournalWriter<'_>,
-    entries: &[Entry],
-    staged: &[Staged],
+    entries: &Spill,
+    staged: &mut [u32],
     twins: &[Staged],
-    meta_only: &[u32],
+    meta_only: &mut [u32],
     stale: &[Vec<u8>],
     root: Option<&Entry>,
 ) -> std::io::Result<()> {
@@ -67,33 +70,54 @@ pub fn write_ops(
     for p in stale.iter().rev() {
         journal.push(&Op::Delete { path: p.clone() })?;
     }
-    for e in entries.iter().filter(|e| e.kind == Kind::Dir) {
-        journal.push(&Op::MkDir {
-            path: e.path.clone(),
-        })?;
+    for r in entries.iter() {
+        let (_, e) = r?;
+        if e.kind == Kind::Dir {
+            journal.push(&Op::MkDir { path: e.path })?;
+        }
     }
-    for s in staged.iter().chain(twins) {
+    staged.sort_unstable();
+    let mut next = staged.iter().peekable();
+    for r in entries.iter() {
+        let (i, e) = r?;
+        if next.next_if_eq(&&i).is_some() {
+            journal.push(&Op::Place {
+                tmp: tmp_name(&e.path),
+                path: e.path,
+            })?;
+        }
+    }
+    for s in twins {
         journal.push(&Op::Place {
             tmp: s.tmp.clone(),
-            path: entries[s.idx as usize].path.clone(),
+            path: entries.get(s.idx)?.path,
         })?;
     }
-    for i in twins.iter().map(|s| s.idx).chain(meta_only.iter().copied()) {
-        journal.push(&Op::Meta(entries[i as usize].clone()))?;
+    for s in twins {
+        journal.push(&Op::Meta(entries.get(s.idx)?))?;
     }
-    for e in entries {
-        match &e.kind {
+    meta_only.sort_unstable();
+    let mut next = meta_only.iter().peekable();
+    for r in entries.iter() {
+        let (i, e) = r?;
+        if next.next_if_eq(&&i).is_some() {
+            journal.push(&Op::Meta(e))?;
+        }
+    }
+    for r in entries.iter() {
+        let (_, e) = r?;
+        match e.kind {
             // Checked with the manifest: an earlier file entry.
             Kind::HardLink { leader } => journal.push(&Op::Link {
-                leader: entries[*leader as usize].path.clone(),
-                entry: e.clone(),
+                leader: entries.get(leader)?.path,
+                entry: e,
             })?,
-            Kind::Symlink { .. } => journal.push(&Op::Symlink(e.clone()))?,
+            Kind::Symlink { .. } => journal.push(&Op::Symlink(e))?,
             Kind::Dir | Kind::File => {}
         }
     }
-    for e in entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
-        journal.push(&Op::DirMeta(e.clone()))?;
+    for i in entries.rev_indexes(Tag::Dir) {
+        journal.push(&Op::DirMeta(entries.get(i)?))?;
     }
     if let Some(r) = root {
         journal.push(&Op::RootMeta(r.clone()))?;

@@ -9,6 +9,7 @@
 //! - [`process`]: long-running children that are stopped with all their descendants.
 //! - [`flux`]: Flux's source- and kustomize-controller (built from their Go modules) run
 //!   against a test apiserver.
+//! - [`volume`]: the PVC agent's volume server on loopback, with `ssh-keygen` keys.
 //! - [`tools`]: Go-built peers (sops, kustomize, helm) and the KSOPS emulation
 //!   (`src/bin/ksops_emulation.rs`), a test-only stand-in for KSOPS's exec KRM function.
 
@@ -21,6 +22,7 @@ pub mod kubelet;
 pub mod objects;
 pub mod process;
 pub mod tools;
+pub mod volume;
 
 /// Root of the dr-syncer workspace (where `Cargo.toml` and `tests/envtest` live).
 pub fn workspace_root() -> std::path::PathBuf {

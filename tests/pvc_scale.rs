@@ -4,10 +4,12 @@
 //!
 //! Goals (the DR Job's default memory limit is 512 MiB, and a volume's file count must not
 //! decide whether the Job fits):
-//! - receiver: at most [`RECEIVER_GOAL_MIB`] — it keeps the manifest on disk, and in
-//!   memory about 30 bytes per file to transfer;
-//! - sender: at most [`SENDER_GOAL_MIB`] — it keeps about 80 bytes per file (path, size,
-//!   inode) to serve requests and check that what it opens is what it walked.
+//! - receiver: at most [`RECEIVER_GOAL_MIB`] — it keeps the manifest on the DR volume, and
+//!   in memory 9 bytes per entry plus about 20 per file to transfer (measured: 90 MiB on
+//!   the first copy, 59 MiB when nothing changed);
+//! - sender: at most [`SENDER_GOAL_MIB`] — what it needs to serve requests (path, size,
+//!   inode) goes to temporary files, so its memory does not grow with the file count
+//!   (measured: 40 MiB).
 //!
 //! `PVC_SCALE_FILES` changes the count for a quick local run; CI runs the default.
 
@@ -20,9 +22,9 @@ use dr_syncer_testkit::bench::{proc_status_kib, read_time_rss, tempfile_path};
 use dr_syncer_testkit::volume::{VolumeServer, keygen};
 
 /// Receiver peak RSS goal at 2 million files.
-const RECEIVER_GOAL_MIB: u64 = 160;
+const RECEIVER_GOAL_MIB: u64 = 128;
 /// Sender peak RSS goal at 2 million files.
-const SENDER_GOAL_MIB: u64 = 256;
+const SENDER_GOAL_MIB: u64 = 64;
 /// Files per directory.
 const PER_DIR: usize = 1000;
 

@@ -291,6 +291,12 @@ impl Operation {
         .to_vec();
         let mut container = self.container(args, false, true);
         container["ports"] = json!([{"name": "ssh", "containerPort": SERVE_PORT}]);
+        // The root file system is read-only; the server keeps what it needs per manifest
+        // entry (about 60 bytes) in temporary files here instead of in memory.
+        container["volumeMounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({"name": "scratch", "mountPath": "/tmp"}));
         container["readinessProbe"] =
             json!({"tcpSocket": {"port": SERVE_PORT}, "periodSeconds": 2});
         let (pod_sc, _) = self.security(false);
@@ -307,6 +313,8 @@ impl Operation {
                 // 0444: the pod sets no fsGroup (see `security`), so the non-root user reads
                 // the one-off key as "other"; the container runs nothing else.
                 {"name": "keys", "secret": {"secretName": self.name("serve"), "defaultMode": 0o444}},
+                // 60 bytes per entry: room for 30 million files.
+                {"name": "scratch", "emptyDir": {"sizeLimit": "2Gi"}},
             ],
         });
         if let Some(node) = &self.node {

@@ -8,6 +8,7 @@ pub mod delta;
 pub mod manifest;
 pub mod receiver;
 pub mod sender;
+pub mod served;
 pub mod ssh;
 pub mod wire;
 

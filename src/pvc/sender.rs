@@ -24,8 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::PvcError;
 use super::delta::{self, read_full};
-use super::manifest::{self, FileId};
-use super::wire::{self, Basis, CHUNK, Entry, Kind, Message};
+use super::manifest;
+use super::served::{Served, ServedTable, scratch_error};
+use super::wire::{self, Basis, CHUNK, Message};
 
 /// Manifest entries handed from the walking thread at once.
 const WALK_BATCH: usize = 512;
@@ -144,18 +145,20 @@ where
         }
         Ok::<_, std::io::Error>(skipped)
     });
-    // Per entry, only what serving a request needs (48 bytes and the path of a file): a
-    // volume of millions of entries is held here for the whole session.
-    let mut served: Vec<Served> = Vec::new();
+    // Per entry, only what serving a request needs — on disk, not in memory: a volume of
+    // millions of entries is held for the whole session.
+    let mut served = match ServedTable::new() {
+        Ok(t) => t,
+        Err(e) => return tell(&mut out, scratch_error(e)).await,
+    };
     while let Some(batch) = erx.recv().await {
         for w in batch {
             match w {
                 manifest::Walked::Entry(e, id) => {
-                    let msg = Message::Entry(e);
-                    out.send(&msg).await?;
-                    if let Message::Entry(e) = msg {
-                        served.push(Served::of(e, id));
+                    if let Err(err) = served.push(&e, id) {
+                        return tell(&mut out, scratch_error(err)).await;
                     }
+                    out.send(&Message::Entry(e)).await?;
                 }
                 manifest::Walked::Unreadable(path) => {
                     out.send(&Message::Unreadable { path }).await?
@@ -184,8 +187,11 @@ where
             "entries this reader may not read were reported to the receiver, which keeps its copy"
         );
     }
+    if let Err(e) = served.flush() {
+        return tell(&mut out, scratch_error(e)).await;
+    }
     out.send(&Message::ManifestEnd {
-        entries: served.len() as u64,
+        entries: u64::from(served.len()),
     })
     .await?;
     out.w.flush().await.map_err(wire::WireError::Io)?;
@@ -209,11 +215,13 @@ where
                     // request as soon as it has this one's `FileEnd`.
                     drop(permit);
                     let file = served
-                        .get(idx as usize)
+                        .get(idx)
+                        .map_err(scratch_error)?
                         .filter(|f| f.is_file)
                         .ok_or_else(|| {
                             PvcError::Protocol(format!("request for entry {idx}, not a file"))
                         })?;
+                    let file = &file;
                     match (basis, sig) {
                         (Basis::Signature { .. }, Some(sig)) => {
                             send_delta(&dir, idx, file, &sig, &mut out).await?
@@ -260,34 +268,6 @@ async fn tell<W: AsyncWrite + Unpin>(out: &mut Out<W>, e: PvcError) -> Result<()
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), say).await;
     Err(e)
-}
-
-/// What the sender keeps of a manifest entry to serve requests for it.
-struct Served {
-    /// The path (empty for anything but a file: only files are ever sent).
-    path: Box<[u8]>,
-    /// Size announced in the manifest: never more is sent.
-    size: u64,
-    /// The inode the walk saw.
-    id: FileId,
-    /// Whether the entry is a regular file.
-    is_file: bool,
-}
-
-impl Served {
-    fn of(e: Entry, id: FileId) -> Served {
-        let is_file = e.kind == Kind::File;
-        Served {
-            path: if is_file {
-                e.path.into_boxed_slice()
-            } else {
-                Box::default()
-            },
-            size: e.size,
-            id,
-            is_file,
-        }
-    }
 }
 
 /// What the request reader hands to the serving loop.

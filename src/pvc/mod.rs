@@ -7,6 +7,7 @@ pub mod access;
 pub mod delta;
 pub mod manifest;
 pub mod receiver;
+mod scratch;
 pub mod sender;
 pub mod served;
 pub mod ssh;

@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 
 use super::PvcError;
 use super::manifest::FileId;
+use super::scratch::FileAt;
 use super::wire::{Entry, Kind};
 
 /// An error of the temporary files.
@@ -43,23 +44,6 @@ pub struct ServedTable {
     paths_out: BufWriter<FileAt>,
     count: u32,
     paths_len: u64,
-}
-
-/// Writes at an explicit position, so the same descriptor serves positioned reads.
-struct FileAt {
-    file: File,
-    pos: u64,
-}
-
-impl Write for FileAt {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn scratch_file(name: &str) -> io::Result<File> {

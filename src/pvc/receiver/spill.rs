@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use super::beneath::{self, Root};
 use crate::pvc::PvcError;
 use crate::pvc::manifest::STATE_DIR;
+use crate::pvc::scratch::FileAt;
 use crate::pvc::wire::{Entry, Kind};
 
 /// An error reading or writing the spill file.
@@ -53,23 +54,6 @@ pub struct Spill {
     end: u64,
     /// Records not yet written to `file`.
     out: BufWriter<FileAt>,
-}
-
-/// Writes at an explicit position, so the same descriptor serves positioned reads.
-struct FileAt {
-    file: File,
-    pos: u64,
-}
-
-impl Write for FileAt {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write_at(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Spill {

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt static image fuzz bench bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller
+.PHONY: test deps envtest crds lint fmt static image fuzz bench bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller bench-fleet
 
 ## test: install missing dependencies, build the test control plane, run every test, then
 ## build the container image twice and test it (scripts/image-test.sh)
@@ -81,3 +81,7 @@ bench-gitops: deps
 ## bench-controller: change-to-commit latency (p50/p99) and RSS with 10 000 watched objects
 bench-controller: deps envtest
 	$(CARGO) bench --bench controller
+
+## bench-fleet: 1 000 namespaces x 100 objects, one selector mapping vs 1 000 mappings: first commit, change to commit, RSS, apiserver watches
+bench-fleet: deps envtest
+	$(CARGO) bench --bench fleet

@@ -1,32 +1,42 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark, one after the other on a quiet machine, into
-# benches/RESULTS.md — the file README's performance figures point to. The tables are the
-# benchmarks' own output (Markdown); this script only adds what a reader needs to weigh
-# them: when, which commit, which machine and which peer versions.
+# benches/RESULTS.md — the file README's performance figures point to. Each benchmark's
+# tables (its own Markdown output) are kept in benches/results/<name>.md with when, which
+# commit and which machine they come from, so `BENCHES="fleet" make bench` reruns one and
+# keeps the others; RESULTS.md is put together from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=benches/RESULTS.md
-tmp=$(mktemp)
-trap 'rm -f "$tmp"' EXIT
-benches=${BENCHES:-pvc export gitops controller}
+order="pvc export gitops controller fleet"
+benches=${BENCHES-$order}  # BENCHES="" only puts RESULTS.md together again
+mkdir -p benches/results
 commit=$(git rev-parse --short=12 HEAD)
 git diff --quiet HEAD -- src benches tests Cargo.toml Cargo.lock || commit="$commit (with uncommitted changes)"
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+for b in $benches; do
+  echo "== cargo bench --bench $b" >&2
+  tmp=$(mktemp)
+  {
+    echo "<!-- $b: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit -->"
+    echo
+    echo "_Run $(date -u '+%Y-%m-%d %H:%M UTC') at commit $commit; ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); BENCH_REPS=${BENCH_REPS:-3}, BENCH_SCALE=${BENCH_SCALE:-1}._"
+    cargo bench --quiet --bench "$b"
+  } > "$tmp"
+  mv "$tmp" "benches/results/$b.md"
+done
+out=benches/RESULTS.md
 {
   echo "# Benchmark results"
   echo
-  echo "Written by \`make bench\` (\`scripts/bench.sh\`); do not edit by hand."
+  echo "Written by \`make bench\` (\`scripts/bench.sh\`) from \`benches/results/\`; do not edit by hand."
+  echo "Each section says when, at which commit and on which machine it ran."
   echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "- commit: $commit"
-  echo "- CPU: ${cpu:-unknown}, $(nproc) cores; memory $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); kernel $(uname -r)"
-  echo "- $(rustc --version); $(rsync --version | head -1 | sed 's/  */ /g'); $(ssh -V 2>&1)"
-  echo "- settings: BENCH_REPS=${BENCH_REPS:-3}, BENCH_SCALE=${BENCH_SCALE:-1}, BENCH_OBJECTS=${BENCH_OBJECTS:-10000}"
-} > "$tmp"
-for b in $benches; do
-  echo "== cargo bench --bench $b" >&2
-  cargo bench --quiet --bench "$b" | tee -a "$tmp"
-done
-mv "$tmp" "$out"
-trap - EXIT
+  echo "- kernel $(uname -r); $(rustc --version); $(rsync --version | head -1 | sed 's/  */ /g'); $(ssh -V 2>&1)"
+  for b in $order; do
+    if [ -f "benches/results/$b.md" ]; then
+      echo
+      cat "benches/results/$b.md"
+    fi
+  done
+} > "$out.tmp"
+mv "$out.tmp" "$out"
 echo "wrote $out" >&2

@@ -25,6 +25,12 @@ pub fn reps() -> usize {
 #[derive(Debug, Default, Clone)]
 pub struct Samples(Vec<f64>);
 
+impl FromIterator<f64> for Samples {
+    fn from_iter<I: IntoIterator<Item = f64>>(iter: I) -> Self {
+        Samples(iter.into_iter().collect())
+    }
+}
+
 impl Samples {
     /// Adds one measurement.
     pub fn push(&mut self, v: f64) {

@@ -275,6 +275,22 @@ pub fn stop_detached(dir: &Path) -> Result<()> {
     process::stop_pids(dir)
 }
 
+/// WATCH requests the apiserver holds now (`apiserver_longrunning_requests`, summed over
+/// resources), read from its `/metrics`: what a controller's watches cost the apiserver.
+pub async fn watch_requests(client: &Client) -> Result<f64> {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("valid request");
+    let text = client.request_text(req).await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_longrunning_requests{") && l.contains("verb=\"WATCH\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// Builds a client from a kubeconfig (TLS verified).
 pub async fn client_from(kubeconfig: Kubeconfig) -> Result<Client> {
     let config =

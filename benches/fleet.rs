@@ -1,0 +1,399 @@
+//! Fleet benchmark: `BENCH_FLEET_NAMESPACES` namespaces (1 000) of `BENCH_FLEET_OBJECTS`
+//! mixed objects (100) each in a real apiserver, committed to git daemon on loopback, in
+//! two layouts a platform team uses:
+//!
+//! - (A) one Continuous mapping selecting every namespace (`namespaceSelector`), one
+//!   repository;
+//! - (B) one Continuous mapping per namespace, a repository each.
+//!
+//! Measured per layout, each with a freshly started controller: time to the first complete
+//! commit (every namespace in git), change → pushed commit for 100 single-object changes
+//! spread over the namespaces (p50/p99), controller RSS (median of readings after each
+//! change, and VmHWM with the startup), and the WATCH requests the controller holds on the
+//! apiserver (`apiserver_longrunning_requests`, less what was held before it started).
+//!
+//! Goals (judged by the code; a figure of one run per layout is reported, not judged —
+//! `BENCH_FLEET_REPS` runs more): first complete commit ≤ 60 s; p99 ≤ debounce + 2 s; peak
+//! RSS ≤ 100 MB + 2 KB per watched object; the watches of (B) no more than (A)'s.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dr_syncer_testkit::bench::{Samples, Table, Verdict, proc_status_kib};
+use dr_syncer_testkit::envtest::{ControlPlane, watch_requests};
+use dr_syncer_testkit::git::{GitDaemon, bare_repo};
+use dr_syncer_testkit::objects::{Applier, mixed_namespace};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+const DEBOUNCE_S: f64 = 1.0;
+/// How long a layout may take to commit every namespace before it is reported as not done.
+const FIRST_COMMIT_LIMIT: Duration = Duration::from_secs(900);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn git(repo: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(repo)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ns_name(i: usize) -> String {
+    format!("fleet-{i:04}")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// One mapping, a `namespaceSelector` over every namespace.
+    Selector,
+    /// One mapping and repository per namespace.
+    PerNamespace,
+}
+
+impl Layout {
+    fn title(self, namespaces: usize) -> String {
+        match self {
+            Layout::Selector => "(A) one selector mapping".into(),
+            Layout::PerNamespace => format!("(B) {namespaces} mappings"),
+        }
+    }
+
+    /// The repository holding namespace `ns`.
+    fn repo(self, srv: &Path, ns: &str) -> PathBuf {
+        match self {
+            Layout::Selector => srv.join("fleet.git"),
+            Layout::PerNamespace => srv.join(format!("{ns}.git")),
+        }
+    }
+}
+
+/// What one run of a layout measured.
+#[derive(Default)]
+struct Run {
+    /// Seconds to the first commit of every namespace (`None`: not within the limit).
+    first_commit: Option<f64>,
+    latencies: Samples,
+    rss_mb: Samples,
+    hwm_mb: f64,
+    watches: f64,
+}
+
+/// WATCH requests the apiserver holds now.
+async fn watches(client: &kube::Client) -> f64 {
+    watch_requests(client).await.expect("apiserver /metrics")
+}
+
+fn start_controller(plane: &ControlPlane, cache: &Path) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .args(["controller", "--kubeconfig"])
+        .arg(plane.kubeconfig_path())
+        .args([
+            "--namespace",
+            "dr-syncer",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--cache-dir",
+        ])
+        .arg(cache)
+        .env("DR_SYNCER_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+/// The mappings of `layout`, pointing at `daemon`.
+fn mappings(layout: Layout, namespaces: usize, daemon: &GitDaemon) -> Vec<serde_json::Value> {
+    let spec = |source: serde_json::Value, repo: &str| {
+        let mut spec = json!({"replicationMode": "Continuous",
+            "continuous": {"debounce": format!("{DEBOUNCE_S}s"), "maxDelay": "5s"},
+            "destination": {"git": {"url": daemon.url(repo), "path": "dr"}}});
+        for (k, v) in source.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        spec
+    };
+    match layout {
+        Layout::Selector => vec![
+            json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": "fleet", "namespace": "dr-syncer"},
+            "spec": spec(json!({"namespaceSelector": {"matchLabels": {"generated": "yes"}}}), "fleet.git")}),
+        ],
+        Layout::PerNamespace => (0..namespaces)
+            .map(|i| {
+                let ns = ns_name(i);
+                json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+                    "metadata": {"name": ns, "namespace": "dr-syncer"},
+                    "spec": spec(json!({"sourceNamespace": ns}), &format!("{ns}.git"))})
+            })
+            .collect(),
+    }
+}
+
+/// Whether `ns`'s ConfigMap `obj-00000` is in git (with `marker` in it, if given).
+fn committed(layout: Layout, srv: &Path, ns: &str, marker: Option<&str>) -> bool {
+    let repo = layout.repo(srv, ns);
+    git(
+        &repo,
+        &[
+            "show",
+            &format!("main:dr/{ns}/core/configmaps/obj-00000.yaml"),
+        ],
+    )
+    .is_some_and(|t| marker.is_none_or(|m| t.contains(m)))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_layout(
+    layout: Layout,
+    plane: &ControlPlane,
+    client: &kube::Client,
+    applier: &Applier,
+    namespaces: usize,
+    changes: usize,
+    round: usize,
+    work: &Path,
+) -> Run {
+    let srv = work.join(format!("srv-{round}"));
+    let _ = std::fs::remove_dir_all(&srv);
+    match layout {
+        Layout::Selector => {
+            bare_repo(&srv, "fleet.git");
+        }
+        Layout::PerNamespace => {
+            for i in 0..namespaces {
+                bare_repo(&srv, &format!("{}.git", ns_name(i)));
+            }
+        }
+    }
+    let daemon = GitDaemon::start(&srv);
+    let before = watches(client).await;
+    let (mut controller, _) = start_controller(plane, &work.join(format!("cache-{round}")));
+    let maps = mappings(layout, namespaces, &daemon);
+    let start = Instant::now();
+    applier.apply_all(&maps, 16).await;
+    let mut run = Run::default();
+    // Every namespace committed: checked newest-first until one is missing.
+    let mut pending: Vec<String> = (0..namespaces).map(ns_name).collect();
+    while start.elapsed() < FIRST_COMMIT_LIMIT {
+        while pending
+            .last()
+            .is_some_and(|ns| committed(layout, &srv, ns, None))
+        {
+            pending.pop();
+        }
+        if pending.is_empty() {
+            run.first_commit = Some(start.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "{}: first complete commit {:?}, {} namespaces missing",
+        layout.title(namespaces),
+        run.first_commit,
+        pending.len()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.watches = watches(client).await - before;
+    let cms = |ns: &str| -> kube::Api<k8s_openapi::api::core::v1::ConfigMap> {
+        kube::Api::namespaced(client.clone(), ns)
+    };
+    for i in 0..changes.min(if run.first_commit.is_some() {
+        changes
+    } else {
+        0
+    }) {
+        let ns = ns_name((i * 37) % namespaces);
+        let marker = format!("round-{round}-change-{i}");
+        let t0 = Instant::now();
+        cms(&ns)
+            .patch(
+                "obj-00000",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"flag": marker}})),
+            )
+            .await
+            .unwrap();
+        while !committed(layout, &srv, &ns, Some(&marker)) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "change {i} in {ns} never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        run.latencies.push(t0.elapsed().as_secs_f64());
+        run.rss_mb
+            .push(proc_status_kib(controller.id(), "VmRSS:") as f64 / 1024.0);
+    }
+    run.hwm_mb = proc_status_kib(controller.id(), "VmHWM:") as f64 / 1024.0;
+    let _ = controller.kill();
+    let _ = controller.wait();
+    // The next layout starts from no mappings.
+    let api: kube::Api<dr_syncer::api::NamespaceMapping> =
+        kube::Api::namespaced(client.clone(), "dr-syncer");
+    for m in &maps {
+        let name = m["metadata"]["name"].as_str().unwrap();
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    drop(daemon);
+    run
+}
+
+#[tokio::main]
+async fn main() {
+    let namespaces = env_usize("BENCH_FLEET_NAMESPACES", 1000);
+    let per_ns = env_usize("BENCH_FLEET_OBJECTS", 100);
+    let changes = env_usize("BENCH_CHANGES", 100);
+    let reps = env_usize("BENCH_FLEET_REPS", 1);
+    let objects = namespaces * per_ns;
+    let plane = ControlPlane::start().await.unwrap();
+    let client = plane.client().await.unwrap();
+    let applier = Applier::new(client.clone(), "bench");
+    for crd in dr_syncer::api::crds() {
+        applier.apply(&serde_json::to_value(&crd).unwrap()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dr-syncer"}}))
+        .await;
+    let t0 = Instant::now();
+    for i in 0..namespaces {
+        applier
+            .apply_all(&mixed_namespace(&ns_name(i), per_ns), 32)
+            .await;
+    }
+    eprintln!("{objects} objects applied in {:.0?}", t0.elapsed());
+    let work = tempfile::tempdir().unwrap();
+    let mut results: Vec<(Layout, Vec<Run>)> = Vec::new();
+    let mut round = 0;
+    for layout in [Layout::Selector, Layout::PerNamespace] {
+        let mut runs = Vec::new();
+        for _ in 0..reps {
+            runs.push(
+                run_layout(
+                    layout,
+                    &plane,
+                    &client,
+                    &applier,
+                    namespaces,
+                    changes,
+                    round,
+                    work.path(),
+                )
+                .await,
+            );
+            round += 1;
+        }
+        results.push((layout, runs));
+    }
+    print_results(namespaces, per_ns, changes, reps, &results);
+}
+
+fn print_results(
+    namespaces: usize,
+    per_ns: usize,
+    changes: usize,
+    reps: usize,
+    results: &[(Layout, Vec<Run>)],
+) {
+    let objects = namespaces * per_ns;
+    let rss_goal = 100.0 + 2.0 * objects as f64 / 1024.0;
+    println!(
+        "\n## Fleet: {namespaces} namespaces × {per_ns} objects ({objects}), Continuous, debounce {DEBOUNCE_S} s, {changes} changes spread over the namespaces, {reps} run(s) per layout"
+    );
+    let mut t = Table::new(&["measure", "layout", "value", "goal", "verdict"]);
+    let watches_a = results
+        .iter()
+        .find(|(l, _)| *l == Layout::Selector)
+        .map(|(_, r)| Samples::from_iter(r.iter().map(|r| r.watches)));
+    for (layout, runs) in results {
+        let title = layout.title(namespaces);
+        let firsts = Samples::from_iter(runs.iter().filter_map(|r| r.first_commit));
+        let all_done = firsts.len() == runs.len();
+        t.row(vec![
+            "first complete commit".into(),
+            title.clone(),
+            if all_done {
+                format!("{:.1} s (range {} s)", firsts.median(), firsts.spread(1))
+            } else {
+                format!(
+                    "not within {} s in {} of {} runs",
+                    FIRST_COMMIT_LIMIT.as_secs(),
+                    runs.len() - firsts.len(),
+                    runs.len()
+                )
+            },
+            "≤ 60 s".into(),
+            if all_done {
+                Verdict::judge(firsts.len(), firsts.median() <= 60.0, false).to_string()
+            } else {
+                "MISSED".into()
+            },
+        ]);
+        let lat = Samples::from_iter(
+            runs.iter()
+                .flat_map(|r| r.latencies.values().iter().copied()),
+        );
+        if !lat.is_empty() {
+            let goal = DEBOUNCE_S + 2.0;
+            t.row(vec![
+                "change -> pushed commit, p50 / p99".into(),
+                title.clone(),
+                format!("{:.2} s / {:.2} s", lat.quantile(0.5), lat.quantile(0.99)),
+                format!("p99 ≤ {goal:.2} s"),
+                Verdict::judge(lat.len(), lat.quantile(0.99) <= goal, false).to_string(),
+            ]);
+        }
+        let rss = Samples::from_iter(runs.iter().flat_map(|r| r.rss_mb.values().iter().copied()));
+        if !rss.is_empty() {
+            t.row(vec![
+                format!("controller RSS, median of {} readings", rss.len()),
+                title.clone(),
+                format!("{:.1} MB (range {} MB)", rss.median(), rss.spread(1)),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        let hwm = Samples::from_iter(runs.iter().map(|r| r.hwm_mb));
+        t.row(vec![
+            "controller peak RSS (VmHWM, startup included)".into(),
+            title.clone(),
+            format!("{:.1} MB (range {} MB)", hwm.median(), hwm.spread(1)),
+            format!("≤ {rss_goal:.0} MB"),
+            Verdict::judge(hwm.len(), hwm.median() <= rss_goal, false).to_string(),
+        ]);
+        let w = Samples::from_iter(runs.iter().map(|r| r.watches));
+        let (goal, verdict) = match (&watches_a, layout) {
+            (Some(a), Layout::PerNamespace) if !a.is_empty() => (
+                format!("≤ (A)'s {:.0}", a.median()),
+                Verdict::judge(w.len().min(a.len()), w.median() <= a.median(), false).to_string(),
+            ),
+            _ => ("-".into(), "-".into()),
+        };
+        t.row(vec![
+            "WATCH requests held on the apiserver".into(),
+            title,
+            format!("{:.0}", w.median()),
+            goal,
+            verdict,
+        ]);
+    }
+    t.print("fleet: first commit, change to commit, memory, watches");
+}

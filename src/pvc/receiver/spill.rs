@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 
+use super::State;
 use super::beneath::{self, Root};
 use crate::pvc::PvcError;
 use crate::pvc::manifest::STATE_DIR;
@@ -156,19 +157,22 @@ impl Spill {
     }
 }
 
-/// A file in the state directory, already unlinked. A state directory this creates is
-/// removed again if nothing else is in it (a check-only pass leaves no trace).
+/// A file in the state directory's `tmp/`, already unlinked. The state directory is opened
+/// as a sync opens it ([`State::open`]): only this receiver's own, writable by it only, so
+/// nobody else can open the file in the moment it has a name and rewrite the manifest
+/// after it was checked. One this creates is removed again if nothing else is in it (a
+/// check-only pass leaves no trace).
 fn unlinked_in_state_dir(root: &Root) -> io::Result<File> {
     use std::os::fd::AsFd;
     let name = b"manifest-spill".as_slice();
     let top = root.dir(b"")?;
     let existed = beneath::stat(top.as_fd(), STATE_DIR.as_bytes())?.is_some();
-    beneath::ensure_dir(top.as_fd(), STATE_DIR.as_bytes())?;
-    let state = root.dir(STATE_DIR.as_bytes())?;
-    let file = beneath::create(state.as_fd(), name)?;
-    rustix::fs::unlinkat(&state, beneath::os(name), rustix::fs::AtFlags::empty())?;
+    let state = State::open(root).map_err(|e| io::Error::other(e.to_string()))?;
+    let file = beneath::create(state.tmp.as_fd(), name)?;
+    rustix::fs::unlinkat(&state.tmp, beneath::os(name), rustix::fs::AtFlags::empty())?;
     if !existed {
-        let _ = rustix::fs::unlinkat(&top, STATE_DIR, rustix::fs::AtFlags::REMOVEDIR);
+        drop(state);
+        State::tidy(root);
     }
     Ok(file)
 }
@@ -296,9 +300,19 @@ mod tests {
         // A state directory that was there stays, without the file.
         std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
         let _f = unlinked_in_state_dir(&root).unwrap();
-        let left: Vec<_> = std::fs::read_dir(dir.path().join(STATE_DIR))
-            .unwrap()
-            .collect();
-        assert!(left.is_empty());
+        let tmp = dir.path().join(STATE_DIR).join("tmp");
+        assert_eq!(std::fs::read_dir(tmp).unwrap().count(), 0);
+        // Someone else's state directory is replaced, never written in.
+        std::fs::remove_dir_all(dir.path().join(STATE_DIR)).unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        let planted = dir.path().join(STATE_DIR).join("planted");
+        std::fs::write(&planted, "x").unwrap();
+        std::fs::set_permissions(
+            dir.path().join(STATE_DIR),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let _g = unlinked_in_state_dir(&root).unwrap();
+        assert!(!planted.exists());
     }
 }

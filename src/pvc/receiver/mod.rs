@@ -57,8 +57,9 @@ use spill::{Spill, Tag, spill_error};
 pub type ProgressFn = Box<dyn Fn(u64, u64, u64) + Send + Sync>;
 
 /// Default bound on manifest entries: far more than a volume usually holds, and a bound on
-/// what a hostile sender can make the receiver keep (9 bytes of memory each, the entries
-/// themselves go to an unnamed file on the volume: [`spill`]).
+/// what a hostile sender can make the receiver keep: 9 bytes of memory each (the entries
+/// themselves go to an unnamed file on the volume: [`spill`]), plus the paths of hard-link
+/// members and unreadable entries, which stay in memory.
 pub const MAX_ENTRIES: u64 = 20_000_000;
 
 /// Default share of the destination's files or bytes a sync may delete before it holds.

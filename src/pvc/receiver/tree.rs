@@ -87,6 +87,7 @@ pub fn write_ops(
             })?;
         }
     }
+    all_taken(next, "staged file")?;
     for s in twins {
         journal.push(&Op::Place {
             tmp: s.tmp.clone(),
@@ -104,6 +105,7 @@ pub fn write_ops(
             journal.push(&Op::Meta(e))?;
         }
     }
+    all_taken(next, "metadata-only file")?;
     for r in entries.iter() {
         let (_, e) = r?;
         match e.kind {
@@ -123,4 +125,41 @@ pub fn write_ops(
         journal.push(&Op::RootMeta(r.clone()))?;
     }
     Ok(())
+}
+
+/// After a merge with the manifest: every index was matched. One left over (a duplicate,
+/// or past the manifest) would otherwise be dropped from the commit without a word, and
+/// its staged data discarded with the partial files.
+fn all_taken(
+    mut rest: std::iter::Peekable<std::slice::Iter<'_, u32>>,
+    what: &str,
+) -> std::io::Result<()> {
+    match rest.next() {
+        None => Ok(()),
+        Some(i) => Err(std::io::Error::other(format!(
+            "{what} {i} matches no manifest entry (or comes twice); nothing was committed"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_taken_table() {
+        // (case, indexes, matched in the merge, error expected)
+        let cases: [(&str, &[u32], usize, bool); 3] = [
+            ("every index matched", &[1, 4, 9], 3, false),
+            ("a duplicate is left over", &[4, 4], 1, true),
+            ("past the manifest", &[1, 99], 1, true),
+        ];
+        for (case, idx, matched, err) in cases {
+            let mut it = idx.iter().peekable();
+            for _ in 0..matched {
+                it.next();
+            }
+            assert_eq!(all_taken(it, "staged file").is_err(), err, "{case}");
+        }
+    }
 }

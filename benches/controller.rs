@@ -8,10 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dr_syncer_testkit::bench::{Samples, Table, Verdict, proc_status_kib};
-use dr_syncer_testkit::envtest::ControlPlane;
+use dr_syncer_testkit::bench::{Samples, Table, Verdict, controller_plane, proc_status_kib};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo};
-use dr_syncer_testkit::objects::{Applier, mixed_namespace};
+use dr_syncer_testkit::objects::mixed_namespace;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
@@ -38,16 +37,11 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let plane = ControlPlane::start().await.unwrap();
-    let client = plane.client().await.unwrap();
-    let applier = Applier::new(client.clone(), "bench");
-    for crd in dr_syncer::api::crds() {
-        applier.apply(&serde_json::to_value(&crd).unwrap()).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dr-syncer"}}))
-        .await;
+    let crds: Vec<_> = dr_syncer::api::crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    let (plane, client, applier) = controller_plane(&crds).await;
     applier.apply_all(&mixed_namespace("bench", n), 32).await;
     let tmp = tempfile::tempdir().unwrap();
     let srv = tmp.path().join("srv");

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dr_syncer_testkit::bench::{Samples, Table, Verdict, proc_status_kib};
+use dr_syncer_testkit::bench::{Samples, Table, Verdict, controller_plane, proc_status_kib};
 use dr_syncer_testkit::envtest::{ControlPlane, watch_requests};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo};
 use dr_syncer_testkit::objects::{Applier, mixed_namespace};
@@ -287,16 +287,11 @@ async fn main() {
     let changes = env_usize("BENCH_CHANGES", 100);
     let reps = env_usize("BENCH_FLEET_REPS", 1);
     let objects = namespaces * per_ns;
-    let plane = ControlPlane::start().await.unwrap();
-    let client = plane.client().await.unwrap();
-    let applier = Applier::new(client.clone(), "bench");
-    for crd in dr_syncer::api::crds() {
-        applier.apply(&serde_json::to_value(&crd).unwrap()).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dr-syncer"}}))
-        .await;
+    let crds: Vec<_> = dr_syncer::api::crds()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    let (plane, client, applier) = controller_plane(&crds).await;
     let t0 = Instant::now();
     for i in 0..namespaces {
         applier

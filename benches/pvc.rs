@@ -357,6 +357,14 @@ impl Env {
     }
 }
 
+/// Scenario (b)'s change: 1 % of each of the 8 large files, in scattered runs (`seed`
+/// varies it per round).
+fn change_large_files(dir: &Path, seed: u64) {
+    for i in 0..8 {
+        scatter(&dir.join(format!("large{i}.bin")), 0.01, seed + i);
+    }
+}
+
 /// Changes `fraction` of a file's bytes in scattered 4 KiB runs.
 fn scatter(path: &Path, fraction: f64, seed: u64) {
     use std::os::unix::fs::FileExt;
@@ -516,13 +524,7 @@ async fn main() {
         env.prime(&ALL, &b, "b").await;
         let runs = env
             .rounds(&ALL, &b, "b", None, false, |rep| {
-                for i in 0..8 {
-                    scatter(
-                        &b.join(format!("large{i}.bin")),
-                        0.01,
-                        7 + i + 10 * rep as u64,
-                    );
-                }
+                change_large_files(&b, 7 + 10 * rep as u64);
             })
             .await;
         print_runs("(b) 1 % of bytes changed in 8 files of 128 MiB", &runs);
@@ -637,13 +639,7 @@ async fn main() {
         env.prime(&tools, &b, "eb").await;
         let runs = env
             .rounds(&tools, &b, "eb", shape, false, |rep| {
-                for i in 0..8 {
-                    scatter(
-                        &b.join(format!("large{i}.bin")),
-                        0.01,
-                        70 + i + 10 * rep as u64,
-                    );
-                }
+                change_large_files(&b, 70 + 10 * rep as u64);
             })
             .await;
         print_runs(

@@ -67,7 +67,8 @@ fn chart_lints_and_renders_its_options() {
     );
     assert!(!strings(&pod["containers"][0]["args"]).contains(&"--leader-election".to_string()));
 
-    // Two replicas turn leader election on; optional parts appear when asked for.
+    // Two replicas turn sharding on (not leader election); optional parts appear when
+    // asked for.
     let ha = render(
         "dr",
         &[
@@ -77,7 +78,32 @@ fn chart_lints_and_renders_its_options() {
         ],
     );
     let args = strings(&deployment(&ha)["spec"]["template"]["spec"]["containers"][0]["args"]);
-    assert!(args.contains(&"--leader-election".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--sharding".to_string())
+            && args.contains(&"--lease-duration=15".to_string())
+            && !args.contains(&"--leader-election".to_string()),
+        "{args:?}"
+    );
+    // Leader election when asked for, with any replica count; a static shard's name.
+    for (sets, want, not) in [
+        (
+            &["replicaCount=2", "leaderElection.enabled=true"][..],
+            "--leader-election",
+            "--sharding",
+        ),
+        (
+            &["replicaCount=3", "sharding.shard=tenant-a"][..],
+            "--shard=tenant-a",
+            "--leader-election",
+        ),
+    ] {
+        let objs = render("dr", sets);
+        let args = strings(&deployment(&objs)["spec"]["template"]["spec"]["containers"][0]["args"]);
+        assert!(
+            args.contains(&want.to_string()) && !args.contains(&not.to_string()),
+            "{sets:?}: {args:?}"
+        );
+    }
     let k = kinds(&ha);
     assert!(
         k.contains(&"ServiceMonitor/dr-syncer".to_string())
@@ -217,6 +243,11 @@ fn chart_lints_and_renders_its_options() {
             "/tenancy/namespaces/0",
         ),
         ("metrics.port=70000", "/metrics/port"),
+        ("sharding.shard=-bad-", "/sharding/shard"),
+        (
+            "leaderElection.leaseDuration=2",
+            "/leaderElection/leaseDuration",
+        ),
         ("unknownKey=1", "unknownKey"),
         ("agent.allow={no-port}", "/agent/allow/0"),
         // A path where the PEM belongs (`--set` instead of `--set-file`).

@@ -42,6 +42,12 @@ use super::common::{DURATION_PATTERN, GitDestination, ObjectRef, SecretsSpec};
         priority = 1
     ),
     printcolumn(
+        name = "Owner",
+        type_ = "string",
+        json_path = ".status.owner",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -625,6 +631,10 @@ pub struct NamespaceMappingStatus {
     /// The last failure; cleared by a successful sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<SyncError>,
+    /// The controller replica that reconciles this mapping (its pod name). With sharding
+    /// (`replicaCount > 1`) each mapping has one owner among the live replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The `dr-syncer.io/sync-now` value already handled, so one trigger runs one sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_now: Option<String>,

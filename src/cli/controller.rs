@@ -42,11 +42,21 @@ pub struct ControllerArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "DR_SYNCER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,
-    /// Elect one writer among replicas with a Lease (needed for more than one replica).
-    #[arg(long, env = "DR_SYNCER_LEADER_ELECTION")]
+    /// Elect one writer among replicas with a Lease (active/standby; the others wait).
+    #[arg(long, env = "DR_SYNCER_LEADER_ELECTION", conflicts_with = "sharding")]
     pub leader_election: bool,
-    /// Lease duration in seconds; a standby takes over this long after the leader dies.
-    #[arg(long, env = "DR_SYNCER_LEASE_DURATION", default_value_t = 15)]
+    /// Spread the mappings over every live replica (active/active): each replica holds a
+    /// membership Lease and owns the mappings rendezvous hashing assigns to it; a replica
+    /// that dies loses them to the others within the lease duration.
+    #[arg(long, env = "DR_SYNCER_SHARDING")]
+    pub sharding: bool,
+    /// Serve only the NamespaceMappings labelled `dr-syncer.io/shard=<NAME>` (a static
+    /// shard, Flux's convention); without it, only the unlabelled ones.
+    #[arg(long, env = "DR_SYNCER_SHARD", value_parser = parse_shard)]
+    pub shard: Option<String>,
+    /// Lease duration in seconds (leader election or sharding); a dead replica's work
+    /// moves to the others this long after its last renewal.
+    #[arg(long, env = "DR_SYNCER_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub lease_duration: u64,
     /// Image of the PVC agent and the data-sync pods (the chart sets its own image).
     #[arg(long, env = "DR_SYNCER_IMAGE", default_value = concat!("ghcr.io/dr-syncer/dr-syncer:", env!("CARGO_PKG_VERSION")))]
@@ -63,6 +73,23 @@ pub struct ControllerArgs {
     /// `dr_syncer_rpo_target_seconds` for the alerting rules.
     #[arg(long, env = "DR_SYNCER_DEFAULT_RPO_TARGET", default_value = "1h")]
     pub default_rpo_target: String,
+}
+
+/// A shard name is a label value: 63 characters at most, alphanumeric at both ends, `-`,
+/// `_` and `.` inside.
+fn parse_shard(s: &str) -> Result<String, String> {
+    let inner_ok = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ends_ok = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if s.len() <= 63 && inner_ok && ends_ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a label value (1-63 characters: letters, digits, '-', '_', '.'; a letter or digit at both ends)"
+        ))
+    }
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -91,6 +118,7 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
             }
         },
         default_rpo_target: std::time::Duration::from_secs(3600),
+        shard: args.shard.clone(),
     };
     let default_rpo_target = crate::schedule::parse_duration(&args.default_rpo_target)
         .filter(|d| !d.is_zero())
@@ -108,6 +136,7 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
     let opts = controller::RunOptions {
         http_addr: args.http_addr,
         leader_election: args.leader_election.then_some(args.lease_duration),
+        sharding: args.sharding.then_some(args.lease_duration),
         instance: args.instance.clone(),
     };
     match controller::run(client, settings, opts).await {
@@ -118,7 +147,7 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
         }
         // Exit at once: returning would wait for blocking git work still in flight, and a
         // deposed leader must stop writing now (pushes are fenced as well).
-        Err(e @ RunError::LostLeadership) => {
+        Err(e @ (RunError::LostLeadership | RunError::LostMembership(_))) => {
             tracing::error!(error = %e, "exiting");
             eprintln!("error: {e}");
             std::process::exit(1);

@@ -189,6 +189,7 @@ pub fn commit_info(
             .clone()
             .unwrap_or_else(|| source.cluster.clone()),
         kubernetes_version: source.version.clone(),
+        replica: String::new(),
     }
 }
 

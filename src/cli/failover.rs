@@ -129,6 +129,7 @@ async fn git_mode(
             mapping: name.into(),
             source_cluster: "dr".into(),
             kubernetes_version: "n/a".into(),
+            replica: String::new(),
         };
         let breaker = Breaker {
             max_percent: 100,

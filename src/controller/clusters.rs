@@ -53,6 +53,9 @@ pub async fn reconcile_cluster(
     ctx: Arc<Ctx>,
 ) -> Result<Action, ControllerError> {
     let ns = rc.namespace().unwrap_or_default();
+    if !ctx.owns_shared(&format!("RemoteCluster/{ns}/{}", rc.name_any())) {
+        return Ok(Action::await_change());
+    }
     let interval =
         parse_duration(&rc.spec.health_check_interval).unwrap_or(Duration::from_secs(300));
     let prev = rc.status.clone().unwrap_or_default();
@@ -330,6 +333,9 @@ pub async fn reconcile_mapping(
     ctx: Arc<Ctx>,
 ) -> Result<Action, ControllerError> {
     let ns = cm.namespace().unwrap_or_default();
+    if !ctx.owns_shared(&format!("ClusterMapping/{ns}/{}", cm.name_any())) {
+        return Ok(Action::await_change());
+    }
     let api: Api<RemoteCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let mut clusters = Vec::new();
     for name in [&cm.spec.source_cluster, &cm.spec.target_cluster]

@@ -32,6 +32,9 @@ pub struct Settings {
     pub dr_check_interval: Option<std::time::Duration>,
     /// RPO target of mappings without `spec.rpoTarget` (exported for alerts).
     pub default_rpo_target: std::time::Duration,
+    /// The static shard this replica serves (`--shard`): only mappings labelled
+    /// `dr-syncer.io/shard` with it; `None` serves the unlabelled ones.
+    pub shard: Option<String>,
 }
 
 /// Shared state of the reconcilers.
@@ -57,8 +60,9 @@ pub struct Ctx {
     synced: Mutex<std::collections::HashSet<String>>,
     /// With leader election: the lease every write is checked against (fencing).
     pub leadership: Option<super::leader::Leadership>,
-    /// The blocking form of `leadership`, handed to git pushes.
-    pub fence: crate::gitops::Fence,
+    /// With sharding: this replica's membership, which decides the mappings it owns and
+    /// fences every write for them.
+    pub membership: Option<Arc<super::shard::Membership>>,
     /// Wakes the DR readiness check early: a commit changed what the DR cluster pulls.
     pub dr_check_now: tokio::sync::Notify,
 }
@@ -106,7 +110,7 @@ impl Ctx {
             inputs: Mutex::default(),
             synced: Mutex::default(),
             leadership: None,
-            fence: Default::default(),
+            membership: None,
             dr_check_now: tokio::sync::Notify::new(),
         })
     }
@@ -130,6 +134,31 @@ impl Ctx {
         self.synced.lock().expect("not poisoned").contains(key)
     }
 
+    /// Forgets that `key` was synced: a mapping that moved to another replica and comes
+    /// back syncs in full again (changes made meanwhile were not watched here).
+    pub fn forget_synced(&self, key: &str) {
+        self.synced.lock().expect("not poisoned").remove(key);
+    }
+
+    /// Whether this replica works on `key` (a mapping's `namespace/name`, or another
+    /// object's `Kind/namespace/name`): always without sharding; with it, when the members
+    /// it last saw assign `key` to it.
+    pub fn owns(&self, key: &str) -> bool {
+        self.membership.as_ref().is_none_or(|m| m.owns(key))
+    }
+
+    /// Whether this replica checks the health of a RemoteCluster or ClusterMapping (`key`
+    /// is `Kind/namespace/name`): the default group shares them out as it does mappings;
+    /// a static shard (`--shard`) leaves them to the default group.
+    pub fn owns_shared(&self, key: &str) -> bool {
+        self.settings.shard.is_none() && self.owns(key)
+    }
+
+    /// The name shown as a mapping's `status.owner` and in commit trailers.
+    pub fn replica(&self) -> &str {
+        &self.instance
+    }
+
     /// Records a successful sync of `key` by this process.
     pub fn mark_synced(&self, key: &str) {
         self.synced
@@ -151,12 +180,25 @@ impl Ctx {
         crate::events::publish(&self.recorder, obj, warning, reason, action, note).await;
     }
 
-    /// Whether this replica may write now (always, without leader election).
-    pub async fn may_write(&self) -> Result<(), String> {
-        match &self.leadership {
-            Some(l) => l.check().await,
-            None => Ok(()),
+    /// Whether this replica may write for mapping `key` now: it holds the leader lease
+    /// (leader election) and still owns `key` (sharding); always without either.
+    pub async fn may_write(&self, key: &str) -> Result<(), String> {
+        may_write(self.leadership.as_ref(), self.membership.as_deref(), key).await
+    }
+
+    /// [`Ctx::may_write`] for blocking code: the fence handed to git pushes of `key`. Only
+    /// call it from `spawn_blocking` threads: `block_on` panics on a runtime thread, which
+    /// refuses the push (fail closed).
+    pub fn fence_for(&self, key: &str) -> crate::gitops::Fence {
+        if self.leadership.is_none() && self.membership.is_none() {
+            return crate::gitops::Fence::default();
         }
+        let handle = tokio::runtime::Handle::current();
+        let (leadership, membership) = (self.leadership.clone(), self.membership.clone());
+        let key = key.to_string();
+        crate::gitops::Fence::new(move || {
+            handle.block_on(may_write(leadership.as_ref(), membership.as_deref(), &key))
+        })
     }
 
     /// The lock of one mapping (`namespace/name`).
@@ -168,6 +210,20 @@ impl Ctx {
             .or_default()
             .clone()
     }
+}
+
+async fn may_write(
+    leadership: Option<&super::leader::Leadership>,
+    membership: Option<&super::shard::Membership>,
+    key: &str,
+) -> Result<(), String> {
+    if let Some(l) = leadership {
+        l.check().await?;
+    }
+    if let Some(m) = membership {
+        m.check(key).await?;
+    }
+    Ok(())
 }
 
 /// Reads (or creates) the fingerprint key. Kept in a Secret, never in git: with the key,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -29,10 +29,15 @@ pub const CONDITION: &str = "DrReady";
 /// (the controller's lifetime). Runs only where the controllers run (the leader).
 pub async fn run(ctx: Arc<Ctx>, mappings: Api<NamespaceMapping>, interval: Duration) {
     loop {
-        match mappings.list(&Default::default()).await {
+        let shard = super::shard::shard_selector(ctx.settings.shard.as_deref());
+        match mappings.list(&ListParams::default().labels(&shard)).await {
             Ok(list) => {
                 for nm in list.items {
                     let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+                    // With sharding each replica checks the mappings it owns.
+                    if !ctx.owns(&key) {
+                        continue;
+                    }
                     if let Err(e) = check_one(&ctx, &nm).await {
                         tracing::warn!(mapping = %key, error = %e, "DR readiness check");
                     }
@@ -200,7 +205,8 @@ async fn record(
     }
     if conditions != prev.conditions {
         // A deposed leader leaves status to the new one.
-        if ctx.may_write().await.is_err() {
+        let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+        if ctx.may_write(&key).await.is_err() {
             return Ok(());
         }
         let api: Api<NamespaceMapping> =

@@ -75,6 +75,7 @@ pub async fn run(
         mapping: nm.metadata.name.clone().unwrap_or_default(),
         source_cluster,
         kubernetes_version,
+        replica: ctx.replica().to_string(),
     };
     let breaker = sync::breaker(nm);
     let key = ctx.fingerprint_key.clone();

@@ -8,8 +8,6 @@
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use kube::{Api, Client};
 
-use crate::gitops::Fence;
-
 /// Name of the leader-election Lease in the controller's namespace.
 pub const LEASE_NAME: &str = "dr-syncer-controller";
 
@@ -22,6 +20,17 @@ pub struct Leadership {
     pub namespace: String,
     /// This replica's identity (the Lease's `holderIdentity` while it leads).
     pub identity: String,
+    /// The Lease's name ([`lease_name`]).
+    pub lease: String,
+}
+
+/// The leader Lease of a group of replicas: [`LEASE_NAME`], or one per static shard so
+/// each shard elects its own writer.
+pub fn lease_name(shard: Option<&str>) -> String {
+    match shard {
+        Some(s) => format!("{LEASE_NAME}-{s}"),
+        None => LEASE_NAME.to_string(),
+    }
 }
 
 impl Leadership {
@@ -29,28 +38,20 @@ impl Leadership {
     pub async fn check(&self) -> Result<(), String> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
         // Bounded: a half-open connection must not hold a push (and its mapping) forever.
-        let lease = tokio::time::timeout(std::time::Duration::from_secs(10), api.get(LEASE_NAME))
+        let name = &self.lease;
+        let lease = tokio::time::timeout(std::time::Duration::from_secs(10), api.get(name))
             .await
-            .map_err(|_| format!("reading the leader lease {LEASE_NAME} timed out"))?
-            .map_err(|e| format!("cannot read the leader lease {LEASE_NAME}: {e}"))?;
+            .map_err(|_| format!("reading the leader lease {name} timed out"))?
+            .map_err(|e| format!("cannot read the leader lease {name}: {e}"))?;
         lease_verdict(
             &lease.spec.unwrap_or_default(),
             &self.identity,
             jiff::Timestamp::now(),
         )
     }
-
-    /// The same check for blocking code (the git pushes run on the blocking pool). Only
-    /// call the fence from `spawn_blocking` threads: `block_on` panics on a runtime thread,
-    /// which refuses the push (fail closed).
-    pub fn fence(&self) -> Fence {
-        let handle = tokio::runtime::Handle::current();
-        let me = self.clone();
-        Fence::new(move || handle.block_on(me.check()))
-    }
 }
 
-/// Whether `identity` holds the lease `spec` at `now` (pure).
+/// Whether `identity` holds the lease `spec` at `now` (pure; membership leases too).
 pub fn lease_verdict(spec: &LeaseSpec, identity: &str, now: jiff::Timestamp) -> Result<(), String> {
     let holder = spec.holder_identity.as_deref().unwrap_or("");
     if holder != identity {

@@ -30,6 +30,7 @@ async fn write_status(
     // patch leaves an omitted field alone).
     let mut new = new;
     new.pvc_data = None;
+    new.owner = Some(ctx.replica().to_string());
     let mut current = nm.status.clone();
     if let Some(c) = current.as_mut() {
         c.pvc_data = None;
@@ -85,6 +86,14 @@ pub async fn reconcile(
         .tenancy
         .role(&nm.namespace().unwrap_or_default());
     if role == crate::refs::Role::Unwatched {
+        return Ok(Action::await_change());
+    }
+    // With sharding another replica may own it: drop its watch and data syncs here and
+    // write nothing (a change of members reconciles every mapping again).
+    if !ctx.owns(&key) {
+        ctx.watches.remove(&key);
+        ctx.data_syncs.remove(&key);
+        ctx.forget_synced(&key);
         return Ok(Action::await_change());
     }
     let lock = ctx.lock_for(&key);

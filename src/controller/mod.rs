@@ -13,6 +13,7 @@ pub mod leader;
 pub mod mapping;
 pub mod metrics;
 pub mod schedule;
+pub mod shard;
 pub mod status;
 pub mod sync;
 pub mod tracker;
@@ -46,6 +47,12 @@ pub enum RunError {
     /// Leadership was lost; the process exits so a restart waits for it again.
     #[error("lost the leader-election lease; exiting so that only one replica writes")]
     LostLeadership,
+    /// The membership lease ran out (sharding); the process exits so a restart rejoins.
+    #[error("lost the membership lease ({0}); exiting so that each mapping has one writer")]
+    LostMembership(String),
+    /// The membership lease could not be taken at start.
+    #[error("joining the controller members: {0}")]
+    Join(String),
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
@@ -69,6 +76,9 @@ pub struct RunOptions {
     pub http_addr: std::net::SocketAddr,
     /// Lease duration in seconds when leader election is on.
     pub leader_election: Option<u64>,
+    /// Lease duration in seconds when sharding is on: every replica works, each on the
+    /// mappings the live members assign to it ([`shard`]).
+    pub sharding: Option<u64>,
     /// This replica's identity.
     pub instance: String,
 }
@@ -100,15 +110,17 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
     tokio::spawn(http::serve(addr, metrics.clone(), ready.clone()));
     let mut leadership = None;
     if let Some(duration) = opts.leader_election {
-        let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), leader::LEASE_NAME)
-                .with_namespace(&settings.namespace)
-                .with_identity(&opts.instance)
-                .with_duration(duration)
-                .with_grace((duration / 3).max(1))
-                .with_field_manager("dr-syncer")
-                .build()
-                .await?;
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(
+            client.clone(),
+            &leader::lease_name(settings.shard.as_deref()),
+        )
+        .with_namespace(&settings.namespace)
+        .with_identity(&opts.instance)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .with_field_manager("dr-syncer")
+        .build()
+        .await?;
         let (mut rx, task) = manager.watch().await;
         ready.set(true); // a standby replica is healthy
         tracing::info!(identity = %opts.instance, "waiting for the leader-election lease");
@@ -131,15 +143,39 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
     };
     let mut ctx = Ctx::new(client, settings, opts.instance.clone(), metrics).await?;
     if leadership.is_some() {
-        let lease = leader::Leadership {
+        ctx.leadership = Some(leader::Leadership {
             client: ctx.client.clone(),
             namespace: ctx.settings.namespace.clone(),
             identity: opts.instance.clone(),
-        };
-        ctx.fence = lease.fence();
-        ctx.leadership = Some(lease);
+            lease: leader::lease_name(ctx.settings.shard.as_deref()),
+        });
+    }
+    if let Some(duration) = opts.sharding {
+        let membership = shard::Membership::new(
+            ctx.client.clone(),
+            &ctx.settings.namespace,
+            &opts.instance,
+            ctx.settings.shard.clone(),
+            std::time::Duration::from_secs(duration),
+        );
+        membership.join().await.map_err(RunError::Join)?;
+        tracing::info!(identity = %opts.instance, members = ?membership.members(), "joined the controller members");
+        tokio::spawn(membership.clone().run());
+        ctx.membership = Some(membership);
     }
     let ctx = Arc::new(ctx);
+    // Members changing move mappings (and cluster health checks) between replicas: every
+    // replica re-judges all of them. Without sharding the stream never fires.
+    let members_changed = || -> futures::stream::BoxStream<'static, ()> {
+        match &ctx.membership {
+            Some(m) => m.changes().boxed(),
+            None => futures::stream::pending().boxed(),
+        }
+    };
+    // Static shards (Flux's convention): a `--shard` replica takes only mappings labelled
+    // with it, the default group only unlabelled ones.
+    let shard_only =
+        watcher::Config::default().labels(&shard::shard_selector(ctx.settings.shard.as_deref()));
     // RemoteClusters and ClusterMappings get health status only in the controller's
     // namespace: the admin registers clusters there (tenants are granted them by name), and
     // the controller never dials a kubeconfig a tenant wrote.
@@ -156,7 +192,7 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
     if let Some(interval) = ctx.settings.dr_check_interval {
         tokio::spawn(dr_ready::run(ctx.clone(), mappings.clone(), interval));
     }
-    let mapping_controller = Controller::new(mappings, watcher::Config::default());
+    let mapping_controller = Controller::new(mappings, shard_only);
     let mapping_store = mapping_controller.store();
     // A policy granted, changed or revoked re-judges every tenant mapping: the event shows
     // only the policy's new namespaces, not those an edit removed.
@@ -174,6 +210,7 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
                     .map(|nm| kube::runtime::reflector::ObjectRef::from_obj(&*nm))
             },
         )
+        .reconcile_all_on(members_changed())
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .shutdown_on_signal()
         .run(mapping::reconcile, mapping::error_policy, ctx.clone())
@@ -184,6 +221,7 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
         .watches(secrets, watcher::Config::default(), move |secret| {
             clusters::clusters_using(&secret, &rc_store.state())
         })
+        .reconcile_all_on(members_changed())
         .shutdown_on_signal()
         .run(
             clusters::reconcile_cluster,
@@ -197,32 +235,47 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
         .watches(clusters, watcher::Config::default(), move |rc| {
             clusters::mappings_using(&rc, &cm_store.state())
         })
+        .reconcile_all_on(members_changed())
         .shutdown_on_signal()
-        .run(clusters::reconcile_mapping, clusters::error_policy, ctx)
+        .run(
+            clusters::reconcile_mapping,
+            clusters::error_policy,
+            ctx.clone(),
+        )
         .for_each(log_result);
     let controller = async move {
         tokio::join!(mapping_controller, rc_controller, cm_controller);
     };
     ready.set(true);
-    match leadership {
-        None => {
-            controller.await;
-            Ok(())
-        }
-        Some((mut rx, _task)) => {
-            let lost = async move {
+    let lost_leadership = async move {
+        match leadership {
+            Some((mut rx, _task)) => {
                 while *rx.borrow_and_update() {
                     if rx.changed().await.is_err() {
                         break;
                     }
                 }
-            };
-            tokio::select! {
-                _ = controller => Ok(()),
-                _ = lost => Err(RunError::LostLeadership),
             }
+            None => std::future::pending().await,
         }
+    };
+    let membership = ctx.membership.clone();
+    let lost_membership = async {
+        match &membership {
+            Some(m) => m.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = tokio::select! {
+        _ = controller => Ok(()),
+        _ = lost_leadership => Err(RunError::LostLeadership),
+        why = lost_membership => Err(RunError::LostMembership(why)),
+    };
+    // A replica shutting down hands its mappings over at once instead of after its lease.
+    if let (Ok(()), Some(m)) = (&ended, &membership) {
+        m.leave().await;
     }
+    ended
 }
 
 async fn log_result<T, E: std::fmt::Display>(res: Result<T, E>) {

@@ -155,7 +155,9 @@ pub async fn run(
     ) {
         let dr = refs::cluster_client(&ctx.client, &dr_ref).await?;
         // A deposed leader must not apply an older snapshot over the new leader's.
-        ctx.may_write().await.map_err(SyncError::NotLeader)?;
+        ctx.may_write(&format!("{ns}/{name}"))
+            .await
+            .map_err(SyncError::NotLeader)?;
         // Never prune a type whose listing failed: its objects were not read.
         let failed: Vec<String> = summary.failures.iter().map(|f| f.what.clone()).collect();
         let prunable: Vec<_> = if cluster.prune {
@@ -190,6 +192,7 @@ pub async fn run(
         mapping: name,
         source_cluster: source.name,
         kubernetes_version: version,
+        replica: ctx.replica().to_string(),
     };
     let key = ctx.fingerprint_key.clone();
     // git2 is blocking: run the git part on the blocking pool.
@@ -269,7 +272,11 @@ pub async fn git_setup(
                 .unwrap_or_else(|| "dr-syncer@dr-syncer.io".into()),
         ),
         cache_dir: ctx.settings.cache_dir.clone(),
-        fence: ctx.fence.clone(),
+        fence: ctx.fence_for(&format!(
+            "{}/{}",
+            nm.metadata.namespace.as_deref().unwrap_or_default(),
+            nm.metadata.name.as_deref().unwrap_or_default()
+        )),
     };
     let recipients = Recipients::from_list(&refs::recipients(&ctx.client, refs).await?)
         .map_err(|e| SyncError::Config(format!("spec.secrets.ageRecipients: {e}")))?;

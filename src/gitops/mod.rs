@@ -126,6 +126,9 @@ pub struct CommitInfo {
     pub source_cluster: String,
     /// Kubernetes version of the source, for the trailer.
     pub kubernetes_version: String,
+    /// The controller replica that wrote the commit (`Replica:` trailer; empty for the
+    /// CLI): with sharding, who owned the mapping at the time.
+    pub replica: String,
 }
 
 /// What [`Repo::publish`] did.
@@ -418,8 +421,13 @@ fn commit_message(info: &CommitInfo, diff: &Diff) -> (String, String) {
             body.push_str(&format!("{mark} {p}\n"));
         }
     }
+    let replica = if info.replica.is_empty() {
+        String::new()
+    } else {
+        format!("Replica: {}\n", info.replica)
+    };
     let message = format!(
-        "{subject}\n\n{body}{}Source-Cluster: {}\nKubernetes-Version: {}\nExported-By: dr-syncer {}\n",
+        "{subject}\n\n{body}{}Source-Cluster: {}\nKubernetes-Version: {}\nExported-By: dr-syncer {}\n{replica}",
         if body.is_empty() { "" } else { "\n" },
         info.source_cluster,
         info.kubernetes_version,

@@ -24,7 +24,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "dr-syncer.leaderElection" -}}
-{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
+{{- if .Values.leaderElection.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* Sharding: more than one replica and no explicit leader election. */}}
+{{- define "dr-syncer.sharding" -}}
+{{- if and (not .Values.leaderElection.enabled) (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
 {{- end -}}
 
 {{/* The ConfigMap holding the git CA bundle ("" when none is configured). */}}

@@ -1210,3 +1210,209 @@ async fn dr_ready_reports_what_the_dr_cluster_would_reject() {
     )
     .await;
 }
+
+/// `(mapping, replica)` of every commit on `main` after `since` (all when `None`), oldest
+/// first, from the subject (`[dr-syncer] <mapping>: …`) and the `Replica:` trailer.
+fn commits_by_replica(repo: &Path, since: Option<&str>) -> Vec<(String, String)> {
+    let range = match since {
+        Some(c) => format!("{c}..main"),
+        None => "main".to_string(),
+    };
+    let log = git(repo, &["log", "--reverse", "--format=%B%x1e", &range]);
+    log.split('\u{1e}')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            let mapping = m
+                .strip_prefix("[dr-syncer] ")
+                .and_then(|s| s.split(':').next())
+                .unwrap_or_else(|| panic!("not a controller commit: {m}"))
+                .to_string();
+            let replica = m
+                .lines()
+                .find_map(|l| l.strip_prefix("Replica: "))
+                .unwrap_or_else(|| panic!("no Replica trailer: {m}"))
+                .to_string();
+            (mapping, replica)
+        })
+        .collect()
+}
+
+/// Three replicas as the chart runs them with `replicaCount=3` share 30 Continuous
+/// mappings: each mapping is owned by exactly one live replica (the one rendezvous hashing
+/// picks, shown in `status.owner`) and only its owner commits it. A replica killed with
+/// SIGKILL loses its mappings to the others, which commit the next changes; a replica
+/// paused (SIGSTOP) past its lease with a change in its debounce window loses its mappings
+/// too, and after SIGCONT it pushes nothing and exits.
+#[tokio::test]
+async fn three_replicas_share_mappings_and_hand_them_over() {
+    let mut s = site("user-path-shard").await;
+    s.controller = None;
+    let sets = ["replicaCount=3", "leaderElection.leaseDuration=5"];
+    let work = s.work.path().join("controller");
+    let names = [
+        "user-path-shard-a",
+        "user-path-shard-b",
+        "user-path-shard-c",
+    ];
+    let identity = |n: &str| format!("{n}-7d9f-abcde");
+    let mut replicas = Vec::new();
+    for n in names {
+        let r = chart::start(&s._dr, NS, &sets, &work, n, &[]).await;
+        assert!(r.args.contains(&"--sharding".to_string()), "{:?}", r.args);
+        replicas.push(Some(r));
+    }
+    s.deploy_key_secret("dr-state-deploy-key", true).await;
+    let count = 30;
+    let source = |i: usize| format!("shard-src-{i:02}");
+    let mapping = |i: usize| format!("shard-{i:02}");
+    let path = |i: usize| format!("m{i:02}/{}/core/configmaps/cfg.yaml", source(i));
+    let set_all = |v: &'static str, which: Vec<usize>| {
+        let s = &s;
+        async move {
+            for i in which {
+                s.prod_applier
+                    .apply(&config_map(&source(i), "cfg", json!({"v": v})))
+                    .await;
+            }
+        }
+    };
+    for i in 0..count {
+        s.prod_applier.apply(&namespace(&source(i))).await;
+    }
+    set_all("1", (0..count).collect()).await;
+    for i in 0..count {
+        s.dr_applier
+            .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+                "metadata": {"name": mapping(i), "namespace": NS},
+                "spec": {"replicationMode": "Continuous", "continuous": {"debounce": "2s", "maxDelay": "10s"},
+                         "sourceNamespace": source(i), "sourceCluster": "prod", "resourceTypes": ["configmaps"],
+                         "destination": {"git": {"url": s.url, "path": format!("m{i:02}"), "credentialsSecretRef": {"name": "dr-state-deploy-key"}}}}}))
+            .await;
+    }
+    let all_committed = |v: &'static str, which: Vec<usize>| {
+        let s = &s;
+        async move {
+            for i in which {
+                s.committed(&path(i), "sharded sync", |b| {
+                    b.contains(&format!("v: \"{v}\""))
+                })
+                .await;
+            }
+        }
+    };
+    // Every mapping's status names one owner, the one the members hash it to.
+    let owners_are = |live: Vec<String>| {
+        let s = &s;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut owners = Vec::new();
+                for i in 0..count {
+                    let nm = s.mapping(&mapping(i)).await;
+                    owners.push(nm.status.and_then(|st| st.owner).unwrap_or_default());
+                }
+                let want: Vec<String> = (0..count)
+                    .map(|i| {
+                        dr_syncer::controller::shard::owner(&live, &format!("{NS}/{}", mapping(i)))
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect();
+                if owners == want {
+                    return owners;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "owners {owners:?}, expected {want:?} for members {live:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let started = Instant::now();
+    all_committed("1", (0..count).collect()).await;
+    println!(
+        "30 mappings on 3 replicas committed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let three: Vec<String> = names.iter().map(|n| identity(n)).collect();
+    let owners = owners_are(three.clone()).await;
+    for r in &three {
+        assert!(owners.contains(r), "{r} owns nothing: {owners:?}");
+    }
+    // Only the owner committed each mapping.
+    for (m, replica) in commits_by_replica(&s.repo, None) {
+        let i: usize = m.strip_prefix("shard-").unwrap().parse().unwrap();
+        assert_eq!(
+            replica, owners[i],
+            "{m} committed by a replica that does not own it"
+        );
+    }
+
+    // SIGKILL a: its mappings move to b and c, which commit the next change.
+    let head = s.head();
+    replicas[0] = None; // dropping the process kills it (SIGKILL)
+    let killed = Instant::now();
+    set_all("2", (0..count).collect()).await;
+    let two: Vec<String> = three[1..].to_vec();
+    owners_are(two.clone()).await;
+    println!(
+        "a's mappings moved {:.1} s after SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
+    all_committed("2", (0..count).collect()).await;
+    let after_kill = commits_by_replica(&s.repo, Some(&head));
+    assert!(
+        after_kill.iter().all(|(_, r)| r != &three[0]),
+        "a committed after it was killed: {after_kill:?}"
+    );
+    let owners = owners_are(two.clone()).await;
+    for (m, replica) in &after_kill {
+        let i: usize = m.strip_prefix("shard-").unwrap().parse().unwrap();
+        assert_eq!(replica, &owners[i], "{m}: committed by a non-owner");
+    }
+
+    // b has a change of each of its mappings in its debounce window when it is paused past
+    // its lease: c takes everything over and commits newer changes.
+    let b_owns: Vec<usize> = (0..count).filter(|i| owners[*i] == three[1]).collect();
+    assert!(!b_owns.is_empty());
+    set_all("3", b_owns.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b_pid = replicas[1].as_ref().unwrap().process.0.id();
+    signal(b_pid, "STOP");
+    owners_are(three[2..].to_vec()).await;
+    set_all("4", (0..count).collect()).await;
+    all_committed("4", (0..count).collect()).await;
+    let head = s.head();
+
+    // b resumes with its stale batches due at once: it pushes nothing and exits.
+    signal(b_pid, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = replicas[1].as_mut().unwrap().process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b did not exit in 30 s after resuming"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!exit.success(), "exits with an error: {exit:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        s.head(),
+        head,
+        "b pushed after resuming: {:?}",
+        commits_by_replica(&s.repo, Some(&head))
+    );
+    for i in 0..count {
+        assert!(
+            s.show(&path(i)).unwrap().contains("v: \"4\""),
+            "{}",
+            path(i)
+        );
+    }
+    drop(replicas);
+}

@@ -112,7 +112,7 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
     if let Some(duration) = opts.leader_election {
         let manager = kube_lease_manager::LeaseManagerBuilder::new(
             client.clone(),
-            &leader::lease_name(settings.shard.as_deref()),
+            leader::lease_name(settings.shard.as_deref()),
         )
         .with_namespace(&settings.namespace)
         .with_identity(&opts.instance)

@@ -24,8 +24,36 @@ pub use known_hosts::KnownHosts;
 pub use snapshot::{Patch, Snapshot};
 pub use transport::Auth;
 
-/// Push attempts before a persistent non-fast-forward is reported.
-const PUSH_ATTEMPTS: u32 = 6;
+/// Push attempts before a persistent non-fast-forward is reported. Mappings sharing one
+/// branch (a ClusterMapping's default repository, per-mapping paths) race each other across
+/// replicas; each lost race costs a fetch and a retry.
+const PUSH_ATTEMPTS: u32 = 10;
+
+/// One writer per remote branch in this process: mappings sharing a branch would otherwise
+/// reject each other's pushes (a non-fast-forward each) and retry in lockstep.
+fn branch_lock(url: &str, branch: &str) -> std::sync::Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(format!("{url}\0{branch}"))
+        .or_default()
+        .clone()
+}
+
+/// A random share of `backoff` between a half and all of it: writers in other replicas
+/// that lost the same race must not retry in step.
+fn jittered(backoff: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    if getrandom::fill(&mut b).is_err() {
+        return backoff;
+    }
+    let share = 0.5 + f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) / 2.0;
+    backoff.mul_f64(share)
+}
 
 /// Errors of the git destination.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +240,8 @@ impl Repo {
         info: &CommitInfo,
         breaker: &Breaker,
     ) -> Result<Published, GitError> {
+        let lock = branch_lock(&self.target.url, &self.target.branch);
+        let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut backoff = Duration::from_millis(200);
         for attempt in 1..=PUSH_ATTEMPTS {
             let previous = self.files_at(head)?;
@@ -233,7 +263,7 @@ impl Repo {
             match self.commit_and_push(head, root, info, diff, attempt)? {
                 Pushed::Done(p) => return Ok(p),
                 Pushed::Retry => {
-                    std::thread::sleep(backoff);
+                    std::thread::sleep(jittered(backoff));
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     head = self.fetch()?;
                 }
@@ -319,6 +349,8 @@ impl Repo {
         F: FnMut(&Snapshot<'_>) -> Result<Patch, E>,
         E: From<GitError>,
     {
+        let lock = branch_lock(&self.target.url, &self.target.branch);
+        let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut backoff = Duration::from_millis(200);
         for attempt in 1..=PUSH_ATTEMPTS {
             let base = self
@@ -365,7 +397,7 @@ impl Repo {
             match self.commit_and_push(Some(head), root, info, diff, attempt)? {
                 Pushed::Done(p) => return Ok(p),
                 Pushed::Retry => {
-                    std::thread::sleep(backoff);
+                    std::thread::sleep(jittered(backoff));
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     match self.fetch()? {
                         Some(h) => head = h,

@@ -1414,5 +1414,44 @@ async fn three_replicas_share_mappings_and_hand_them_over() {
             path(i)
         );
     }
+
+    // A static shard (`sharding.shard`, Flux's convention): its replica takes only the
+    // mapping labelled for it, and the default group leaves that one alone.
+    let eu = chart::start(
+        &s._dr,
+        NS,
+        &["sharding.shard=eu"],
+        &work,
+        "user-path-shard-eu",
+        &[],
+    )
+    .await;
+    assert!(eu.args.contains(&"--shard=eu".to_string()), "{:?}", eu.args);
+    let head = s.head();
+    let pinned = count;
+    s.prod_applier.apply(&namespace(&source(pinned))).await;
+    set_all("6", vec![pinned]).await;
+    s.dr_applier
+        .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": mapping(pinned), "namespace": NS, "labels": {"dr-syncer.io/shard": "eu"}},
+            "spec": {"replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "5s"},
+                     "sourceNamespace": source(pinned), "sourceCluster": "prod", "resourceTypes": ["configmaps"],
+                     "destination": {"git": {"url": s.url, "path": format!("m{pinned:02}"), "credentialsSecretRef": {"name": "dr-state-deploy-key"}}}}}))
+        .await;
+    all_committed("6", vec![pinned]).await;
+    set_all("5", vec![0]).await;
+    all_committed("5", vec![0]).await;
+    let eu_identity = identity("user-path-shard-eu");
+    for (m, replica) in commits_by_replica(&s.repo, Some(&head)) {
+        let want = if m == mapping(pinned) {
+            &eu_identity
+        } else {
+            &three[2]
+        };
+        assert_eq!(&replica, want, "{m}: written by the wrong group");
+    }
+    let nm = s.mapping(&mapping(pinned)).await;
+    assert_eq!(nm.status.and_then(|st| st.owner), Some(eu_identity));
+    drop(eu);
     drop(replicas);
 }

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NAME ?= dev
 
-.PHONY: test deps envtest crds lint fmt static image fuzz bench bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller bench-fleet
+.PHONY: test deps envtest crds lint fmt static image fuzz bench bench-pvc envtest-up envtest-down release bench-export bench-gitops bench-controller bench-fleet bench-fleet-replicas
 
 ## test: install missing dependencies, build the test control plane, run every test, then
 ## build the container image twice and test it (scripts/image-test.sh)
@@ -85,3 +85,7 @@ bench-controller: deps envtest
 ## bench-fleet: 1 000 namespaces x 100 objects, one selector mapping vs 1 000 mappings: first commit, change to commit, RSS, apiserver watches
 bench-fleet: deps envtest
 	$(CARGO) bench --bench fleet
+
+## bench-fleet-replicas: 200 mappings on 1 vs 3 sharding replicas (into benches/results/fleet-replicas.md)
+bench-fleet-replicas: deps envtest
+	BENCHES=fleet-replicas scripts/bench.sh

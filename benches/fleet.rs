@@ -15,6 +15,11 @@
 //! Goals (judged by the code; a figure of one run per layout is reported, not judged —
 //! `BENCH_FLEET_REPS` runs more): first complete commit ≤ 60 s; p99 ≤ debounce + 2 s; peak
 //! RSS ≤ 100 MB + 2 KB per watched object; the watches of (B) no more than (A)'s.
+//!
+//! Sharding: `BENCH_FLEET_REPLICAS=1,3` runs (B) once per replica count, the replicas
+//! started with `--sharding` as the chart starts them (`replicaCount`); RSS and file
+//! descriptors are then given for the largest replica and for all together.
+//! `BENCH_FLEET_LAYOUTS=B` skips (A).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,7 +58,7 @@ fn ns_name(i: usize) -> String {
     format!("fleet-{i:04}")
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Layout {
     /// One mapping, a `namespaceSelector` over every namespace.
     Selector,
@@ -62,10 +67,14 @@ enum Layout {
 }
 
 impl Layout {
-    fn title(self, namespaces: usize) -> String {
-        match self {
-            Layout::Selector => "(A) one selector mapping".into(),
+    fn title(self, namespaces: usize, replicas: usize) -> String {
+        let base = match self {
+            Layout::Selector => "(A) one selector mapping".to_string(),
             Layout::PerNamespace => format!("(B) {namespaces} mappings"),
+        };
+        match replicas {
+            1 => base,
+            n => format!("{base}, {n} replicas (sharding)"),
         }
     }
 
@@ -85,12 +94,15 @@ struct Run {
     first_commit: Option<f64>,
     latencies: Samples,
     rss_mb: Samples,
+    /// VmHWM of the largest replica.
     hwm_mb: f64,
+    /// VmHWM of every replica, added up.
+    hwm_total_mb: f64,
     watches: Option<f64>,
     /// Namespaces not in git when the first-commit limit passed.
     missing: usize,
-    /// The controller's open file descriptors after the first commit (each watch is a
-    /// connection of its own).
+    /// The controllers' open file descriptors after the first commit (each watch is a
+    /// connection of its own), all replicas together.
     fds: usize,
 }
 
@@ -108,28 +120,36 @@ async fn watches(client: &kube::Client) -> Option<f64> {
     None
 }
 
-fn start_controller(plane: &ControlPlane, cache: &Path) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-        .args(["controller", "--kubeconfig"])
-        .arg(plane.kubeconfig_path())
-        .args([
-            "--namespace",
-            "dr-syncer",
-            "--http-addr",
-            &format!("127.0.0.1:{port}"),
-            "--cache-dir",
-        ])
-        .arg(cache)
-        .env("DR_SYNCER_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    (child, port)
+/// Starts `replicas` controllers; more than one shard the mappings (`--sharding`).
+fn start_controllers(plane: &ControlPlane, cache: &Path, replicas: usize) -> Vec<Child> {
+    (0..replicas)
+        .map(|i| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_dr-syncer"));
+            cmd.args(["controller", "--kubeconfig"])
+                .arg(plane.kubeconfig_path())
+                .args([
+                    "--namespace",
+                    "dr-syncer",
+                    "--http-addr",
+                    &format!("127.0.0.1:{port}"),
+                    "--instance",
+                    &format!("fleet-replica-{i}"),
+                    "--cache-dir",
+                ])
+                .arg(cache.join(format!("replica-{i}")))
+                .env("DR_SYNCER_LOG", "warn")
+                .stdout(Stdio::null());
+            if replicas > 1 {
+                cmd.arg("--sharding");
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect()
 }
 
 /// The mappings of `layout`, pointing at `daemon`.
@@ -176,6 +196,7 @@ fn committed(layout: Layout, srv: &Path, ns: &str, marker: Option<&str>) -> bool
 #[allow(clippy::too_many_arguments)]
 async fn run_layout(
     layout: Layout,
+    replicas: usize,
     plane: &ControlPlane,
     client: &kube::Client,
     applier: &Applier,
@@ -198,7 +219,7 @@ async fn run_layout(
     }
     let daemon = GitDaemon::start(&srv);
     let before = watches(client).await;
-    let (mut controller, _) = start_controller(plane, &work.join(format!("cache-{round}")));
+    let mut controllers = start_controllers(plane, &work.join(format!("cache-{round}")), replicas);
     let maps = mappings(layout, namespaces, &daemon);
     let start = Instant::now();
     applier.apply_all(&maps, 16).await;
@@ -224,14 +245,19 @@ async fn run_layout(
         .count();
     eprintln!(
         "{}: first complete commit {:?}, {} namespaces missing",
-        layout.title(namespaces),
+        layout.title(namespaces, replicas),
         run.first_commit,
         run.missing
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    run.fds = std::fs::read_dir(format!("/proc/{}/fd", controller.id()))
-        .map(|d| d.count())
-        .expect("the controller's /proc fd directory");
+    run.fds = controllers
+        .iter()
+        .map(|c| {
+            std::fs::read_dir(format!("/proc/{}/fd", c.id()))
+                .map(|d| d.count())
+                .expect("the controller's /proc fd directory")
+        })
+        .sum();
     run.watches = match (before, watches(client).await) {
         (Some(b), Some(now)) => Some(now - b),
         _ => None,
@@ -263,12 +289,22 @@ async fn run_layout(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         run.latencies.push(t0.elapsed().as_secs_f64());
-        run.rss_mb
-            .push(proc_status_kib(controller.id(), "VmRSS:") as f64 / 1024.0);
+        let rss: u64 = controllers
+            .iter()
+            .map(|c| proc_status_kib(c.id(), "VmRSS:"))
+            .sum();
+        run.rss_mb.push(rss as f64 / 1024.0);
     }
-    run.hwm_mb = proc_status_kib(controller.id(), "VmHWM:") as f64 / 1024.0;
-    let _ = controller.kill();
-    let _ = controller.wait();
+    let hwm: Vec<f64> = controllers
+        .iter()
+        .map(|c| proc_status_kib(c.id(), "VmHWM:") as f64 / 1024.0)
+        .collect();
+    run.hwm_mb = hwm.iter().copied().fold(0.0, f64::max);
+    run.hwm_total_mb = hwm.iter().sum();
+    for c in &mut controllers {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     // The next layout starts from no mappings.
     let api: kube::Api<dr_syncer::api::NamespaceMapping> =
         kube::Api::namespaced(client.clone(), "dr-syncer");
@@ -286,6 +322,29 @@ async fn main() {
     let per_ns = env_usize("BENCH_FLEET_OBJECTS", 100);
     let changes = env_usize("BENCH_CHANGES", 100);
     let reps = env_usize("BENCH_FLEET_REPS", 1);
+    let list = |name: &str, default: &str| -> Vec<String> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let replica_counts: Vec<usize> = list("BENCH_FLEET_REPLICAS", "1")
+        .iter()
+        .map(|s| {
+            s.parse()
+                .expect("BENCH_FLEET_REPLICAS: replica counts, e.g. 1,3")
+        })
+        .collect();
+    let layouts: Vec<Layout> = list("BENCH_FLEET_LAYOUTS", "A,B")
+        .iter()
+        .map(|s| match s.as_str() {
+            "A" => Layout::Selector,
+            "B" => Layout::PerNamespace,
+            other => panic!("BENCH_FLEET_LAYOUTS: {other:?} is not A or B"),
+        })
+        .collect();
     let objects = namespaces * per_ns;
     let crds: Vec<_> = dr_syncer::api::crds()
         .iter()
@@ -300,14 +359,24 @@ async fn main() {
     }
     eprintln!("{objects} objects applied in {:.0?}", t0.elapsed());
     let work = tempfile::tempdir().unwrap();
-    let mut results: Vec<(Layout, Vec<Run>)> = Vec::new();
+    let mut results: Vec<(Layout, usize, Vec<Run>)> = Vec::new();
     let mut round = 0;
-    for layout in [Layout::Selector, Layout::PerNamespace] {
+    // One mapping cannot be spread: (A) runs on one replica only.
+    let cases = layouts.iter().flat_map(|&l| {
+        let counts = if l == Layout::Selector {
+            vec![1]
+        } else {
+            replica_counts.clone()
+        };
+        counts.into_iter().map(move |r| (l, r))
+    });
+    for (layout, replicas) in cases.collect::<Vec<_>>() {
         let mut runs = Vec::new();
         for _ in 0..reps {
             runs.push(
                 run_layout(
                     layout,
+                    replicas,
                     &plane,
                     &client,
                     &applier,
@@ -320,7 +389,7 @@ async fn main() {
             );
             round += 1;
         }
-        results.push((layout, runs));
+        results.push((layout, replicas, runs));
     }
     print_results(namespaces, per_ns, changes, reps, &results);
 }
@@ -330,7 +399,7 @@ fn print_results(
     per_ns: usize,
     changes: usize,
     reps: usize,
-    results: &[(Layout, Vec<Run>)],
+    results: &[(Layout, usize, Vec<Run>)],
 ) {
     let objects = namespaces * per_ns;
     let rss_goal = 100.0 + 2.0 * objects as f64 / 1024.0;
@@ -340,10 +409,11 @@ fn print_results(
     let mut t = Table::new(&["measure", "layout", "value", "goal", "verdict"]);
     let watches_a = results
         .iter()
-        .find(|(l, _)| *l == Layout::Selector)
-        .map(|(_, r)| Samples::from_iter(r.iter().filter_map(|r| r.watches)));
-    for (layout, runs) in results {
-        let title = layout.title(namespaces);
+        .find(|(l, _, _)| *l == Layout::Selector)
+        .map(|(_, _, r)| Samples::from_iter(r.iter().filter_map(|r| r.watches)));
+    for (layout, replicas, runs) in results {
+        let replicas = *replicas;
+        let title = layout.title(namespaces, replicas);
         let firsts = Samples::from_iter(runs.iter().filter_map(|r| r.first_commit));
         let all_done = firsts.len() == runs.len();
         t.row(vec![
@@ -384,7 +454,11 @@ fn print_results(
         let rss = Samples::from_iter(runs.iter().flat_map(|r| r.rss_mb.values().iter().copied()));
         if !rss.is_empty() {
             t.row(vec![
-                format!("controller RSS, median of {} readings", rss.len()),
+                format!(
+                    "controller RSS{}, median of {} readings",
+                    if replicas > 1 { " (all replicas)" } else { "" },
+                    rss.len()
+                ),
                 title.clone(),
                 format!("{:.1} MB (range {} MB)", rss.median(), rss.spread(1)),
                 "-".into(),
@@ -393,12 +467,26 @@ fn print_results(
         }
         let hwm = Samples::from_iter(runs.iter().map(|r| r.hwm_mb));
         t.row(vec![
-            "controller peak RSS (VmHWM, startup included)".into(),
+            if replicas > 1 {
+                "controller peak RSS (VmHWM, startup included), largest replica".into()
+            } else {
+                "controller peak RSS (VmHWM, startup included)".into()
+            },
             title.clone(),
             format!("{:.1} MB (range {} MB)", hwm.median(), hwm.spread(1)),
             format!("≤ {rss_goal:.0} MB"),
             Verdict::judge(hwm.len(), hwm.median() <= rss_goal, false).to_string(),
         ]);
+        if replicas > 1 {
+            let total = Samples::from_iter(runs.iter().map(|r| r.hwm_total_mb));
+            t.row(vec![
+                "controller peak RSS, all replicas added up".into(),
+                title.clone(),
+                format!("{:.1} MB (range {} MB)", total.median(), total.spread(1)),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
         let w = Samples::from_iter(runs.iter().filter_map(|r| r.watches));
         let (goal, verdict) = match (&watches_a, layout) {
             _ if w.len() < runs.len() => ("-".into(), "-".into()),
@@ -410,7 +498,7 @@ fn print_results(
         };
         let fds = Samples::from_iter(runs.iter().map(|r| r.fds as f64));
         t.row(vec![
-            "controller open file descriptors".into(),
+            "controller open file descriptors (all replicas)".into(),
             title.clone(),
             format!("{:.0}", fds.median()),
             "-".into(),

@@ -6,20 +6,29 @@
 # keeps the others; RESULTS.md is put together from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-order="pvc export gitops controller fleet"
+# fleet-replicas: the fleet benchmark's (B) layout on 1 and on 3 sharding replicas, with
+# fewer namespaces (BENCH_FLEET_REPLICAS_NAMESPACES, 200) so that one replica finishes too.
+order="pvc export gitops controller fleet fleet-replicas"
 benches=${BENCHES-$order}  # BENCHES="" only puts RESULTS.md together again
 mkdir -p benches/results
 commit=$(git rev-parse --short=12 HEAD)
 git diff --quiet HEAD -- src benches tests Cargo.toml Cargo.lock || commit="$commit (with uncommitted changes)"
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 for b in $benches; do
-  echo "== cargo bench --bench $b" >&2
+  bench=$b
+  knobs=()
+  if [ "$b" = fleet-replicas ]; then
+    bench=fleet
+    knobs=(BENCH_FLEET_LAYOUTS=B "BENCH_FLEET_REPLICAS=${BENCH_FLEET_REPLICAS:-1,3}"
+      "BENCH_FLEET_NAMESPACES=${BENCH_FLEET_REPLICAS_NAMESPACES:-200}")
+  fi
+  echo "== ${knobs[*]} cargo bench --bench $bench" >&2
   tmp=$(mktemp)
   {
     echo "<!-- $b: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit -->"
     echo
-    echo "_Run $(date -u '+%Y-%m-%d %H:%M UTC') at commit $commit; ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); BENCH_REPS=${BENCH_REPS:-3}, BENCH_SCALE=${BENCH_SCALE:-1}._"
-    cargo bench --quiet --bench "$b"
+    echo "_Run $(date -u '+%Y-%m-%d %H:%M UTC') at commit $commit; ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); BENCH_REPS=${BENCH_REPS:-3}, BENCH_SCALE=${BENCH_SCALE:-1}${knobs[*]:+, ${knobs[*]}}._"
+    env "${knobs[@]}" cargo bench --quiet --bench "$bench"
   } > "$tmp"
   mv "$tmp" "benches/results/$b.md"
 done

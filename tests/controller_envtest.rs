@@ -90,6 +90,18 @@ fn json_merge(a: &mut Value, b: &Value) {
     }
 }
 
+/// The file at `path` on `main` of `repo`, if committed.
+fn committed_file(repo: &Path, path: &str) -> Option<String> {
+    let out = Command::new("git")
+        .args(["show", &format!("main:{path}")])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn files(repo: &Path, path: &str) -> String {
     if git(repo, &["for-each-ref", "refs/heads/main"]).is_empty() {
         return String::new();
@@ -326,16 +338,7 @@ async fn controller_continuous_mode_propagates_update_create_delete() {
     })
     .await;
     let cm_path = "continuous/case18/core/configmaps/settings.yaml";
-    let show = |p: &str| {
-        let out = Command::new("git")
-            .args(["show", &format!("main:{p}")])
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let show = |p: &str| committed_file(&repo, p);
     // The watch starts 4 s late. Had the startup export not waited for the watch's first
     // listing, this change would fall between the two: in the watch's baseline, missing from
     // the export, and left for the resync an hour later.
@@ -1215,16 +1218,7 @@ async fn controller_continuous_namespace_selector_follows_labels() {
                      "continuous": {"debounce": "1s", "maxDelay": "5s", "resyncInterval": "1h"},
                      "destination": {"git": {"url": daemon.url("dr.git"), "branch": "main", "path": "sel"}}}}))
         .await;
-    let show = |p: &str| {
-        let out = Command::new("git")
-            .args(["show", &format!("main:sel/{p}")])
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let show = |p: &str| committed_file(&repo, &format!("sel/{p}"));
     let conf = |n: &str| format!("{n}-dr/core/configmaps/conf.yaml");
     wait_until(60, "first export", || show(&conf("sel-a")).is_some()).await;
     assert!(show(&conf("sel-b")).is_some());
@@ -1558,4 +1552,111 @@ async fn monitoring_rules_and_dashboard_use_what_the_controller_exports() {
     .unwrap();
     let (ok, out) = promtool(&work, &["test", "rules", "alerts_test.yaml"]);
     assert!(ok, "promtool test rules:\n{out}");
+}
+
+/// Continuous mappings of single namespaces share their WATCH requests (one per source
+/// cluster and type, fanned out by namespace): five more mappings add no WATCH on the
+/// apiserver, and a mapping that joins a running shared watch gets its namespace's objects
+/// (its own listing), then its later creates, updates and deletes — and nothing of the
+/// other namespaces.
+#[tokio::test]
+async fn controller_continuous_mappings_share_watches() {
+    // A plane of its own: other tests' controllers would move the WATCH count.
+    let plane = ControlPlane::start().await.unwrap();
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let applier = Applier::new(client.clone(), "test");
+    let ns = "dr-syncer-share";
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await;
+    let count = 6;
+    let source = |i: usize| format!("share-{i}");
+    for i in 0..count {
+        applier
+            .apply(
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": source(i)}}),
+            )
+            .await;
+        applier
+            .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": source(i)}, "data": {"v": format!("start-{i}")}}))
+            .await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    let _controller = start_controller_with(
+        &plane.kubeconfig_path(),
+        ns,
+        &tmp.path().join("cache"),
+        "controller-share",
+        &free_addr(),
+        &[],
+    );
+    let show = |p: &str| committed_file(&repo, p);
+    let add_mapping = |i: usize| {
+        json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+            "metadata": {"name": format!("m{i}"), "namespace": ns},
+            "spec": {"sourceNamespace": source(i), "resourceTypes": ["configmaps"],
+                     "replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "5s"},
+                     "destination": {"git": {"url": daemon.url("dr.git"), "path": format!("m{i}")}}}})
+    };
+    let file = |i: usize, name: &str| format!("m{i}/{}/core/configmaps/{name}.yaml", source(i));
+    applier.apply(&add_mapping(0)).await;
+    wait_until(60, "the first mapping committed", || {
+        show(&file(0, "settings")).is_some()
+    })
+    .await;
+    // The first mapping's watches are running; settle, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let one = envtest::watch_requests(&client).await.unwrap();
+    for i in 1..count {
+        applier.apply(&add_mapping(i)).await;
+    }
+    for i in 1..count {
+        wait_until(60, "a joining mapping committed its namespace", || {
+            show(&file(i, "settings")).is_some_and(|t| t.contains(&format!("start-{i}")))
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let six = envtest::watch_requests(&client).await.unwrap();
+    assert!(
+        six - one < 1.0,
+        "five more mappings added {} WATCH requests ({one} with one mapping, {six} with six)",
+        six - one
+    );
+    // Changes reach the mapping of their namespace, and only it.
+    let cms = |i: usize| -> Api<k8s_openapi::api::core::v1::ConfigMap> {
+        Api::namespaced(client.clone(), &source(i))
+    };
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": source(3)}, "data": {"v": "changed-3"}}))
+        .await;
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extra", "namespace": source(4)}, "data": {"v": "new-4"}}))
+        .await;
+    cms(5)
+        .delete("settings", &Default::default())
+        .await
+        .unwrap();
+    wait_until(30, "update, create and delete committed", || {
+        show(&file(3, "settings")).is_some_and(|t| t.contains("changed-3"))
+            && show(&file(4, "extra")).is_some()
+            && show(&file(5, "settings")).is_none()
+    })
+    .await;
+    let tree = git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
+    for i in 0..count {
+        let foreign: Vec<&str> = tree
+            .lines()
+            .filter(|p| p.starts_with(&format!("m{i}/")))
+            .filter(|p| (0..count).any(|j| j != i && p.contains(&source(j))))
+            .collect();
+        assert!(
+            foreign.is_empty(),
+            "m{i} holds other namespaces' objects: {foreign:?}"
+        );
+    }
 }

@@ -50,6 +50,8 @@ pub struct Ctx {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Continuous-mode watch tasks.
     pub watches: super::continuous::Watches,
+    /// The WATCH requests shared by the Continuous mappings.
+    pub hubs: super::hub::Hubs,
     /// Volume data-sync tasks.
     pub data_syncs: crate::datasync::DataSyncs,
     /// This replica's identity (PVC lock holder).
@@ -104,6 +106,7 @@ impl Ctx {
             fingerprint_key,
             locks: Mutex::default(),
             watches: Default::default(),
+            hubs: Default::default(),
             data_syncs,
             instance,
             metrics,

@@ -1,5 +1,5 @@
 //! Continuous mode: one watch task per mapping over every exported type of its source
-//! namespace. It keeps a hash per object (not the object), so status-only updates and
+//! namespace (the WATCH requests themselves are shared between mappings, see `hub`). It keeps a hash per object (not the object), so status-only updates and
 //! relists that change nothing are ignored; real changes are batched — a sync starts after
 //! `debounce` of quiet, and at the latest `maxDelay` after the first change.
 
@@ -24,6 +24,7 @@ use crate::export::resource::ResourceType;
 use crate::export::source::live;
 
 use super::context::Ctx;
+use super::hub::Filter;
 use super::schedule::parse_duration;
 use super::tracker::{Batch, Tracker};
 
@@ -203,13 +204,31 @@ async fn watch_mapping(
     let mut last_change = Instant::now();
     // The Namespace objects: their labels decide the selection, and a label or annotation
     // change reaches the exported Namespace (a full sync).
-    let ns_api: Api<Namespace> = Api::all(client.clone());
-    let ns_config = match &scope {
-        Scope::One(source) => watcher::Config::default().fields(&format!("metadata.name={source}")),
-        Scope::Selected(sel) => watcher::Config::default().labels(sel),
-    };
+    // A single-namespace mapping shares the watches of its source cluster with the other
+    // mappings (`hub`): the number of WATCH requests follows the types, not the mappings.
+    let cluster_key: super::hub::ClusterKey = source
+        .as_ref()
+        .map(|r| (r.namespace.clone(), r.name.clone()));
     tokio::time::sleep(ctx.settings.watch_start_delay).await;
-    let mut ns_events = watcher(ns_api, ns_config).default_backoff().boxed();
+    let mut ns_events = match &scope {
+        Scope::One(source) => ctx
+            .hubs
+            .subscribe(
+                cluster_key.clone(),
+                &client,
+                &super::hub::namespace_resource(),
+                Filter::Named(source.clone()),
+            )
+            .await
+            .filter_map(|ev| async move { super::hub::as_namespace(ev).map(Ok) })
+            .boxed(),
+        Scope::Selected(sel) => {
+            let ns_api: Api<Namespace> = Api::all(client.clone());
+            watcher(ns_api, watcher::Config::default().labels(sel))
+                .default_backoff()
+                .boxed()
+        }
+    };
     // kube-runtime never reconciles a deleted object, so the watch checks for its mapping
     // itself; otherwise a quiet namespace would keep the watches of a deleted mapping open.
     let mappings: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), &ns);
@@ -230,18 +249,33 @@ async fn watch_mapping(
     // Object streams restart when a namespace joins the selection, so its objects are
     // listed (and remembered) too.
     'streams: loop {
-        let streams = types.iter().cloned().map(|rt| {
+        let mut streams = Vec::with_capacity(types.len());
+        for rt in &types {
             let ar = rt.api_resource();
-            let api: Api<DynamicObject> = match &scope {
-                Scope::One(source) => Api::namespaced_with(client.clone(), source, &ar),
-                Scope::Selected(_) => Api::all_with(client.clone(), &ar),
-            };
-            // Streaming lists: the initial state arrives as watch events (no large LIST).
-            watcher(api, watcher::Config::default().streaming_lists())
+            let rt = rt.clone();
+            let events = match &scope {
+                Scope::One(source) => ctx
+                    .hubs
+                    .subscribe(
+                        cluster_key.clone(),
+                        &client,
+                        &ar,
+                        Filter::InNamespace(source.clone()),
+                    )
+                    .await
+                    .map(move |ev| (rt.clone(), Ok::<_, watcher::Error>(ev)))
+                    .boxed(),
+                // Streaming lists: the initial state arrives as watch events (no large LIST).
+                Scope::Selected(_) => watcher(
+                    Api::<DynamicObject>::all_with(client.clone(), &ar),
+                    watcher::Config::default().streaming_lists(),
+                )
                 .default_backoff()
                 .map(move |ev| (rt.clone(), ev))
-                .boxed()
-        });
+                .boxed(),
+            };
+            streams.push(events);
+        }
         let mut events = stream::select_all(streams);
         loop {
             let deadline = first_change.map(|f| (last_change + debounce).min(f + max_delay));

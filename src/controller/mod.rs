@@ -8,6 +8,7 @@ pub mod continuous;
 pub mod direct;
 pub mod dr_ready;
 pub mod http;
+pub mod hub;
 pub mod incremental;
 pub mod leader;
 pub mod mapping;

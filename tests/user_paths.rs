@@ -1211,6 +1211,20 @@ async fn dr_ready_reports_what_the_dr_cluster_would_reject() {
     .await;
 }
 
+/// `dr_syncer_members` as `controller`'s `/metrics` shows it.
+fn members_seen(controller: &ChartController) -> i64 {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{}/metrics", controller.http)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scraping {}", controller.http);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("dr_syncer_members "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("dr_syncer_members is exported")
+}
+
 /// `(mapping, replica)` of every commit on `main` after `since` (all when `None`), oldest
 /// first, from the subject (`[dr-syncer] <mapping>: …`) and the `Replica:` trailer.
 fn commits_by_replica(repo: &Path, since: Option<&str>) -> Vec<(String, String)> {
@@ -1338,6 +1352,9 @@ async fn three_replicas_share_mappings_and_hand_them_over() {
     );
     let three: Vec<String> = names.iter().map(|n| identity(n)).collect();
     let owners = owners_are(three.clone()).await;
+    for r in replicas.iter().flatten() {
+        assert_eq!(members_seen(r), 3, "{}", r.http);
+    }
     for r in &three {
         assert!(owners.contains(r), "{r} owns nothing: {owners:?}");
     }
@@ -1382,6 +1399,7 @@ async fn three_replicas_share_mappings_and_hand_them_over() {
     let b_pid = replicas[1].as_ref().unwrap().process.0.id();
     signal(b_pid, "STOP");
     owners_are(three[2..].to_vec()).await;
+    assert_eq!(members_seen(replicas[2].as_ref().unwrap()), 1);
     set_all("4", (0..count).collect()).await;
     all_committed("4", (0..count).collect()).await;
     let head = s.head();

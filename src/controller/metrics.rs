@@ -71,6 +71,9 @@ pub struct Metrics {
     /// 1 while this replica leads (or runs without leader election); a standby shows 0.
     /// `sum(dr_syncer_leader) < 1` means nobody writes.
     pub leader: Gauge,
+    /// Live replicas this one sees (sharding; 1 without it): each owns about 1/N of the
+    /// mappings, and replicas that disagree for long point at a clock or API problem.
+    pub members: Gauge,
 }
 
 impl Default for Metrics {
@@ -94,6 +97,7 @@ impl Default for Metrics {
             dr_rejected_objects: Family::default(),
             rpo_target: Family::default(),
             leader: Gauge::default(),
+            members: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +160,11 @@ impl Default for Metrics {
             "leader",
             "1 while this replica leads (or runs without leader election)",
             m.leader.clone(),
+        );
+        registry.register(
+            "members",
+            "Live controller replicas this replica sees (sharding; 1 without it)",
+            m.members.clone(),
         );
         m.pvc.register(&mut registry);
         Metrics { registry, ..m }

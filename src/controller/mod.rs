@@ -162,7 +162,19 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
         membership.join().await.map_err(RunError::Join)?;
         tracing::info!(identity = %opts.instance, members = ?membership.members(), "joined the controller members");
         tokio::spawn(membership.clone().run());
+        let (gauge, seen) = (ctx.metrics.members.clone(), membership.clone());
+        tokio::spawn(async move {
+            let mut changes = seen.changes().boxed();
+            loop {
+                gauge.set(i64::try_from(seen.members().len()).unwrap_or(i64::MAX));
+                if changes.next().await.is_none() {
+                    return;
+                }
+            }
+        });
         ctx.membership = Some(membership);
+    } else {
+        ctx.metrics.members.set(1);
     }
     let ctx = Arc::new(ctx);
     // Members changing move mappings (and cluster health checks) between replicas: every

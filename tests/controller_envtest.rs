@@ -1554,11 +1554,11 @@ async fn monitoring_rules_and_dashboard_use_what_the_controller_exports() {
     assert!(ok, "promtool test rules:\n{out}");
 }
 
-/// Continuous mappings of single namespaces share their WATCH requests (one per source
-/// cluster and type, fanned out by namespace): five more mappings add no WATCH on the
-/// apiserver, and a mapping that joins a running shared watch gets its namespace's objects
-/// (its own listing), then its later creates, updates and deletes — and nothing of the
-/// other namespaces.
+/// Continuous mappings of single namespaces share their WATCH requests: past the first
+/// `NAMESPACE_WATCHES_BEFORE_SHARING` namespaces of a type, one cluster-wide watch fanned
+/// out by namespace. Three more mappings then add no WATCH on the apiserver, and a mapping
+/// that joins the running shared watch gets its namespace's objects (its own listing), then
+/// its later creates, updates and deletes — and nothing of the other namespaces.
 #[tokio::test]
 async fn controller_continuous_mappings_share_watches() {
     // A plane of its own: other tests' controllers would move the WATCH count.
@@ -1570,7 +1570,10 @@ async fn controller_continuous_mappings_share_watches() {
     applier
         .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
         .await;
-    let count = 6;
+    let own = dr_syncer::controller::hub::NAMESPACE_WATCHES_BEFORE_SHARING;
+    // `own` namespaces with a watch each, one that starts the shared watch, three joining.
+    let first = own + 1;
+    let count = first + 3;
     let source = |i: usize| format!("share-{i}");
     for i in 0..count {
         applier
@@ -1603,48 +1606,66 @@ async fn controller_continuous_mappings_share_watches() {
                      "destination": {"git": {"url": daemon.url("dr.git"), "path": format!("m{i}")}}}})
     };
     let file = |i: usize, name: &str| format!("m{i}/{}/core/configmaps/{name}.yaml", source(i));
-    applier.apply(&add_mapping(0)).await;
-    wait_until(60, "the first mapping committed", || {
-        show(&file(0, "settings")).is_some()
-    })
-    .await;
-    // The first mapping's watches are running; settle, then count.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let one = envtest::watch_requests(&client).await.unwrap();
-    for i in 1..count {
-        applier.apply(&add_mapping(i)).await;
-    }
-    for i in 1..count {
-        wait_until(60, "a joining mapping committed its namespace", || {
-            show(&file(i, "settings")).is_some_and(|t| t.contains(&format!("start-{i}")))
-        })
-        .await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let six = envtest::watch_requests(&client).await.unwrap();
+    // Adds mappings `range`, waits until each committed its namespace, and counts the
+    // WATCH requests once they have settled.
+    let add = |range: std::ops::Range<usize>| {
+        let (applier, client, show, add_mapping, file) =
+            (&applier, &client, &show, &add_mapping, &file);
+        async move {
+            for i in range.clone() {
+                applier.apply(&add_mapping(i)).await;
+            }
+            for i in range {
+                wait_until(60, "a mapping committed its namespace", || {
+                    show(&file(i, "settings")).is_some_and(|t| t.contains(&format!("start-{i}")))
+                })
+                .await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            envtest::watch_requests(client).await.unwrap()
+        }
+    };
+    let with_own = add(0..own).await;
+    let with_first = add(own..first).await;
+    let with_all = add(first..count).await;
+    println!(
+        "WATCH requests: {with_own} with {own} mappings, {with_first} with {first}, {with_all} with {count}"
+    );
     assert!(
-        six - one < 1.0,
-        "five more mappings added {} WATCH requests ({one} with one mapping, {six} with six)",
-        six - one
+        with_first - with_own <= 1.0,
+        "the first sharing mapping added {} WATCH requests (one shared ConfigMap watch expected)",
+        with_first - with_own
+    );
+    assert!(
+        with_all - with_first < 1.0,
+        "three more mappings added {} WATCH requests ({with_first} with {first} mappings, {with_all} with {count})",
+        with_all - with_first
     );
     // Changes reach the mapping of their namespace, and only it.
     let cms = |i: usize| -> Api<k8s_openapi::api::core::v1::ConfigMap> {
         Api::namespaced(client.clone(), &source(i))
     };
+    // A namespace with a watch of its own, one that started the shared watch, one that
+    // joined it.
+    let (own_watch, started, joined) = (3, own, count - 1);
     applier
-        .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": source(3)}, "data": {"v": "changed-3"}}))
+        .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": source(own_watch)}, "data": {"v": "changed"}}))
         .await;
     applier
-        .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extra", "namespace": source(4)}, "data": {"v": "new-4"}}))
+        .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extra", "namespace": source(joined)}, "data": {"v": "new"}}))
         .await;
-    cms(5)
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": source(joined)}, "data": {"v": "changed"}}))
+        .await;
+    cms(started)
         .delete("settings", &Default::default())
         .await
         .unwrap();
     wait_until(30, "update, create and delete committed", || {
-        show(&file(3, "settings")).is_some_and(|t| t.contains("changed-3"))
-            && show(&file(4, "extra")).is_some()
-            && show(&file(5, "settings")).is_none()
+        show(&file(own_watch, "settings")).is_some_and(|t| t.contains("changed"))
+            && show(&file(joined, "extra")).is_some()
+            && show(&file(joined, "settings")).is_some_and(|t| t.contains("changed"))
+            && show(&file(started, "settings")).is_none()
     })
     .await;
     let tree = git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
@@ -1652,7 +1673,13 @@ async fn controller_continuous_mappings_share_watches() {
         let foreign: Vec<&str> = tree
             .lines()
             .filter(|p| p.starts_with(&format!("m{i}/")))
-            .filter(|p| (0..count).any(|j| j != i && p.contains(&source(j))))
+            .filter(|p| {
+                (0..count).any(|j| {
+                    j != i
+                        && p.split('/')
+                            .any(|part| part == source(j) || part == format!("{}.yaml", source(j)))
+                })
+            })
             .collect();
         assert!(
             foreign.is_empty(),

@@ -9,8 +9,13 @@
 //! back, then gets those events after its listing: they are newer or the same, so the
 //! subscriber ends at the current state (its tracker keeps hashes, so a repeat is no change).
 //!
-//! Where the source credentials may not list a type cluster-wide (a kubeconfig limited to
-//! some namespaces), the hub of that type is per namespace instead, as before.
+//! A cluster-wide watch streams every object of its type in the cluster, also those of
+//! namespaces nobody maps, so the first [`NAMESPACE_WATCHES_BEFORE_SHARING`] namespaces of a
+//! type get a watch of their own (shared by the mappings of that namespace) and only the
+//! namespaces after them share the cluster-wide one: watches stay bounded, and a few
+//! mapped namespaces in a big cluster cost no more than before. Where the source
+//! credentials may not list a type cluster-wide (a kubeconfig limited to some namespaces),
+//! every namespace keeps a watch of its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +28,10 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
+
+/// Namespaces of one type (and source cluster) that get a watch of their own before the
+/// next ones share one cluster-wide watch.
+pub const NAMESPACE_WATCHES_BEFORE_SHARING: usize = 8;
 
 /// An event as a subscriber sees it.
 pub type Event = watcher::Event<DynamicObject>;
@@ -145,15 +154,18 @@ impl Hubs {
         ar: &ApiResource,
         filter: Filter,
     ) -> impl Stream<Item = Event> + Send + 'static {
+        let resource = resource_id(ar);
         let namespace = match &filter {
-            Filter::InNamespace(ns) if !self.may_list_all(&cluster, client, ar).await => {
-                Some(ns.clone())
+            Filter::InNamespace(ns) => {
+                let wide = self.wants_wide(&cluster, &resource, ns)
+                    && self.may_list_all(&cluster, client, ar).await;
+                (!wide).then(|| ns.clone())
             }
-            _ => None,
+            Filter::Named(_) => None,
         };
         let key = HubKey {
             cluster,
-            resource: resource_id(ar),
+            resource,
             namespace: namespace.clone(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -247,6 +259,39 @@ impl Hubs {
             let ev = rx.recv().await?;
             Some((ev, (rx, guard)))
         })
+    }
+
+    /// Whether namespace `ns` should join (or start) the cluster-wide watch of `resource`:
+    /// one runs already, or [`NAMESPACE_WATCHES_BEFORE_SHARING`] other namespaces have a
+    /// watch of their own. A namespace with a watch of its own keeps it.
+    fn wants_wide(&self, cluster: &ClusterKey, resource: &str, ns: &str) -> bool {
+        let hubs = self.hubs.lock().expect("not poisoned");
+        let alive = |k: &HubKey| hubs.get(k).is_some_and(|h| h.strong_count() > 0);
+        let own = HubKey {
+            cluster: cluster.clone(),
+            resource: resource.to_string(),
+            namespace: Some(ns.to_string()),
+        };
+        if alive(&own) {
+            return false;
+        }
+        let wide = HubKey {
+            namespace: None,
+            ..own
+        };
+        if alive(&wide) {
+            return true;
+        }
+        let per_namespace = hubs
+            .iter()
+            .filter(|(k, h)| {
+                &k.cluster == cluster
+                    && k.resource == resource
+                    && k.namespace.is_some()
+                    && h.strong_count() > 0
+            })
+            .count();
+        per_namespace >= NAMESPACE_WATCHES_BEFORE_SHARING
     }
 
     /// Whether `ar` may be listed cluster-wide with `client` (probed once per cluster and

@@ -74,11 +74,18 @@ struct Subscriber {
     tx: mpsc::UnboundedSender<Event>,
     /// `Some` while the subscriber's own listing runs: the shared events held back.
     held: Option<Vec<Event>>,
+    /// Joined while the shared watch was (re)listing: the rest of that listing is not a
+    /// listing for this subscriber (it missed its `Init` and part of its objects; fed to
+    /// a tracker, its `InitDone` would delete what was not seen), so it is skipped until
+    /// its `InitDone`. The subscriber's own listing covers that state.
+    skip_listing: bool,
 }
 
 #[derive(Default)]
 struct Subscribers {
     by_id: HashMap<u64, Subscriber>,
+    /// Between the shared watch's `Init` and `InitDone`.
+    listing: bool,
     /// Set when the last subscriber left and the watch was stopped: a new subscriber must
     /// not join it (it would never see an event), but start a new hub.
     closed: bool,
@@ -92,9 +99,23 @@ struct Hub {
 impl Hub {
     fn deliver(&self, ev: Event) {
         let mut subs = self.subscribers.lock().expect("not poisoned");
+        match &ev {
+            watcher::Event::Init => subs.listing = true,
+            watcher::Event::InitDone => subs.listing = false,
+            _ => {}
+        }
         for sub in subs.by_id.values_mut() {
             let wanted = match &ev {
-                watcher::Event::Init | watcher::Event::InitDone => true,
+                watcher::Event::Init => {
+                    sub.skip_listing = false;
+                    true
+                }
+                watcher::Event::InitDone if sub.skip_listing => {
+                    sub.skip_listing = false;
+                    false
+                }
+                watcher::Event::InitApply(_) if sub.skip_listing => false,
+                watcher::Event::InitDone => true,
                 watcher::Event::InitApply(o)
                 | watcher::Event::Apply(o)
                 | watcher::Event::Delete(o) => sub.filter.matches(o),
@@ -174,6 +195,7 @@ impl Hubs {
             filter: filter.clone(),
             tx: tx.clone(),
             held: Some(Vec::new()),
+            skip_listing: false,
         };
         let hub = {
             let mut hubs = self.hubs.lock().expect("not poisoned");
@@ -183,7 +205,14 @@ impl Hubs {
                 if subs.closed {
                     return false;
                 }
-                subs.by_id.insert(id, subscriber.clone());
+                let skip_listing = subs.listing;
+                subs.by_id.insert(
+                    id,
+                    Subscriber {
+                        skip_listing,
+                        ..subscriber.clone()
+                    },
+                );
                 true
             });
             match joined {
@@ -392,4 +421,76 @@ pub fn as_namespace(ev: Event) -> Option<watcher::Event<Namespace>> {
         watcher::Event::Apply(o) => watcher::Event::Apply(conv(o)?),
         watcher::Event::Delete(o) => watcher::Event::Delete(conv(o)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(ns: &str, name: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns}
+        }))
+        .unwrap()
+    }
+
+    fn subscribe(hub: &Hub, id: u64, ns: &str) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut subs = hub.subscribers.lock().unwrap();
+        let skip_listing = subs.listing;
+        subs.by_id.insert(
+            id,
+            Subscriber {
+                filter: Filter::InNamespace(ns.into()),
+                tx,
+                held: None,
+                skip_listing,
+            },
+        );
+        rx
+    }
+
+    fn names(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            out.push(match ev {
+                watcher::Event::Init => "Init".into(),
+                watcher::Event::InitDone => "InitDone".into(),
+                watcher::Event::InitApply(o) => format!("InitApply {}", o.name_any()),
+                watcher::Event::Apply(o) => format!("Apply {}", o.name_any()),
+                watcher::Event::Delete(o) => format!("Delete {}", o.name_any()),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn hub_fans_out_by_namespace_and_skips_a_listing_joined_midway() {
+        let hub = Hub {
+            subscribers: Mutex::default(),
+            task: Mutex::default(),
+        };
+        let mut early = subscribe(&hub, 1, "a");
+        hub.deliver(watcher::Event::Init);
+        hub.deliver(watcher::Event::InitApply(cm("a", "a1")));
+        hub.deliver(watcher::Event::InitApply(cm("b", "b1")));
+        // Joins while the shared watch lists: the rest of this listing is not its own.
+        let mut late = subscribe(&hub, 2, "b");
+        hub.deliver(watcher::Event::InitApply(cm("b", "b2")));
+        hub.deliver(watcher::Event::InitDone);
+        hub.deliver(watcher::Event::Apply(cm("a", "a1")));
+        hub.deliver(watcher::Event::Delete(cm("b", "b1")));
+        assert_eq!(
+            names(&mut early),
+            ["Init", "InitApply a1", "InitDone", "Apply a1"]
+        );
+        assert_eq!(names(&mut late), ["Delete b1"]);
+        // The next listing is whole for both.
+        hub.deliver(watcher::Event::Init);
+        hub.deliver(watcher::Event::InitApply(cm("b", "b2")));
+        hub.deliver(watcher::Event::InitDone);
+        assert_eq!(names(&mut early), ["Init", "InitDone"]);
+        assert_eq!(names(&mut late), ["Init", "InitApply b2", "InitDone"]);
+    }
 }

@@ -125,8 +125,12 @@ impl Tracker {
                 self.forget(rt, key)
             }
             Event::InitDone => {
-                // Objects gone while the watch was down.
-                let seen = self.seen.remove(&kind).unwrap_or_default();
+                // Objects gone while the watch was down — only after a whole listing: an
+                // `InitDone` without its `Init` saw nothing, and would delete everything.
+                let Some(seen) = self.seen.remove(&kind) else {
+                    self.ready.insert(kind);
+                    return false;
+                };
                 let gone: Vec<Key> = self
                     .entries
                     .keys()
@@ -383,6 +387,17 @@ mod tests {
         assert!(batch.changes[0].object.is_none());
         assert_eq!(batch.summary.kinds["configmaps"].exported, 1);
         assert_eq!(batch.summary.kinds["namespaces"].exported, 1);
+    }
+
+    #[test]
+    fn tracker_init_done_without_init_deletes_nothing() {
+        let cms = rt("v1", "ConfigMap");
+        let mut t = Tracker::new(Policy::default());
+        listed(&mut t, &cms, vec![cm("a", "1", "1"), cm("b", "1", "1")]);
+        // The tail of a listing whose start this watch never saw.
+        assert!(!t.observe(&cms, Event::InitApply(cm("a", "1", "1"))));
+        assert!(!t.observe(&cms, Event::InitDone));
+        assert!(t.take_batch(&BTreeSet::new()).changes.is_empty());
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! goal: peak ≤ 150 MB). Verdicts are computed, on the samples named in the table.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dr_syncer_testkit::bench::{Samples, Table, Verdict, controller_plane, proc_status_kib};
+use dr_syncer_testkit::bench::{
+    Samples, Table, Verdict, controller_plane, proc_status_kib, start_controller,
+};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo};
 use dr_syncer_testkit::objects::mixed_namespace;
 use kube::api::{Patch, PatchParams};
@@ -47,26 +49,12 @@ async fn main() {
     let srv = tmp.path().join("srv");
     let repo = bare_repo(&srv, "dr.git");
     let daemon = GitDaemon::start(&srv);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
-        .args(["controller", "--kubeconfig"])
-        .arg(plane.kubeconfig_path())
-        .args([
-            "--namespace",
-            "dr-syncer",
-            "--http-addr",
-            &format!("127.0.0.1:{port}"),
-            "--cache-dir",
-        ])
-        .arg(tmp.path().join("cache"))
-        .env("DR_SYNCER_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut controller = start_controller(
+        Path::new(env!("CARGO_BIN_EXE_dr-syncer")),
+        &plane.kubeconfig_path(),
+        &tmp.path().join("cache"),
+        &[],
+    );
     applier
         .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping", "metadata": {"name": "bench", "namespace": "dr-syncer"},
             "spec": {"replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "5s"}, "sourceNamespace": "bench",

@@ -22,10 +22,12 @@
 //! `BENCH_FLEET_LAYOUTS=B` skips (A).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use dr_syncer_testkit::bench::{Samples, Table, Verdict, controller_plane, proc_status_kib};
+use dr_syncer_testkit::bench::{
+    Samples, Table, Verdict, controller_plane, proc_status_kib, start_controller,
+};
 use dr_syncer_testkit::envtest::{ControlPlane, watch_requests};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo};
 use dr_syncer_testkit::objects::{Applier, mixed_namespace};
@@ -124,30 +126,17 @@ async fn watches(client: &kube::Client) -> Option<f64> {
 fn start_controllers(plane: &ControlPlane, cache: &Path, replicas: usize) -> Vec<Child> {
     (0..replicas)
         .map(|i| {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_dr-syncer"));
-            cmd.args(["controller", "--kubeconfig"])
-                .arg(plane.kubeconfig_path())
-                .args([
-                    "--namespace",
-                    "dr-syncer",
-                    "--http-addr",
-                    &format!("127.0.0.1:{port}"),
-                    "--instance",
-                    &format!("fleet-replica-{i}"),
-                    "--cache-dir",
-                ])
-                .arg(cache.join(format!("replica-{i}")))
-                .env("DR_SYNCER_LOG", "warn")
-                .stdout(Stdio::null());
+            let instance = format!("fleet-replica-{i}");
+            let mut extra = vec!["--instance", instance.as_str()];
             if replicas > 1 {
-                cmd.arg("--sharding");
+                extra.push("--sharding");
             }
-            cmd.spawn().unwrap()
+            start_controller(
+                Path::new(env!("CARGO_BIN_EXE_dr-syncer")),
+                &plane.kubeconfig_path(),
+                &cache.join(format!("replica-{i}")),
+                &extra,
+            )
         })
         .collect()
 }

@@ -881,6 +881,22 @@ fn signal(pid: u32, sig: &str) {
     assert!(out.status.success(), "kill -{sig}: {}", stderr(&out));
 }
 
+/// Waits up to `secs` for `process` to exit and returns how it exited.
+async fn exited_within(
+    process: &mut std::process::Child,
+    secs: u64,
+    who: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = process.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{who} did not exit in {secs} s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Two replicas with the chart's leader election: the leader is paused (SIGSTOP) past its
 /// lease while a change waits in its debounce window, the standby takes over and commits
 /// newer changes, then the old leader resumes (SIGCONT): it pushes nothing (writes are
@@ -951,17 +967,7 @@ async fn a_deposed_leader_pushes_nothing_after_resuming() {
 
     // a resumes with its stale batch (v: 2) due at once.
     signal(a_pid, "CONT");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(status) = a.process.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the deposed leader did not exit in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let exit = exited_within(&mut a.process.0, 30, "the deposed leader").await;
     assert!(!exit.success(), "exits with an error: {exit:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(s.head(), head, "the deposed leader pushed after resuming");
@@ -1406,17 +1412,12 @@ async fn three_replicas_share_mappings_and_hand_them_over() {
 
     // b resumes with its stale batches due at once: it pushes nothing and exits.
     signal(b_pid, "CONT");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(status) = replicas[1].as_mut().unwrap().process.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "b did not exit in 30 s after resuming"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let exit = exited_within(
+        &mut replicas[1].as_mut().unwrap().process.0,
+        30,
+        "b after resuming",
+    )
+    .await;
     assert!(!exit.success(), "exits with an error: {exit:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(

@@ -34,6 +34,38 @@ pub async fn controller_plane(
 /// Fewest samples a goal is judged on: one run proves nothing about a median.
 pub const MIN_SAMPLES: usize = 3;
 
+/// Starts `dr-syncer controller` (the binary `bin`) against `kubeconfig` in the
+/// `dr-syncer` namespace, caching clones in `cache`, with `extra` arguments; it logs
+/// warnings only and serves `/metrics` on a free loopback port.
+pub fn start_controller(
+    bin: &Path,
+    kubeconfig: &Path,
+    cache: &Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Command::new(bin)
+        .args(["controller", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args([
+            "--namespace",
+            "dr-syncer",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--cache-dir",
+        ])
+        .arg(cache)
+        .args(extra)
+        .env("DR_SYNCER_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Repetitions per measurement: `BENCH_REPS`, never fewer than [`MIN_SAMPLES`].
 pub fn reps() -> usize {
     std::env::var("BENCH_REPS")

@@ -21,15 +21,30 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 /// Starts the controller; its log goes to `target/test-logs/<name>.log` (kept for debugging).
-fn start_controller(plane: &ControlPlane, cache: &Path, name: &str) -> Running {
-    start_controller_with(
-        &plane.kubeconfig_path(),
-        "dr-syncer",
-        cache,
-        name,
-        &free_addr(),
-        &[],
-    )
+fn start_controller(plane: &ControlPlane, ns: &str, cache: &Path, name: &str) -> Running {
+    start_controller_with(&plane.kubeconfig_path(), ns, cache, name, &free_addr(), &[])
+}
+
+/// The shared control plane with the CRDs installed, an admin client, an applier and the
+/// controller's namespace `ns`.
+async fn shared_plane_with(ns: &str) -> (&'static ControlPlane, kube::Client, Applier) {
+    let plane = envtest::shared().await;
+    let client = plane.client().await.unwrap();
+    install_crds(&client).await;
+    let applier = Applier::new(client.clone(), "test");
+    applier
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .await;
+    (plane, client, applier)
+}
+
+/// A temporary directory with a bare repository `dr.git` served by git daemon on loopback.
+fn git_site() -> (tempfile::TempDir, std::path::PathBuf, GitDaemon) {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let repo = bare_repo(&srv, "dr.git");
+    let daemon = GitDaemon::start(&srv);
+    (tmp, repo, daemon)
 }
 
 async fn wait_for<F: Fn(&NamespaceMapping) -> bool>(
@@ -111,28 +126,20 @@ fn files(repo: &Path, path: &str) -> String {
 
 #[tokio::test]
 async fn controller_manual_and_scheduled_modes_commit_to_git() {
-    let plane = envtest::shared().await;
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    let applier = Applier::new(client.clone(), "test");
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dr-syncer"}}))
-        .await;
+    let (plane, client, applier) = shared_plane_with("dr-syncer").await;
     for o in source_objects("case16")
         .into_iter()
         .chain(source_objects("case17"))
     {
         applier.apply(&o).await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    let repo = bare_repo(&srv, "dr.git");
-    let daemon = GitDaemon::start(&srv);
+    let (tmp, repo, daemon) = git_site();
     let url = daemon.url("dr.git");
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let _controller = start_controller(
         plane,
+        "dr-syncer",
         &tmp.path().join("cache"),
         "controller-manual-scheduled",
     );
@@ -294,21 +301,12 @@ async fn wait_until<F: Fn() -> bool>(secs: u64, what: &str, f: F) {
 
 #[tokio::test]
 async fn controller_continuous_mode_propagates_update_create_delete() {
-    let plane = envtest::shared().await;
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
-    let applier = Applier::new(client.clone(), "test");
     let ns = "dr-syncer-cont";
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .await;
+    let (plane, client, applier) = shared_plane_with(ns).await;
     for o in source_objects("case18") {
         applier.apply(&o).await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    let repo = bare_repo(&srv, "dr.git");
-    let daemon = GitDaemon::start(&srv);
+    let (tmp, repo, daemon) = git_site();
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let http = free_addr();
@@ -519,21 +517,12 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn controller_leader_election_one_writer_and_takeover() {
-    let plane = envtest::shared().await;
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
     let ns = "dr-syncer-le";
-    let applier = Applier::new(client.clone(), "test");
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .await;
+    let (plane, client, applier) = shared_plane_with(ns).await;
     for o in source_objects("case-le") {
         applier.apply(&o).await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    let repo = bare_repo(&srv, "dr.git");
-    let daemon = GitDaemon::start(&srv);
+    let (tmp, repo, daemon) = git_site();
     let recipient = age::x25519::Identity::generate().to_public().to_string();
     let (addr_a, addr_b) = (free_addr(), free_addr());
     let le = ["--leader-election", "--lease-duration", "4"];
@@ -646,16 +635,10 @@ async fn controller_leader_election_one_writer_and_takeover() {
 
 #[tokio::test]
 async fn controller_checks_remote_clusters_and_cluster_mappings() {
-    let plane = envtest::shared().await;
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
     let dr = ControlPlane::start().await.unwrap();
     let other = ControlPlane::start().await.unwrap();
     let ns = "dr-syncer-clusters";
-    let applier = Applier::new(client.clone(), "test");
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .await;
+    let (plane, client, applier) = shared_plane_with(ns).await;
     let kubeconfig_secret = |name: &str, kc: &kube::config::Kubeconfig| {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
                "stringData": {"kubeconfig": serde_saphyr::to_string(kc).unwrap()}})
@@ -685,14 +668,7 @@ async fn controller_checks_remote_clusters_and_cluster_mappings() {
     applier.apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "ClusterMapping", "metadata": {"name": "to-nowhere", "namespace": ns},
         "spec": {"targetCluster": "missing"}})).await;
     let tmp = tempfile::tempdir().unwrap();
-    let _controller = start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &tmp.path().join("cache"),
-        "controller-clusters",
-        &free_addr(),
-        &[],
-    );
+    let _controller = start_controller(plane, ns, &tmp.path().join("cache"), "controller-clusters");
     let rcs: Api<dr_syncer::api::RemoteCluster> = Api::namespaced(client.clone(), ns);
     let cms: Api<dr_syncer::api::ClusterMapping> = Api::namespaced(client.clone(), ns);
     let status_of = |name: &'static str| {
@@ -797,14 +773,7 @@ async fn controller_direct_apply_into_dr_cluster_prunes_only_its_own_objects() {
         .await;
     dr_applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "not-ours", "namespace": src}, "data": {"x": "1"}})).await;
     let tmp = tempfile::tempdir().unwrap();
-    let _controller = start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &tmp.path().join("cache"),
-        "controller-direct",
-        &free_addr(),
-        &[],
-    );
+    let _controller = start_controller(plane, ns, &tmp.path().join("cache"), "controller-direct");
     applier.apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping", "metadata": {"name": "direct", "namespace": ns, "annotations": {"dr-syncer.io/sync-now": "1"}},
         "spec": {"replicationMode": "Manual", "sourceNamespace": src, "resourceTypes": ["*"], "destination": {"cluster": {"remoteClusterRef": {"name": "dr"}}}}})).await;
     let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
@@ -900,15 +869,9 @@ async fn controller_direct_apply_into_dr_cluster_prunes_only_its_own_objects() {
 
 #[tokio::test]
 async fn controller_killed_mid_batch_converges_after_restart() {
-    let plane = envtest::shared().await;
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
     let ns = "dr-syncer-crash";
     let src = "case-crash";
-    let applier = Applier::new(client.clone(), "test");
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .await;
+    let (plane, client, applier) = shared_plane_with(ns).await;
     applier
         .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": src}}))
         .await;
@@ -916,19 +879,9 @@ async fn controller_killed_mid_batch_converges_after_restart() {
         .map(|i| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i:03}"), "namespace": src}, "data": {"v": "1"}}))
         .collect();
     applier.apply_all(&cms, 16).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    let repo = bare_repo(&srv, "dr.git");
-    let daemon = GitDaemon::start(&srv);
+    let (tmp, repo, daemon) = git_site();
     let cache = tmp.path().join("cache");
-    let mut controller = Some(start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &cache,
-        "controller-crash",
-        &free_addr(),
-        &[],
-    ));
+    let mut controller = Some(start_controller(plane, ns, &cache, "controller-crash"));
     let nm = json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping", "metadata": {"name": "crash", "namespace": ns},
         "spec": {"replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "3s"}, "sourceNamespace": src,
                  "resourceTypes": ["configmaps"], "destination": {"git": {"url": daemon.url("dr.git"), "path": "crash"}}}});
@@ -953,14 +906,7 @@ async fn controller_killed_mid_batch_converges_after_restart() {
     controller.take();
     // Changes made while no controller runs must not be lost either.
     applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm-new", "namespace": src}, "data": {"v": "2"}})).await;
-    let _restarted = start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &cache,
-        "controller-crash-2",
-        &free_addr(),
-        &[],
-    );
+    let _restarted = start_controller(plane, ns, &cache, "controller-crash-2");
     eventually("repository converged", Duration::from_secs(60), || {
         let files = files(&repo, "crash");
         let cm_files = files.lines().filter(|l| l.contains("/configmaps/")).count();
@@ -997,32 +943,16 @@ async fn controller_killed_mid_batch_converges_after_restart() {
 
 #[tokio::test]
 async fn controller_breaker_holds_until_the_batch_is_released() {
-    let plane = envtest::shared().await;
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
     let (ns, src) = ("dr-syncer-breaker", "case-breaker");
-    let applier = Applier::new(client.clone(), "test");
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .await;
+    let (plane, client, applier) = shared_plane_with(ns).await;
     applier
         .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": src}}))
         .await;
     for i in 0..4 {
         applier.apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}"), "namespace": src}, "data": {"a": "1"}})).await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    let repo = bare_repo(&srv, "dr.git");
-    let daemon = GitDaemon::start(&srv);
-    let _controller = start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &tmp.path().join("cache"),
-        "controller-breaker",
-        &free_addr(),
-        &[],
-    );
+    let (tmp, repo, daemon) = git_site();
+    let _controller = start_controller(plane, ns, &tmp.path().join("cache"), "controller-breaker");
     let nm = |trigger: &str| {
         json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
         "metadata": {"name": "guarded", "namespace": ns, "annotations": {"dr-syncer.io/sync-now": trigger}},
@@ -1123,14 +1053,7 @@ async fn controller_continuous_direct_apply_propagates_changes() {
         applier.apply(&o).await;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let _controller = start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &tmp.path().join("cache"),
-        "controller-direct18",
-        &free_addr(),
-        &[],
-    );
+    let _controller = start_controller(plane, ns, &tmp.path().join("cache"), "controller-direct18");
     applier.apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping", "metadata": {"name": "cont", "namespace": ns},
         "spec": {"replicationMode": "Continuous", "continuous": {"debounce": "1s", "maxDelay": "5s"}, "sourceNamespace": src,
                  "resourceTypes": ["configmaps"], "destination": {"cluster": {"remoteClusterRef": {"name": "dr"}}}}})).await;
@@ -1198,18 +1121,8 @@ async fn controller_continuous_namespace_selector_follows_labels() {
         applier.apply(&namespace(n, selected)).await;
         applier.apply(&cm(n, "conf", "1")).await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    let repo = bare_repo(&srv, "dr.git");
-    let daemon = GitDaemon::start(&srv);
-    let _controller = start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &tmp.path().join("cache"),
-        "controller-selector",
-        &free_addr(),
-        &[],
-    );
+    let (tmp, repo, daemon) = git_site();
+    let _controller = start_controller(plane, ns, &tmp.path().join("cache"), "controller-selector");
     applier
         .apply(&json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
             "metadata": {"name": "selected", "namespace": ns},
@@ -1325,14 +1238,8 @@ fn promtool(dir: &Path, args: &[&str]) -> (bool, String) {
 /// for a healthy mapping.
 #[tokio::test]
 async fn monitoring_rules_and_dashboard_use_what_the_controller_exports() {
-    let plane = envtest::shared().await;
-    let client = plane.client().await.unwrap();
-    install_crds(&client).await;
     let ns = "dr-syncer-mon";
-    let applier = Applier::new(client.clone(), "test");
-    applier
-        .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .await;
+    let (plane, client, applier) = shared_plane_with(ns).await;
     for o in source_objects("case-mon") {
         applier.apply(&o).await;
     }
@@ -1585,18 +1492,8 @@ async fn controller_continuous_mappings_share_watches() {
             .apply(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": source(i)}, "data": {"v": format!("start-{i}")}}))
             .await;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = tmp.path().join("srv");
-    let repo = bare_repo(&srv, "dr.git");
-    let daemon = GitDaemon::start(&srv);
-    let _controller = start_controller_with(
-        &plane.kubeconfig_path(),
-        ns,
-        &tmp.path().join("cache"),
-        "controller-share",
-        &free_addr(),
-        &[],
-    );
+    let (tmp, repo, daemon) = git_site();
+    let _controller = start_controller(&plane, ns, &tmp.path().join("cache"), "controller-share");
     let show = |p: &str| committed_file(&repo, p);
     let add_mapping = |i: usize| {
         json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
@@ -1686,4 +1583,173 @@ async fn controller_continuous_mappings_share_watches() {
             "m{i} holds other namespaces' objects: {foreign:?}"
         );
     }
+}
+
+/// Every file below `dir`, by path relative to it (`/`-separated).
+fn read_dir_files(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.insert(rel, std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A full sync streams: namespace after namespace, a type of more than one 500-object page,
+/// more than one write chunk. It commits exactly the tree `dr-syncer export` writes from the
+/// same source and mapping, file for file: HPA targets leave replicas to the HPA, a custom
+/// resource brings its CRD, Secrets are encrypted. The next sync of the same source reuses
+/// every file, Secrets included, and commits nothing.
+#[tokio::test]
+async fn controller_full_sync_streams_what_the_cli_export_writes() {
+    let ns = "dr-syncer-stream";
+    let (plane, client, applier) = shared_plane_with(ns).await;
+    let crd = "widgets.stream.example.com";
+    applier
+        .apply(&json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": crd},
+            "spec": {"group": "stream.example.com", "scope": "Namespaced",
+                     "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+                     "versions": [{"name": "v1", "served": true, "storage": true,
+                                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}))
+        .await;
+    dr_syncer_testkit::objects::wait_established(&client, &[crd]).await;
+    let (big, small) = ("stream-big", "stream-small");
+    let mut objects = Vec::new();
+    for n in [big, small] {
+        applier
+            .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {"dr-stream": "on"}}}))
+            .await;
+    }
+    for i in 0..520 {
+        objects.push(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i:04}"), "namespace": big}, "data": {"i": i.to_string()}}));
+    }
+    let deployment = |name: &str, replicas: u32| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": big},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}}}})
+    };
+    objects.extend([
+        deployment("web", 3),
+        deployment("batch", 2),
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web", "namespace": big},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "minReplicas": 2, "maxReplicas": 5}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": big}, "stringData": {"password": "streamed-secret"}}),
+        json!({"apiVersion": "stream.example.com/v1", "kind": "Widget", "metadata": {"name": "w1", "namespace": small}, "spec": {"size": 3}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": small}, "data": {"mode": "dr"}}),
+    ]);
+    applier.apply_all(&objects, 8).await;
+
+    let (tmp, repo, daemon) = git_site();
+    let identity = age::x25519::Identity::generate();
+    let mapping = json!({"apiVersion": "dr-syncer.io/v1alpha1", "kind": "NamespaceMapping",
+        "metadata": {"name": "stream", "namespace": ns},
+        "spec": {"namespaceSelector": {"matchLabels": {"dr-stream": "on"}}, "replicationMode": "Manual", "scaleToZero": false,
+                 "destination": {"git": {"url": daemon.url("dr.git"), "branch": "main", "path": "stream"}},
+                 "secrets": {"ageRecipients": [identity.to_public().to_string()]}}});
+    let _controller = start_controller(plane, ns, &tmp.path().join("cache"), "controller-stream");
+    applier.apply(&mapping).await;
+    let nms: Api<NamespaceMapping> = Api::namespaced(client.clone(), ns);
+    let nm = trigger(&nms, "stream", "1", "first full sync").await;
+    let status = nm.status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(dr_syncer::api::MappingPhase::Synced),
+        "{status:?}"
+    );
+    let head = git(&repo, &["rev-parse", "main"]);
+
+    // The same source and mapping through `dr-syncer export`, which holds the whole export.
+    let mapping_file = tmp.path().join("mapping.yaml");
+    std::fs::write(&mapping_file, serde_saphyr::to_string(&mapping).unwrap()).unwrap();
+    let exported = tmp.path().join("exported");
+    let out = Command::new(env!("CARGO_BIN_EXE_dr-syncer"))
+        .args(["export", "--kubeconfig"])
+        .arg(plane.kubeconfig_path())
+        .arg("--mapping")
+        .arg(&mapping_file)
+        .arg("--to")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checkout = tmp.path().join("checkout");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            repo.to_str().unwrap(),
+            checkout.to_str().unwrap(),
+        ],
+    );
+    let committed = read_dir_files(&checkout.join("stream"));
+    let mut held = read_dir_files(&exported);
+    held.remove(".dr-syncer-export");
+    assert_eq!(
+        committed.keys().collect::<Vec<_>>(),
+        held.keys().collect::<Vec<_>>(),
+        "the streamed sync and the CLI export wrote different files"
+    );
+    // Encrypted files and their fingerprints differ by construction (fresh data keys).
+    let random = |p: &str| p.contains("/core/secrets/") || p == ".dr-syncer/fingerprints.yaml";
+    for (path, text) in committed.iter().filter(|(p, _)| !random(p)) {
+        assert_eq!(text, &held[path], "{path} differs from the CLI export");
+    }
+    let file = |p: &str| {
+        committed
+            .get(p)
+            .unwrap_or_else(|| panic!("{p} not committed"))
+    };
+    assert!(file(&format!("{big}/core/configmaps/cm-0519.yaml")).contains("i: \"519\""));
+    // Without scale-to-zero, the HPA's target leaves its replicas to the HPA (listed first).
+    assert!(!file(&format!("{big}/apps/deployments/web.yaml")).contains("replicas:"));
+    assert!(file(&format!("{big}/apps/deployments/batch.yaml")).contains("replicas: 2"));
+    assert!(file(&format!("{small}/stream.example.com/widgets/w1.yaml")).contains("size: 3"));
+    assert!(
+        file(&format!(
+            "_cluster/apiextensions.k8s.io/customresourcedefinitions/{crd}.yaml"
+        ))
+        .contains("kind: Widget")
+    );
+    let secret = file(&format!("{big}/core/secrets/db.sops.yaml"));
+    assert!(!secret.contains("streamed-secret"));
+    let decrypted =
+        dr_syncer::sops::decrypt(secret, &Identities::from_identity(identity.clone())).unwrap();
+    assert_eq!(
+        decrypted["data"]["password"],
+        json!(B64.encode("streamed-secret"))
+    );
+    assert!(
+        file(&format!("{big}/kustomization.yaml")).contains("core/secrets/db.sops.yaml"),
+        "the kustomization lists the Secret"
+    );
+
+    // Nothing changed at the source: nothing to commit, the Secret's file is reused.
+    let nm = trigger(&nms, "stream", "2", "second full sync").await;
+    assert_eq!(
+        nm.status.unwrap().phase,
+        Some(dr_syncer::api::MappingPhase::Synced)
+    );
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        head,
+        "a commit without a change"
+    );
 }

@@ -842,6 +842,71 @@ async fn partial_sync_is_degraded_and_empty_recipients_refuse() {
             .contains(&base64_of("ledger-password"))
     );
 
+    // Secrets may not be listed again: the committed Secret file stays (a failed listing
+    // never deletes) while the ConfigMap's change goes in; listed again, the Secret's file
+    // is reused byte for byte, not re-encrypted.
+    let secret_before = s.show(secret_path).unwrap();
+    reader_kubeconfig(s.prod, &s.prod_applier, "ledger", &["configmaps"]).await;
+    s.prod_applier
+        .apply(&config_map(
+            "ledger",
+            "ledger-config",
+            json!({"currency": "CHF"}),
+        ))
+        .await;
+    let mut attempt = 0;
+    let nm = loop {
+        // RBAC reaches the authorizer within moments; retry until the listing is refused.
+        attempt += 1;
+        let nm = s
+            .trigger("ledger", &format!("revoked-{attempt}"))
+            .await
+            .expect("a partial sync is no failure");
+        let phase = nm.status.as_ref().and_then(|st| st.phase);
+        if phase == Some(dr_syncer::api::MappingPhase::Degraded) || attempt == 10 {
+            break nm;
+        }
+    };
+    assert_eq!(
+        nm.status.as_ref().and_then(|st| st.phase),
+        Some(dr_syncer::api::MappingPhase::Degraded)
+    );
+    assert_eq!(
+        s.show(secret_path).as_deref(),
+        Some(secret_before.as_str()),
+        "the Secret's file is kept"
+    );
+    assert!(
+        s.show("ledger/ledger/kustomization.yaml")
+            .unwrap()
+            .contains("core/secrets/ledger-db.sops.yaml")
+    );
+    assert!(
+        s.show("ledger/ledger/core/configmaps/ledger-config.yaml")
+            .unwrap()
+            .contains("CHF")
+    );
+    reader_kubeconfig(
+        s.prod,
+        &s.prod_applier,
+        "ledger",
+        &["configmaps", "secrets"],
+    )
+    .await;
+    let nm = s
+        .trigger("ledger", "relisted")
+        .await
+        .expect("complete sync");
+    assert_eq!(
+        nm.status.unwrap().phase,
+        Some(dr_syncer::api::MappingPhase::Synced)
+    );
+    assert_eq!(
+        s.show(secret_path).as_deref(),
+        Some(secret_before.as_str()),
+        "the Secret's file is reused"
+    );
+
     // The recipients Secret emptied: refused, nothing deleted.
     let head = s.head();
     s.dr_applier

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod schedule;
 pub mod shard;
 pub mod status;
+pub mod streamed;
 pub mod sync;
 pub mod tracker;
 

@@ -7,14 +7,13 @@ use kube::core::Selector;
 
 use crate::api::{NamespaceMapping, keys};
 use crate::export::layout::Consumer;
-use crate::export::promote::PROMOTED_FILE;
-use crate::export::secrets::SecretWriter;
 use crate::export::source::live;
-use crate::export::{self, Policy, Summary, crds, output};
-use crate::gitops::{Breaker, CommitInfo, GitError, Published, Repo, Target};
+use crate::export::{self, Policy, Summary, crds};
+use crate::gitops::{Breaker, CommitInfo, GitError, Published, Target};
 use crate::sops::Recipients;
 
 use super::context::Ctx;
+use super::streamed;
 use crate::refs::{self, RefError};
 
 /// Why a sync failed.
@@ -122,29 +121,8 @@ pub async fn run(
         None => None,
     };
     let names: Vec<String> = nm.spec.source_namespace.clone().into_iter().collect();
-    let progress = live::Progress {
-        total: &|_| {},
-        step: &|| {},
-    };
-    let read = live::read(
-        &client,
-        names,
-        selector.as_deref(),
-        &policy,
-        ctx.settings.list_concurrency,
-        &progress,
-    )
-    .await?;
-    let mut summary = Summary {
-        failures: read.failures,
-        ..Summary::default()
-    };
-    let mut objects = export::process(read.inputs, &policy, &read.registry, &mut summary);
-    let (crds, failures) = live::get_crds(&client, crds::candidates(&objects, &policy)).await;
-    summary.failures.extend(failures);
-    let needed = crds::needed(&objects, &crds, &policy, &mut summary);
-    objects.extend(needed);
     let breaker = breaker(nm);
+    let concurrency = ctx.settings.list_concurrency;
 
     if let (Some(dr_ref), Some(cluster)) = (
         refs.direct(),
@@ -153,6 +131,29 @@ pub async fn run(
             .as_ref()
             .and_then(|d| d.cluster.as_ref()),
     ) {
+        // The direct destination applies (and prunes) the whole set at once: it holds it.
+        let progress = live::Progress {
+            total: &|_| {},
+            step: &|| {},
+        };
+        let read = live::read(
+            &client,
+            names,
+            selector.as_deref(),
+            &policy,
+            concurrency,
+            &progress,
+        )
+        .await?;
+        let mut summary = Summary {
+            failures: read.failures,
+            ..Summary::default()
+        };
+        let mut objects = export::process(read.inputs, &policy, &read.registry, &mut summary);
+        let (crds, failures) = live::get_crds(&client, crds::candidates(&objects, &policy)).await;
+        summary.failures.extend(failures);
+        let needed = crds::needed(&objects, &crds, &policy, &mut summary);
+        objects.extend(needed);
         let dr = refs::cluster_client(&ctx.client, &dr_ref).await?;
         // A deposed leader must not apply an older snapshot over the new leader's.
         ctx.may_write(&format!("{ns}/{name}"))
@@ -188,39 +189,22 @@ pub async fn run(
     }
 
     let (target, recipients, consumer) = git_setup(ctx, nm, resolved).await?;
-    let info = CommitInfo {
-        mapping: name,
-        source_cluster: source.name,
-        kubernetes_version: version,
-        replica: ctx.replica().to_string(),
+    let destination = streamed::Destination {
+        target,
+        recipients,
+        consumer,
+        fingerprint_key: ctx.fingerprint_key.clone(),
+        info: CommitInfo {
+            mapping: name,
+            source_cluster: source.name,
+            kubernetes_version: version,
+            replica: ctx.replica().to_string(),
+        },
+        breaker,
     };
-    let key = ctx.fingerprint_key.clone();
-    // git2 is blocking: run the git part on the blocking pool.
-    let (published, summary) = tokio::task::spawn_blocking(move || -> Result<_, SyncError> {
-        let repo = Repo::open(target)?;
-        let head = repo.fetch()?;
-        let previous = repo.files_at(head)?;
-        if previous.files.contains_key(PROMOTED_FILE) {
-            return Err(SyncError::Config(PROMOTED_MESSAGE.into()));
-        }
-        if recipients.is_empty()
-            && let Some(path) = previous.files.keys().find(|p| is_encrypted_secret(p))
-        {
-            return Err(SyncError::Config(format!(
-                "no age recipients are configured, but the repository holds encrypted Secrets (e.g. {path}); refusing to sync, which would delete them: set spec.secrets (or the ClusterMapping's defaults.secrets)"
-            )));
-        }
-        let writer = SecretWriter {
-            recipients,
-            fingerprint_key: &key,
-            previous: &previous,
-        };
-        let mut tree = export::build_tree(&objects, Some(&writer), consumer, &mut summary)?;
-        output::keep_failed_types(&mut tree, &previous, &summary);
-        Ok((repo.publish(head, &tree, &info, &breaker)?, summary))
-    })
-    .await
-    .map_err(|e| SyncError::Config(format!("sync task failed: {e}")))??;
+    let plan = live::plan(&client, names, selector.as_deref(), &policy).await?;
+    let (published, summary) =
+        streamed::export(&client, plan, &policy, concurrency, destination).await?;
     Ok(SyncReport {
         summary,
         outcome: Outcome::Git(published),

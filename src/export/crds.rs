@@ -62,13 +62,28 @@ pub fn candidates(
     objects: &[ExportedObject],
     policy: &Policy,
 ) -> std::collections::BTreeSet<String> {
+    candidate_names(
+        objects
+            .iter()
+            .filter(|o| o.namespace.is_some())
+            .map(|o| &o.rt),
+        policy,
+    )
+}
+
+/// [`candidates`] from the types of the exported namespaced objects (a streamed export
+/// keeps the types, not the objects).
+pub fn candidate_names<'a>(
+    types: impl IntoIterator<Item = &'a ResourceType>,
+    policy: &Policy,
+) -> std::collections::BTreeSet<String> {
     if !policy.export_crds {
         return Default::default();
     }
-    objects
-        .iter()
-        .filter(|o| !o.rt.group.is_empty() && o.namespace.is_some())
-        .map(|o| crd_name(&o.rt))
+    types
+        .into_iter()
+        .filter(|rt| !rt.group.is_empty())
+        .map(crd_name)
         .collect()
 }
 
@@ -81,12 +96,22 @@ pub fn needed(
     policy: &Policy,
     summary: &mut Summary,
 ) -> Vec<ExportedObject> {
+    needed_for(objects.iter().map(|o| &o.rt), available, policy, summary)
+}
+
+/// [`needed`] from the types of the exported objects.
+pub fn needed_for<'a>(
+    types: impl IntoIterator<Item = &'a ResourceType>,
+    available: &Available,
+    policy: &Policy,
+    summary: &mut Summary,
+) -> Vec<ExportedObject> {
     if !policy.export_crds {
         return Vec::new();
     }
     let mut wanted: BTreeMap<String, &Value> = BTreeMap::new();
-    for obj in objects.iter().filter(|o| !o.rt.group.is_empty()) {
-        let name = crd_name(&obj.rt);
+    for rt in types.into_iter().filter(|rt| !rt.group.is_empty()) {
+        let name = crd_name(rt);
         if let Some(crd) = available.get(&name) {
             wanted.insert(name, crd);
         }

@@ -51,23 +51,76 @@ pub fn process(
 ) -> Vec<ExportedObject> {
     let mut out = Vec::new();
     for input in inputs {
-        if input.object.as_ref().is_some_and(filter::has_ignore_label) {
-            summary.exclude("namespaces", filter::Exclusion::IgnoreLabel.reason());
+        let Some((mut ns, namespace)) = NamespaceExport::begin(
+            &input.name,
+            input.object.as_ref(),
+            policy,
+            registry,
+            summary,
+        ) else {
             continue;
-        }
-        let dest = policy.destination_for(&input.name);
-        summary.namespaces.insert(input.name.clone(), dest.clone());
-        out.push(namespace_object(input.object.as_ref(), &dest, registry));
-        summary.kind("namespaces").exported += 1;
-        let hpa = builtin::hpa_targets(input.objects.iter().map(|o| (&o.rt, &o.value)));
+        };
+        out.push(namespace);
+        ns.hpa = builtin::hpa_targets(input.objects.iter().map(|o| (&o.rt, &o.value)));
         for obj in input.objects {
-            if let Some(e) = process_object(obj, &input.name, &dest, policy, &hpa, summary) {
+            if let Some(e) = ns.object(obj, policy, summary) {
                 out.push(e);
             }
         }
     }
     out.sort_by(|a, b| (&a.namespace, &a.rt, &a.name).cmp(&(&b.namespace, &b.rt, &b.name)));
     out
+}
+
+/// One source namespace being exported: where it lands and which workloads an HPA scales.
+/// [`process`] feeds it a namespace held whole; a streamed export feeds it page by page,
+/// the HPAs first.
+#[derive(Debug)]
+pub struct NamespaceExport {
+    /// Source namespace.
+    pub source: String,
+    /// Destination namespace.
+    pub dest: String,
+    /// The namespace's HPA targets (they keep their replicas); set before the workloads.
+    pub hpa: builtin::HpaTargets,
+}
+
+impl NamespaceExport {
+    /// Starts namespace `name` (`object`: its Namespace object, if the source has one):
+    /// returns it with the destination Namespace object, or `None` when the namespace
+    /// carries the ignore label (counted in `summary`).
+    pub fn begin(
+        name: &str,
+        object: Option<&Value>,
+        policy: &Policy,
+        registry: &Registry,
+        summary: &mut Summary,
+    ) -> Option<(Self, ExportedObject)> {
+        if object.is_some_and(filter::has_ignore_label) {
+            summary.exclude("namespaces", filter::Exclusion::IgnoreLabel.reason());
+            return None;
+        }
+        let dest = policy.destination_for(name);
+        summary.namespaces.insert(name.to_string(), dest.clone());
+        let namespace = namespace_object(object, &dest, registry);
+        summary.kind("namespaces").exported += 1;
+        let ns = NamespaceExport {
+            source: name.to_string(),
+            dest,
+            hpa: Default::default(),
+        };
+        Some((ns, namespace))
+    }
+
+    /// Cleans and transforms one object of this namespace ([`process_object`]).
+    pub fn object(
+        &self,
+        obj: SourceObject,
+        policy: &Policy,
+        summary: &mut Summary,
+    ) -> Option<ExportedObject> {
+        process_object(obj, &self.source, &self.dest, policy, &self.hpa, summary)
+    }
 }
 
 /// Cleans and transforms one object of `source_ns` exported into `dest_ns`; `None` when

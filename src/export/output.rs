@@ -127,21 +127,27 @@ pub fn keep_failed_types(tree: &mut Tree, previous: &Tree, summary: &super::Summ
         return;
     }
     carry_over(tree, previous, |top, group, plural| {
-        let qualified = if group == "core" {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
-        summary.failures.iter().any(|f| {
-            let in_namespace = match &f.namespace {
-                Some(src) => summary.namespaces.get(src).is_some_and(|d| d == top),
-                None => summary.namespaces.values().any(|d| d == top),
-            };
-            // A failed cluster-wide read (the CRDs) keeps its files under `_cluster/`.
-            let cluster = top == super::layout::CLUSTER_DIR && f.namespace.is_none();
-            (in_namespace || cluster) && (f.what == qualified || f.what == group)
-        })
+        of_failed_type(top, group, plural, summary)
     });
+}
+
+/// Whether a file at `top/group/plural/…` belongs to a type or group `summary` reports as
+/// failed in a namespace it exported: such a file of the previous output is kept.
+pub fn of_failed_type(top: &str, group: &str, plural: &str, summary: &super::Summary) -> bool {
+    let qualified = if group == "core" {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    };
+    summary.failures.iter().any(|f| {
+        let in_namespace = match &f.namespace {
+            Some(src) => summary.namespaces.get(src).is_some_and(|d| d == top),
+            None => summary.namespaces.values().any(|d| d == top),
+        };
+        // A failed cluster-wide read (the CRDs) keeps its files under `_cluster/`.
+        let cluster = top == super::layout::CLUSTER_DIR && f.namespace.is_none();
+        (in_namespace || cluster) && (f.what == qualified || f.what == group)
+    })
 }
 
 /// Replaces `dir` with `tree`: written to a sibling temp directory, then swapped in.

@@ -198,19 +198,32 @@ impl SecretWriter<'_> {
             tree.insert(path.clone(), content);
             state.insert(path, fp);
         }
+        for (path, content) in self.settings_files(&state)? {
+            tree.insert(path, content);
+        }
+        Ok(())
+    }
+
+    /// The files a full export writes beside the Secrets: the state file (fingerprints
+    /// `state` by path; none when empty), `.sops.yaml` for our recipients and the
+    /// `.sourceignore` that keeps both away from Flux.
+    pub fn settings_files(
+        &self,
+        state: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, Vec<u8>)>, sops::SopsError> {
+        let mut files = Vec::new();
         if !state.is_empty() {
-            tree.insert(STATE_FILE.into(), render_state(&state)?);
+            files.push((STATE_FILE.into(), render_state(state)?));
         }
-        let recipients = self.recipients.strings();
-        if !recipients.is_empty() {
-            tree.insert(SOPS_CONFIG.into(), sops_config(&recipients).into_bytes());
+        if let Some(config) = self.sops_config() {
+            files.push((SOPS_CONFIG.into(), config));
         }
-        tree.insert(
+        files.push((
             ".sourceignore".into(),
             b"# Not manifests: exporter state and sops settings.\n.dr-syncer/\n.sops.yaml\n"
                 .to_vec(),
-        );
-        Ok(())
+        ));
+        Ok(files)
     }
 
     /// The `.sops.yaml` this writer's recipients produce (`None` without recipients).

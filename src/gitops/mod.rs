@@ -10,6 +10,7 @@ mod snapshot;
 mod transport;
 mod treeio;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use git2::{Oid, Repository, Signature};
 use sha2::{Digest, Sha256};
 
 use crate::export::Tree;
-use crate::export::output::{self, Diff};
+use crate::export::output::Diff;
 
 pub use breaker::{Breaker, Held};
 pub use known_hosts::KnownHosts;
@@ -230,13 +231,56 @@ impl Repo {
         treeio::read_path(&self.repo, &tree, &self.target.path)
     }
 
+    /// The blob ids of the export files at our path in `head`, by path (nothing is read).
+    pub fn ids_at(&self, head: Option<Oid>) -> Result<BTreeMap<String, Oid>, GitError> {
+        let Some(head) = head else {
+            return Ok(BTreeMap::new());
+        };
+        let tree = self
+            .repo
+            .find_commit(head)
+            .and_then(|c| c.tree())
+            .map_err(git("reading head"))?;
+        treeio::list_path(&self.repo, &tree, &self.target.path)
+    }
+
+    /// Writes one file's bytes into the object database; returns its blob id. A streamed
+    /// export writes each file as it is rendered and keeps only the id.
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<Oid, GitError> {
+        self.repo.blob(bytes).map_err(git("writing a blob"))
+    }
+
+    /// The bytes of blob `id`.
+    pub fn read_blob(&self, id: Oid) -> Result<Vec<u8>, GitError> {
+        self.repo
+            .find_blob(id)
+            .map(|b| b.content().to_vec())
+            .map_err(git("reading a blob"))
+    }
+
     /// Commits `tree` at our path on top of the remote head (only if it changed) and pushes,
     /// rebuilding on the new head when another writer got there first. `breaker` is checked
     /// against the deletions relative to `base`'s files before anything is written.
     pub fn publish(
         &self,
-        mut head: Option<Oid>,
+        head: Option<Oid>,
         tree: &Tree,
+        info: &CommitInfo,
+        breaker: &Breaker,
+    ) -> Result<Published, GitError> {
+        let mut ids = BTreeMap::new();
+        for (path, content) in &tree.files {
+            ids.insert(path.clone(), self.write_blob(content)?);
+        }
+        self.publish_ids(head, &ids, info, breaker)
+    }
+
+    /// [`Repo::publish`] for files already in the object database (path → blob id, see
+    /// [`Repo::write_blob`]): what changed is decided by blob ids, no file is read.
+    pub fn publish_ids(
+        &self,
+        mut head: Option<Oid>,
+        files: &BTreeMap<String, Oid>,
         info: &CommitInfo,
         breaker: &Breaker,
     ) -> Result<Published, GitError> {
@@ -244,15 +288,15 @@ impl Repo {
         let _writing = lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut backoff = Duration::from_millis(200);
         for attempt in 1..=PUSH_ATTEMPTS {
-            let previous = self.files_at(head)?;
-            let diff = object_diff(&previous, tree);
-            let total = previous.files.keys().filter(|p| is_object(p)).count() as u64;
+            let previous = self.ids_at(head)?;
+            let diff = object_diff(&previous, files);
+            let total = previous.keys().filter(|p| is_object(p)).count() as u64;
             breaker.check(&diff.deleted, total)?;
             let base_tree = head
                 .map(|h| self.repo.find_commit(h).and_then(|c| c.tree()))
                 .transpose()
                 .map_err(git("reading head"))?;
-            let subtree = treeio::write_tree(&self.repo, tree)?;
+            let subtree = treeio::write_ids(&self.repo, files)?;
             let root =
                 treeio::replace_path(&self.repo, base_tree.as_ref(), &self.target.path, subtree)?;
             if base_tree.as_ref().map(|t| t.id()) == Some(root) {
@@ -426,11 +470,21 @@ fn is_object(path: &str) -> bool {
     !path.starts_with('.') && path.contains('/') && !crate::export::layout::is_generated(path)
 }
 
-fn object_diff(old: &Tree, new: &Tree) -> Diff {
-    let mut d = output::diff(old, new);
-    for list in [&mut d.added, &mut d.changed, &mut d.deleted] {
-        list.retain(|p| is_object(p));
+/// Object files added, changed (other blob id) and deleted from `old` to `new`.
+fn object_diff(old: &BTreeMap<String, Oid>, new: &BTreeMap<String, Oid>) -> Diff {
+    let mut d = Diff::default();
+    for (p, id) in new.iter().filter(|(p, _)| is_object(p)) {
+        match old.get(p) {
+            None => d.added.push(p.clone()),
+            Some(o) if o != id => d.changed.push(p.clone()),
+            _ => {}
+        }
     }
+    d.deleted = old
+        .keys()
+        .filter(|p| is_object(p) && !new.contains_key(*p))
+        .cloned()
+        .collect();
     d
 }
 

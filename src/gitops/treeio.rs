@@ -10,29 +10,25 @@ use crate::export::Tree;
 const FILE_MODE: i32 = 0o100644;
 const DIR_MODE: i32 = 0o040000;
 
-/// Writes `tree` as a git tree; returns `None` for an empty tree.
-pub fn write_tree(repo: &Repository, tree: &Tree) -> Result<Option<Oid>, GitError> {
-    let files: Vec<(&str, &[u8])> = tree
-        .files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_slice()))
-        .collect();
+/// Writes the files `ids` (path → blob id, the blobs already in the object database) as a
+/// git tree; returns `None` for no files.
+pub fn write_ids(repo: &Repository, ids: &BTreeMap<String, Oid>) -> Result<Option<Oid>, GitError> {
+    let files: Vec<(&str, Oid)> = ids.iter().map(|(p, id)| (p.as_str(), *id)).collect();
     write_dir(repo, &files)
 }
 
-fn write_dir(repo: &Repository, files: &[(&str, &[u8])]) -> Result<Option<Oid>, GitError> {
+fn write_dir(repo: &Repository, files: &[(&str, Oid)]) -> Result<Option<Oid>, GitError> {
     if files.is_empty() {
         return Ok(None);
     }
-    let mut dirs: BTreeMap<&str, Vec<(&str, &[u8])>> = BTreeMap::new();
+    let mut dirs: BTreeMap<&str, Vec<(&str, Oid)>> = BTreeMap::new();
     let mut builder = repo.treebuilder(None).map_err(git("tree builder"))?;
-    for (path, content) in files {
+    for (path, blob) in files {
         match path.split_once('/') {
-            Some((dir, rest)) => dirs.entry(dir).or_default().push((rest, content)),
+            Some((dir, rest)) => dirs.entry(dir).or_default().push((rest, *blob)),
             None => {
-                let blob = repo.blob(content).map_err(git("writing a blob"))?;
                 builder
-                    .insert(path, blob, FILE_MODE)
+                    .insert(path, *blob, FILE_MODE)
                     .map_err(git("tree entry"))?;
             }
         }

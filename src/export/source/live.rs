@@ -2,7 +2,8 @@
 //! (preferred versions, custom resources included) and paged lists. A failing API group or
 //! type is reported and isolated, never fatal, so its files are kept rather than deleted.
 
-use futures::{StreamExt, stream};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 use kube::api::{DynamicObject, ListParams};
@@ -107,36 +108,85 @@ fn add_resources(d: &mut Discovery, group: &str, version: &str, list: APIResourc
     }
 }
 
+/// The pages of `rt` in `namespace`, listed one after the other as they are consumed; a
+/// failed call ends the stream with its error.
+fn type_pages(
+    client: Client,
+    namespace: String,
+    rt: ResourceType,
+) -> impl Stream<Item = Result<Vec<SourceObject>, kube::Error>> + Send + 'static {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &rt.api_resource());
+    let first = ListParams::default().limit(PAGE_SIZE);
+    stream::unfold(Some(first), move |params| {
+        let (api, rt) = (api.clone(), rt.clone());
+        async move {
+            let params = params?;
+            match api.list(&params).await {
+                Ok(page) => {
+                    let next = page
+                        .metadata
+                        .continue_
+                        .filter(|c| !c.is_empty())
+                        .map(|token| params.clone().continue_token(&token));
+                    let objects = page.items.into_iter().map(|o| source_object(&rt, o));
+                    Some((Ok(objects.collect()), next))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
+}
+
+/// A listed object with the `apiVersion` and `kind` a list leaves out of its items.
+fn source_object(rt: &ResourceType, item: DynamicObject) -> SourceObject {
+    let mut value = serde_json::to_value(&item).expect("object serializes");
+    if let Some(o) = value.as_object_mut() {
+        o.insert("apiVersion".into(), Value::String(rt.api_version()));
+        o.insert("kind".into(), Value::String(rt.kind.clone()));
+    }
+    SourceObject {
+        rt: rt.clone(),
+        value,
+        origin: Origin::Live,
+    }
+}
+
 /// Lists every object of `rt` in `namespace`, page by page.
 pub async fn list_type(
     client: &Client,
     namespace: &str,
     rt: &ResourceType,
 ) -> Result<Vec<SourceObject>, kube::Error> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &rt.api_resource());
-    let mut out = Vec::new();
-    let mut params = ListParams::default().limit(PAGE_SIZE);
-    loop {
-        let page = api.list(&params).await?;
-        for item in page.items {
-            let mut value = serde_json::to_value(&item).expect("object serializes");
-            if let Some(o) = value.as_object_mut() {
-                o.insert("apiVersion".into(), Value::String(rt.api_version()));
-                o.insert("kind".into(), Value::String(rt.kind.clone()));
-            }
-            out.push(SourceObject {
-                rt: rt.clone(),
-                value,
-                origin: Origin::Live,
-            });
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => break,
-        }
-    }
-    Ok(out)
+    type_pages(client.clone(), namespace.to_string(), rt.clone())
+        .try_concat()
+        .await
+}
+
+/// The pages of every type in `types` in `namespace` as they arrive, `concurrency` lists
+/// at a time: a streamed export holds a few pages at once, never the namespace. A failing
+/// type ends with its failure (the pages before it were already yielded).
+pub fn pages(
+    client: Client,
+    namespace: String,
+    types: Vec<ResourceType>,
+    concurrency: usize,
+) -> BoxStream<'static, Result<Vec<SourceObject>, Failure>> {
+    stream::iter(types)
+        .map(move |rt| {
+            let what = rt.qualified();
+            let ns = namespace.clone();
+            type_pages(client.clone(), namespace.clone(), rt)
+                .map(move |page| {
+                    page.map_err(|e| Failure {
+                        what: what.clone(),
+                        namespace: Some(ns.clone()),
+                        error: e.to_string(),
+                    })
+                })
+                .boxed()
+        })
+        .flatten_unordered(concurrency.max(1))
+        .boxed()
 }
 
 /// Lists all `types` in `namespace` concurrently; failing types are returned separately.
@@ -273,16 +323,28 @@ pub struct Progress<'a> {
     pub step: &'a (dyn Fn() + Sync),
 }
 
-/// Reads the namespaces `names` plus those matching `selector` (label selector string):
-/// discovery, then every type `policy` wants, listed with `concurrency` calls at once.
-pub async fn read(
+/// What a read covers: the namespaces (with their Namespace objects) and the types the
+/// policy wants, from discovery.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Namespace name and its Namespace object, sorted by name.
+    pub namespaces: Vec<(String, Value)>,
+    /// Discovered types.
+    pub registry: Registry,
+    /// Groups whose discovery failed (their files must be kept).
+    pub failures: Vec<Failure>,
+    /// The namespaced types to list (wanted by the policy).
+    pub types: Vec<ResourceType>,
+}
+
+/// Resolves the namespaces `names` plus those matching `selector` (label selector string)
+/// and discovers the types `policy` wants; lists nothing else.
+pub async fn plan(
     client: &Client,
     mut names: Vec<String>,
     selector: Option<&str>,
     policy: &Policy,
-    concurrency: usize,
-    progress: &Progress<'_>,
-) -> Result<LiveRead, LiveError> {
+) -> Result<Plan, LiveError> {
     let kube_err = |context: &str| {
         let context = context.to_string();
         move |source| LiveError::Kube { context, source }
@@ -313,13 +375,7 @@ pub async fn read(
         .filter(|rt| policy.wants_type(rt).is_ok())
         .cloned()
         .collect();
-    (progress.total)((types.len() * names.len()) as u64);
-    let mut read = LiveRead {
-        registry: discovery.registry,
-        failures: discovery.failures,
-        inputs: Vec::new(),
-        types: types.clone(),
-    };
+    let mut namespaces = Vec::with_capacity(names.len());
     for name in names {
         let object = match ns_objects.remove(&name) {
             Some(o) => o,
@@ -328,8 +384,38 @@ pub async fn read(
                 .map_err(kube_err(&format!("reading namespace {name}")))?
                 .ok_or_else(|| LiveError::NoNamespace(name.clone()))?,
         };
+        namespaces.push((name, object));
+    }
+    Ok(Plan {
+        namespaces,
+        registry: discovery.registry,
+        failures: discovery.failures,
+        types,
+    })
+}
+
+/// Reads the namespaces `names` plus those matching `selector` (label selector string):
+/// [`plan`], then every type `policy` wants, listed with `concurrency` calls at once. Holds
+/// every object; a controller's git sync streams instead (`controller::streamed`).
+pub async fn read(
+    client: &Client,
+    names: Vec<String>,
+    selector: Option<&str>,
+    policy: &Policy,
+    concurrency: usize,
+    progress: &Progress<'_>,
+) -> Result<LiveRead, LiveError> {
+    let plan = plan(client, names, selector, policy).await?;
+    (progress.total)((plan.types.len() * plan.namespaces.len()) as u64);
+    let mut read = LiveRead {
+        registry: plan.registry,
+        failures: plan.failures,
+        inputs: Vec::new(),
+        types: plan.types.clone(),
+    };
+    for (name, object) in plan.namespaces {
         let (objects, failures) =
-            list_namespace(client, &name, &types, concurrency, progress.step).await;
+            list_namespace(client, &name, &plan.types, concurrency, progress.step).await;
         read.failures.extend(failures);
         read.inputs.push(NamespaceInput {
             name,

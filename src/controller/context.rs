@@ -9,6 +9,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
 
+use crate::export::source::live::{self, Discovery};
+
 /// Controller settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -67,7 +69,17 @@ pub struct Ctx {
     pub membership: Option<Arc<super::shard::Membership>>,
     /// Wakes the DR readiness check early: a commit changed what the DR cluster pulls.
     pub dr_check_now: tokio::sync::Notify,
+    discoveries: Mutex<HashMap<super::hub::ClusterKey, Arc<DiscoverySlot>>>,
 }
+
+/// One source cluster's last API discovery and when it was made; the async lock makes
+/// callers that arrive together wait for one discovery instead of each making their own.
+type DiscoverySlot = tokio::sync::Mutex<Option<(std::time::Instant, Arc<Discovery>)>>;
+
+/// How long a source cluster's API discovery is reused. A thousand mappings starting
+/// together discover once instead of a thousand times (some twenty requests each); a CRD
+/// installed at the source is listed by syncs that start this much later.
+pub const DISCOVERY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Name of the Secret holding the fingerprint key.
 pub const FINGERPRINT_SECRET: &str = "dr-syncer-fingerprint-key";
@@ -115,7 +127,33 @@ impl Ctx {
             leadership: None,
             membership: None,
             dr_check_now: tokio::sync::Notify::new(),
+            discoveries: Mutex::default(),
         })
+    }
+
+    /// The API discovery of source cluster `cluster` (reached through `client`), made at
+    /// most [`DISCOVERY_TTL`] ago. A failed discovery is not kept.
+    pub async fn discovery(
+        &self,
+        cluster: &super::hub::ClusterKey,
+        client: &Client,
+    ) -> Result<Arc<Discovery>, kube::Error> {
+        let slot = self
+            .discoveries
+            .lock()
+            .expect("not poisoned")
+            .entry(cluster.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some((at, discovery)) = slot.as_ref()
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(discovery.clone());
+        }
+        let discovery = Arc::new(live::discover(client).await?);
+        *slot = Some((std::time::Instant::now(), discovery.clone()));
+        Ok(discovery)
     }
 
     /// What the last health check of `key` saw (spec generation and Secret version).

@@ -21,7 +21,6 @@ use tokio::time::Instant;
 use crate::api::{NamespaceMapping, ReplicationMode};
 use crate::export::Policy;
 use crate::export::resource::ResourceType;
-use crate::export::source::live;
 
 use super::context::Ctx;
 use super::hub::Filter;
@@ -174,11 +173,15 @@ async fn watch_mapping(
         },
         None => ctx.client.clone(),
     };
-    let types: Vec<ResourceType> = match live::discover(&client).await {
+    let cluster_key: super::hub::ClusterKey = source
+        .as_ref()
+        .map(|r| (r.namespace.clone(), r.name.clone()));
+    let types: Vec<ResourceType> = match ctx.discovery(&cluster_key, &client).await {
         Ok(d) => d
             .listable
-            .into_iter()
+            .iter()
             .filter(|rt| policy.wants_type(rt).is_ok())
+            .cloned()
             .collect(),
         Err(e) => {
             tracing::warn!(mapping = %name, error = %e, "continuous watch: discovery failed");
@@ -206,9 +209,6 @@ async fn watch_mapping(
     // change reaches the exported Namespace (a full sync).
     // A single-namespace mapping shares the watches of its source cluster with the other
     // mappings (`hub`): the number of WATCH requests follows the types, not the mappings.
-    let cluster_key: super::hub::ClusterKey = source
-        .as_ref()
-        .map(|r| (r.namespace.clone(), r.name.clone()));
     tokio::time::sleep(ctx.settings.watch_start_delay).await;
     let mut ns_events = match &scope {
         Scope::One(source) => ctx

@@ -202,7 +202,15 @@ pub async fn run(
         },
         breaker,
     };
-    let plan = live::plan(&client, names, selector.as_deref(), &policy).await?;
+    let cluster = refs.source().map(|r| (r.namespace, r.name));
+    let discovery =
+        ctx.discovery(&cluster, &client)
+            .await
+            .map_err(|source| live::LiveError::Kube {
+                context: "API discovery".into(),
+                source,
+            })?;
+    let plan = live::plan(&client, &discovery, names, selector.as_deref(), &policy).await?;
     let (published, summary) =
         streamed::export(&client, plan, &policy, concurrency, destination).await?;
     Ok(SyncReport {

@@ -338,9 +338,10 @@ pub struct Plan {
 }
 
 /// Resolves the namespaces `names` plus those matching `selector` (label selector string)
-/// and discovers the types `policy` wants; lists nothing else.
+/// and picks the types `policy` wants from `discovery`; lists nothing else.
 pub async fn plan(
     client: &Client,
+    discovery: &Discovery,
     mut names: Vec<String>,
     selector: Option<&str>,
     policy: &Policy,
@@ -368,7 +369,6 @@ pub async fn plan(
     if names.is_empty() && selector.is_none() {
         return Err(LiveError::Nothing);
     }
-    let discovery = discover(client).await.map_err(kube_err("API discovery"))?;
     let types: Vec<_> = discovery
         .listable
         .iter()
@@ -388,8 +388,8 @@ pub async fn plan(
     }
     Ok(Plan {
         namespaces,
-        registry: discovery.registry,
-        failures: discovery.failures,
+        registry: discovery.registry.clone(),
+        failures: discovery.failures.clone(),
         types,
     })
 }
@@ -405,7 +405,11 @@ pub async fn read(
     concurrency: usize,
     progress: &Progress<'_>,
 ) -> Result<LiveRead, LiveError> {
-    let plan = plan(client, names, selector, policy).await?;
+    let discovery = discover(client).await.map_err(|source| LiveError::Kube {
+        context: "API discovery".into(),
+        source,
+    })?;
+    let plan = plan(client, &discovery, names, selector, policy).await?;
     (progress.total)((plan.types.len() * plan.namespaces.len()) as u64);
     let mut read = LiveRead {
         registry: plan.registry,

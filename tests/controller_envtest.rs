@@ -1585,26 +1585,15 @@ async fn controller_continuous_mappings_share_watches() {
     }
 }
 
-/// Every file below `dir`, by path relative to it (`/`-separated).
+/// The files below `dir` as text, by path (read as `dr-syncer export` reads its previous
+/// output: its marker file left out).
 fn read_dir_files(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                let rel = path
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.insert(rel, std::fs::read_to_string(&path).unwrap());
-            }
-        }
-    }
-    out
+    dr_syncer::export::output::read_tree(dir)
+        .unwrap()
+        .files
+        .into_iter()
+        .map(|(path, bytes)| (path, String::from_utf8(bytes).unwrap()))
+        .collect()
 }
 
 /// A full sync streams: namespace after namespace, a type of more than one 500-object page,
@@ -1700,8 +1689,7 @@ async fn controller_full_sync_streams_what_the_cli_export_writes() {
         ],
     );
     let committed = read_dir_files(&checkout.join("stream"));
-    let mut held = read_dir_files(&exported);
-    held.remove(".dr-syncer-export");
+    let held = read_dir_files(&exported);
     assert_eq!(
         committed.keys().collect::<Vec<_>>(),
         held.keys().collect::<Vec<_>>(),

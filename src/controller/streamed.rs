@@ -6,7 +6,6 @@
 //! files and the previous commit's files all at once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use git2::Oid;
@@ -66,7 +65,7 @@ pub async fn export(
     let staging =
         blocking(move || Staging::begin(target, recipients, fingerprint_key, consumer)).await?;
     let mut sink = Sink {
-        staging: Arc::new(Mutex::new(staging)),
+        idle: Some(staging),
         buffer: Vec::with_capacity(CHUNK),
         writing: None,
     };
@@ -150,11 +149,13 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Collects exported objects into chunks and writes each on the blocking pool while the
-/// next one is read: at most one chunk is being written and one filled.
+/// next one is read: at most one chunk is being written and one filled. The staging area
+/// moves into the write and comes back with its result.
 struct Sink {
-    staging: Arc<Mutex<Staging>>,
+    /// The staging area while no chunk is being written.
+    idle: Option<Staging>,
     buffer: Vec<ExportedObject>,
-    writing: Option<JoinHandle<Result<(), SyncError>>>,
+    writing: Option<JoinHandle<Result<Staging, SyncError>>>,
 }
 
 impl Sink {
@@ -167,40 +168,36 @@ impl Sink {
     }
 
     async fn flush(&mut self) -> Result<(), SyncError> {
-        self.wait().await?;
+        let mut staging = self.wait().await?;
         if self.buffer.is_empty() {
+            self.idle = Some(staging);
             return Ok(());
         }
         let objects = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK));
-        let staging = self.staging.clone();
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            // A panic while writing leaves a half-updated index: refuse to go on.
-            let mut staging = staging
-                .lock()
-                .map_err(|_| SyncError::Config("an earlier chunk's write failed".into()))?;
-            staging.add(objects)
+            staging.add(objects)?;
+            Ok(staging)
         }));
         Ok(())
     }
 
-    async fn wait(&mut self) -> Result<(), SyncError> {
-        match self.writing.take() {
-            Some(task) => task
+    /// Waits for the chunk being written, if any, and takes the staging area.
+    async fn wait(&mut self) -> Result<Staging, SyncError> {
+        if let Some(task) = self.writing.take() {
+            let staging = task
                 .await
-                .map_err(|e| SyncError::Config(format!("sync task failed: {e}")))?,
-            None => Ok(()),
+                .map_err(|e| SyncError::Config(format!("sync task failed: {e}")))??;
+            return Ok(staging);
         }
+        self.idle
+            .take()
+            .ok_or_else(|| SyncError::Config("an earlier chunk's write failed".into()))
     }
 
     /// Writes what is left and hands back the staging area.
     async fn finish(mut self) -> Result<Staging, SyncError> {
         self.flush().await?;
-        self.wait().await?;
-        let staging = Arc::try_unwrap(self.staging)
-            .map_err(|_| SyncError::Config("a chunk is still being written".into()))?;
-        staging
-            .into_inner()
-            .map_err(|_| SyncError::Config("an earlier chunk's write failed".into()))
+        self.wait().await
     }
 }
 

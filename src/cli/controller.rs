@@ -26,6 +26,12 @@ pub struct ControllerArgs {
     /// Resource types listed at once per sync.
     #[arg(long, env = "DR_SYNCER_LIST_CONCURRENCY", default_value_t = 8)]
     pub list_concurrency: usize,
+    /// Mappings reconciled (and fully synced) at once. A sync mostly waits on the
+    /// apiserver and the git remote, so a fleet of mappings starts faster with more; each
+    /// running sync holds a few pages of objects.
+    #[arg(long, env = "DR_SYNCER_SYNC_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub sync_concurrency: u16,
     /// This replica's name (events, leases).
     #[arg(long, env = "POD_NAME", default_value = "dr-syncer")]
     pub instance: String,
@@ -99,6 +105,7 @@ pub async fn run(args: &ControllerArgs) -> anyhow::Result<ExitCode> {
         namespace: args.namespace.clone(),
         cache_dir: args.cache_dir.clone(),
         list_concurrency: args.list_concurrency,
+        sync_concurrency: args.sync_concurrency,
         field_manager: "dr-syncer".into(),
         tenancy: crate::refs::Tenancy {
             controller_namespace: args.namespace.clone(),

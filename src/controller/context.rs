@@ -20,6 +20,8 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     /// Types listed at once per sync.
     pub list_concurrency: usize,
+    /// Mappings reconciled at once.
+    pub sync_concurrency: u16,
     /// Field manager of everything the controller writes.
     pub field_manager: String,
     /// Which mappings are reconciled and what their references may reach (the
@@ -67,8 +69,9 @@ pub struct Ctx {
     /// With sharding: this replica's membership, which decides the mappings it owns and
     /// fences every write for them.
     pub membership: Option<Arc<super::shard::Membership>>,
-    /// Wakes the DR readiness check early: a commit changed what the DR cluster pulls.
-    pub dr_check_now: tokio::sync::Notify,
+    /// Mappings whose DR readiness is checked soon: a commit changed what their DR cluster
+    /// pulls.
+    pub dr_checks: DrCheckRequests,
     discoveries: Mutex<HashMap<super::hub::ClusterKey, Arc<DiscoverySlot>>>,
 }
 
@@ -80,6 +83,37 @@ type DiscoverySlot = tokio::sync::Mutex<Option<(std::time::Instant, Arc<Discover
 /// together discover once instead of a thousand times (some twenty requests each); a CRD
 /// installed at the source is listed by syncs that start this much later.
 pub const DISCOVERY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Mappings (`namespace/name`) waiting for an early DR readiness check. Only the mappings
+/// that committed are checked early: a pass over every mapping after each commit cost a
+/// thousand mapping reads per commit while a fleet started (all of them, again and again).
+#[derive(Default)]
+pub struct DrCheckRequests {
+    keys: Mutex<std::collections::BTreeSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+impl DrCheckRequests {
+    /// Asks for a check of mapping `key` soon.
+    pub fn request(&self, key: &str) {
+        self.keys
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string());
+        self.wake.notify_one();
+    }
+
+    /// Waits for requests and takes them (the ones made while nobody waited included).
+    pub async fn next(&self) -> Vec<String> {
+        loop {
+            let keys = std::mem::take(&mut *self.keys.lock().expect("not poisoned"));
+            if !keys.is_empty() {
+                return keys.into_iter().collect();
+            }
+            self.wake.notified().await;
+        }
+    }
+}
 
 /// Name of the Secret holding the fingerprint key.
 pub const FINGERPRINT_SECRET: &str = "dr-syncer-fingerprint-key";
@@ -126,7 +160,7 @@ impl Ctx {
             synced: Mutex::default(),
             leadership: None,
             membership: None,
-            dr_check_now: tokio::sync::Notify::new(),
+            dr_checks: DrCheckRequests::default(),
             discoveries: Mutex::default(),
         })
     }

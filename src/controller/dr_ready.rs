@@ -25,46 +25,60 @@ use super::{ControllerError, status, sync};
 /// Condition type.
 pub const CONDITION: &str = "DrReady";
 
-/// Checks every eligible mapping, then waits `interval` or until a sync commits; forever
-/// (the controller's lifetime). Runs only where the controllers run (the leader).
+/// Checks every eligible mapping every `interval`, and in between each mapping that
+/// committed, soon after its commit; forever (the controller's lifetime). Runs only where
+/// the controllers run (the leader).
 pub async fn run(ctx: Arc<Ctx>, mappings: Api<NamespaceMapping>, interval: Duration) {
     loop {
         let shard = super::shard::shard_selector(ctx.settings.shard.as_deref());
         match mappings.list(&ListParams::default().labels(&shard)).await {
             Ok(list) => {
                 for nm in list.items {
-                    let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
-                    // With sharding each replica checks the mappings it owns.
-                    if !ctx.owns(&key) {
-                        continue;
-                    }
-                    if let Err(e) = check_one(&ctx, &nm).await {
-                        tracing::warn!(mapping = %key, error = %e, "DR readiness check");
-                    }
+                    check_logged(&ctx, &nm.namespace().unwrap_or_default(), &nm.name_any()).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "DR readiness check: listing mappings"),
         }
-        // A commit changes what the DR cluster pulls: check again soon after one.
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = ctx.dr_check_now.notified() => {}
+        let next_pass = tokio::time::Instant::now() + interval;
+        loop {
+            // A commit changes what the DR cluster pulls: check that mapping again soon.
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_pass) => break,
+                keys = ctx.dr_checks.next() => {
+                    for key in keys {
+                        if let Some((namespace, name)) = key.split_once('/') {
+                            check_logged(&ctx, namespace, name).await;
+                        }
+                    }
+                }
+            }
         }
     }
 }
 
+/// Checks mapping `namespace/name` if this replica owns it; a failure is logged.
+async fn check_logged(ctx: &Ctx, namespace: &str, name: &str) {
+    let key = format!("{namespace}/{name}");
+    // With sharding each replica checks the mappings it owns.
+    if !ctx.owns(&key) {
+        return;
+    }
+    if let Err(e) = check_one(ctx, namespace, name).await {
+        tracing::warn!(mapping = %key, error = %e, "DR readiness check");
+    }
+}
+
 /// Checks one mapping (under its lock) and records the result.
-async fn check_one(ctx: &Ctx, nm: &NamespaceMapping) -> Result<(), ControllerError> {
-    let namespace = nm.namespace().unwrap_or_default();
-    let role = ctx.settings.tenancy.role(&namespace);
+async fn check_one(ctx: &Ctx, namespace: &str, name: &str) -> Result<(), ControllerError> {
+    let role = ctx.settings.tenancy.role(namespace);
     if role == refs::Role::Unwatched {
         return Ok(());
     }
-    let key = format!("{namespace}/{}", nm.name_any());
+    let key = format!("{namespace}/{name}");
     let lock = ctx.lock_for(&key);
     let _guard = lock.lock().await;
-    let api: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(nm) = api.get_opt(&nm.name_any()).await? else {
+    let api: Api<NamespaceMapping> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(nm) = api.get_opt(name).await? else {
         return Ok(());
     };
     // Tenants get no DR check: the dry-run runs with the DR cluster's (admin) credentials

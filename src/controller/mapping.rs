@@ -275,7 +275,7 @@ async fn sync_and_record(
                 report.outcome,
                 sync::Outcome::Git(Published::Committed { .. })
             ) {
-                ctx.dr_check_now.notify_one();
+                ctx.dr_checks.request(&key);
             }
             write_status(ctx, nm, s).await?;
             match status::degraded_types(&report) {

@@ -225,7 +225,9 @@ pub async fn run(client: Client, settings: Settings, opts: RunOptions) -> Result
             },
         )
         .reconcile_all_on(members_changed())
-        .with_config(kube::runtime::controller::Config::default().concurrency(4))
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.settings.sync_concurrency),
+        )
         .shutdown_on_signal()
         .run(mapping::reconcile, mapping::error_policy, ctx.clone())
         .for_each(log_result);

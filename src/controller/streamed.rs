@@ -46,11 +46,18 @@ pub struct Destination {
 
 /// Exports what `plan` covers from `client` into `out`, listing `concurrency` types at a
 /// time; returns what was published and the export's counts.
+///
+/// `known_empty(type, source namespace)` tells a type a shared watch has seen no object of
+/// in that namespace (`Hubs::known_empty`). Such a type is not listed where the head
+/// holds no file of it: nothing of it can be deleted, and an object the watch has not
+/// reported yet is exported by the change that reports it. Where files of it are
+/// committed it is always listed, so a lagging watch never deletes them.
 pub async fn export(
     client: &Client,
     plan: Plan,
     policy: &Policy,
     concurrency: usize,
+    known_empty: &(dyn Fn(&ResourceType, &str) -> bool + Sync),
     out: Destination,
 ) -> Result<(Published, Summary), SyncError> {
     let Destination {
@@ -64,6 +71,7 @@ pub async fn export(
     let encrypting = !recipients.is_empty();
     let staging =
         blocking(move || Staging::begin(target, recipients, fingerprint_key, consumer)).await?;
+    let committed = committed_dirs(staging.previous.keys());
     let mut sink = Sink {
         idle: Some(staging),
         buffer: Vec::with_capacity(CHUNK),
@@ -85,7 +93,8 @@ pub async fn export(
         sink.push(namespace).await?;
         // HPAs first (few and small): the workloads they scale keep their replicas.
         let mut hpas: Vec<SourceObject> = Vec::new();
-        let mut pages = live::pages(client.clone(), name.clone(), hpa_types.clone(), 1);
+        let listed = to_list(&hpa_types, &name, &ns.dest, &committed, known_empty);
+        let mut pages = live::pages(client.clone(), name.clone(), listed, 1);
         while let Some(page) = pages.next().await {
             match page {
                 Ok(mut objects) => hpas.append(&mut objects),
@@ -93,7 +102,8 @@ pub async fn export(
             }
         }
         ns.hpa = builtin::hpa_targets(hpas.iter().map(|o| (&o.rt, &o.value)));
-        let mut pages = live::pages(client.clone(), name.clone(), types.clone(), concurrency);
+        let listed = to_list(&types, &name, &ns.dest, &committed, known_empty);
+        let mut pages = live::pages(client.clone(), name.clone(), listed, concurrency);
         let mut page = Ok(hpas);
         loop {
             match page {
@@ -137,6 +147,40 @@ pub async fn export(
         Ok((published, summary))
     })
     .await
+}
+
+/// The `(namespace directory, group directory, plural)` of every object file in `paths`.
+fn committed_dirs<'a>(
+    paths: impl Iterator<Item = &'a String>,
+) -> BTreeSet<(String, String, String)> {
+    paths
+        .filter(|p| !layout::is_generated(p))
+        .filter_map(|p| layout::path_kind(p))
+        .map(|(top, group, plural)| (top.to_string(), group.to_string(), plural.to_string()))
+        .collect()
+}
+
+/// The types of `types` to list in source namespace `source` (exported as `dest`): all
+/// but those `known_empty` there with no file committed under `dest`.
+fn to_list(
+    types: &[ResourceType],
+    source: &str,
+    dest: &str,
+    committed: &BTreeSet<(String, String, String)>,
+    known_empty: &(dyn Fn(&ResourceType, &str) -> bool + Sync),
+) -> Vec<ResourceType> {
+    types
+        .iter()
+        .filter(|rt| {
+            let dir = (
+                dest.to_string(),
+                rt.group_dir().to_string(),
+                rt.plural.clone(),
+            );
+            committed.contains(&dir) || !known_empty(rt, source)
+        })
+        .cloned()
+        .collect()
 }
 
 /// Runs `f` on the blocking pool (git2 blocks).
@@ -334,5 +378,61 @@ impl Staging {
         Ok(self
             .repo
             .publish_ids(self.head, &self.files, info, breaker)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(group: &str, kind: &str, plural: &str) -> ResourceType {
+        ResourceType {
+            group: group.into(),
+            version: "v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            singular: kind.to_lowercase(),
+            short_names: Vec::new(),
+            namespaced: true,
+        }
+    }
+
+    #[test]
+    fn to_list_skips_only_types_known_empty_with_nothing_committed() {
+        let types = [
+            rt("", "ConfigMap", "configmaps"),
+            rt("apps", "Deployment", "deployments"),
+            rt("batch", "CronJob", "cronjobs"),
+            rt("", "Secret", "secrets"),
+        ];
+        let committed = committed_dirs(
+            [
+                "shop-dr/apps/deployments/web.yaml".to_string(),
+                "shop-dr/core/secrets/db.sops.yaml".to_string(),
+                // Another namespace's cron jobs say nothing about this one.
+                "other/batch/cronjobs/nightly.yaml".to_string(),
+                "shop-dr/kustomization.yaml".to_string(),
+            ]
+            .iter(),
+        );
+        // (watch knows these empty in "shop", listed types)
+        let cases: [(&[&str], &[&str]); 3] = [
+            (&[], &["configmaps", "deployments", "cronjobs", "secrets"]),
+            (
+                &["configmaps", "deployments", "cronjobs", "secrets"],
+                // Committed files are listed however empty the watch believes the type.
+                &["deployments", "secrets"],
+            ),
+            (&["cronjobs"], &["configmaps", "deployments", "secrets"]),
+        ];
+        for (empty, want) in cases {
+            let known_empty =
+                |rt: &ResourceType, ns: &str| ns == "shop" && empty.contains(&rt.plural.as_str());
+            let listed: Vec<String> = to_list(&types, "shop", "shop-dr", &committed, &known_empty)
+                .into_iter()
+                .map(|rt| rt.plural)
+                .collect();
+            assert_eq!(listed, want, "known empty: {empty:?}");
+        }
     }
 }

@@ -211,8 +211,20 @@ pub async fn run(
                 source,
             })?;
     let plan = live::plan(&client, &discovery, names, selector.as_deref(), &policy).await?;
-    let (published, summary) =
-        streamed::export(&client, plan, &policy, concurrency, destination).await?;
+    // The shared watches of this cluster know which types a namespace holds none of.
+    let known_empty = |rt: &crate::export::ResourceType, namespace: &str| {
+        ctx.hubs
+            .known_empty(&cluster, &rt.api_resource(), namespace)
+    };
+    let (published, summary) = streamed::export(
+        &client,
+        plan,
+        &policy,
+        concurrency,
+        &known_empty,
+        destination,
+    )
+    .await?;
     Ok(SyncReport {
         summary,
         outcome: Outcome::Git(published),

@@ -57,7 +57,9 @@ pub fn index(crds: impl IntoIterator<Item = Value>) -> Available {
 }
 
 /// The CRD names (`plural.group`) that could define the types of `objects`: every type
-/// outside the core group. Which of them are CRDs only the source cluster can tell.
+/// in a group with a dot (the apiserver refuses a CRD whose group has none, so `apps`,
+/// `batch`, `policy` and `autoscaling` are never CRDs). Which of them are CRDs only the
+/// source cluster can tell.
 pub fn candidates(
     objects: &[ExportedObject],
     policy: &Policy,
@@ -82,7 +84,7 @@ pub fn candidate_names<'a>(
     }
     types
         .into_iter()
-        .filter(|rt| !rt.group.is_empty())
+        .filter(|rt| rt.group.contains('.'))
         .map(crd_name)
         .collect()
 }

@@ -86,6 +86,6 @@ bench-controller: deps envtest
 bench-fleet: deps envtest
 	$(CARGO) bench --bench fleet
 
-## bench-fleet-replicas: 200 mappings on 1 vs 3 sharding replicas (into benches/results/fleet-replicas.md)
+## bench-fleet-replicas: 1 000 mappings on 1 vs 3 sharding replicas (into benches/results/fleet-replicas.md)
 bench-fleet-replicas: deps envtest
 	BENCHES=fleet-replicas scripts/bench.sh

@@ -9,8 +9,10 @@
 //! Measured per layout, each with a freshly started controller: time to the first complete
 //! commit (every namespace in git), change → pushed commit for 100 single-object changes
 //! spread over the namespaces (p50/p99), controller RSS (median of readings after each
-//! change, and VmHWM with the startup), and the WATCH requests the controller holds on the
-//! apiserver (`apiserver_longrunning_requests`, less what was held before it started).
+//! change, and VmHWM with the startup), the WATCH requests the controller holds on the
+//! apiserver (`apiserver_longrunning_requests`, less what was held before it started), and
+//! the API requests served until the first complete commit, by verb (`apiserver_request_total`;
+//! by resource on stderr).
 //!
 //! Goals (judged by the code; a figure of one run per layout is reported, not judged —
 //! `BENCH_FLEET_REPS` runs more): first complete commit ≤ 60 s; p99 ≤ debounce + 2 s; peak
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 use dr_syncer_testkit::bench::{
     Samples, Table, Verdict, controller_plane, proc_status_kib, start_controller,
 };
-use dr_syncer_testkit::envtest::{ControlPlane, watch_requests};
+use dr_syncer_testkit::envtest::{ControlPlane, requests_served, watch_requests};
 use dr_syncer_testkit::git::{GitDaemon, bare_repo};
 use dr_syncer_testkit::objects::{Applier, mixed_namespace};
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -101,6 +103,10 @@ struct Run {
     /// VmHWM of every replica, added up.
     hwm_total_mb: f64,
     watches: Option<f64>,
+    /// API requests by `"VERB resource"` from applying the mappings to the first complete commit
+    /// (everything the apiserver served meanwhile: the controllers' requests, plus the
+    /// mappings' own creation and the bench's few reads).
+    requests: Option<std::collections::BTreeMap<String, f64>>,
     /// Namespaces not in git when the first-commit limit passed.
     missing: usize,
     /// The controllers' open file descriptors after the first commit (each watch is a
@@ -208,6 +214,7 @@ async fn run_layout(
     }
     let daemon = GitDaemon::start(&srv);
     let before = watches(client).await;
+    let requests_before = requests_served(client).await.ok();
     let mut controllers = start_controllers(plane, &work.join(format!("cache-{round}")), replicas);
     let maps = mappings(layout, namespaces, &daemon);
     let start = Instant::now();
@@ -224,6 +231,21 @@ async fn run_layout(
         }
         if pending.is_empty() {
             run.first_commit = Some(start.elapsed().as_secs_f64());
+            run.requests = match (requests_before, requests_served(client).await.ok()) {
+                (Some(b), Some(now)) => Some(
+                    now.into_iter()
+                        .map(|(what, n)| {
+                            let was = b.get(&what).copied().unwrap_or(0.0);
+                            (what, n - was)
+                        })
+                        .filter(|(_, n)| *n > 0.0)
+                        .collect(),
+                ),
+                _ => None,
+            };
+            if let Some(r) = &run.requests {
+                eprintln!("API requests until the first complete commit: {r:?}");
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -485,6 +507,42 @@ fn print_results(
             ),
             _ => ("-".into(), "-".into()),
         };
+        // By verb: the resources are printed to stderr as each run reaches its commit.
+        let requests: Vec<std::collections::BTreeMap<String, f64>> = runs
+            .iter()
+            .filter_map(|r| r.requests.as_ref())
+            .map(|r| {
+                let mut by_verb = std::collections::BTreeMap::new();
+                for (what, n) in r {
+                    let verb = what.split(' ').next().unwrap_or_default().to_string();
+                    *by_verb.entry(verb).or_insert(0.0) += n;
+                }
+                by_verb
+            })
+            .collect();
+        if !requests.is_empty() {
+            let verbs: std::collections::BTreeSet<&String> =
+                requests.iter().flat_map(|r| r.keys()).collect();
+            let per_verb: Vec<String> = verbs
+                .into_iter()
+                .map(|verb| {
+                    let n = Samples::from_iter(
+                        requests.iter().map(|r| r.get(verb).copied().unwrap_or(0.0)),
+                    );
+                    format!("{verb} {:.0}", n.median())
+                })
+                .collect();
+            t.row(vec![
+                format!(
+                    "API requests until the first complete commit (median of {})",
+                    requests.len()
+                ),
+                title.clone(),
+                per_verb.join(" · "),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
         let fds = Samples::from_iter(runs.iter().map(|r| r.fds as f64));
         t.row(vec![
             "controller open file descriptors (all replicas)".into(),

@@ -6,8 +6,8 @@
 # keeps the others; RESULTS.md is put together from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# fleet-replicas: the fleet benchmark's (B) layout on 1 and on 3 sharding replicas, with
-# fewer namespaces (BENCH_FLEET_REPLICAS_NAMESPACES, 200) so that one replica finishes too.
+# fleet-replicas: the fleet benchmark's (B) layout on 1 and on 3 sharding replicas
+# (BENCH_FLEET_REPLICAS_NAMESPACES namespaces, 1 000).
 order="pvc export gitops controller fleet fleet-replicas"
 benches=${BENCHES-$order}  # BENCHES="" only puts RESULTS.md together again
 mkdir -p benches/results
@@ -20,7 +20,7 @@ for b in $benches; do
   if [ "$b" = fleet-replicas ]; then
     bench=fleet
     knobs=(BENCH_FLEET_LAYOUTS=B "BENCH_FLEET_REPLICAS=${BENCH_FLEET_REPLICAS:-1,3}"
-      "BENCH_FLEET_NAMESPACES=${BENCH_FLEET_REPLICAS_NAMESPACES:-200}")
+      "BENCH_FLEET_NAMESPACES=${BENCH_FLEET_REPLICAS_NAMESPACES:-1000}")
   fi
   echo "== ${knobs[*]} cargo bench --bench $bench" >&2
   tmp=$(mktemp)

@@ -291,6 +291,35 @@ pub async fn watch_requests(client: &Client) -> Result<f64> {
         .sum())
 }
 
+/// Requests the apiserver has served so far, by `"VERB resource"`
+/// (`apiserver_request_total`, summed over codes and scopes; `resource` is empty for paths
+/// such as `/version`): the difference of two readings is what the clients asked for.
+pub async fn requests_served(client: &Client) -> Result<std::collections::BTreeMap<String, f64>> {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("valid request");
+    let text = client.request_text(req).await?;
+    let label = |line: &str, name: &str| -> String {
+        line.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut served = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some(count) = line.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) else {
+            continue;
+        };
+        let key = format!("{} {}", label(line, "verb"), label(line, "resource"));
+        *served.entry(key).or_insert(0.0) += count;
+    }
+    Ok(served)
+}
+
 /// Builds a client from a kubeconfig (TLS verified).
 pub async fn client_from(kubeconfig: Kubeconfig) -> Result<Client> {
     let config =

@@ -114,6 +114,8 @@ struct Subscribers {
     seen: Option<Names>,
     /// The listing in progress.
     relisting: Option<Names>,
+    /// A listing of the watch completed (its first one is no longer to come).
+    listed_once: bool,
 }
 
 /// How a joining subscriber gets its first listing.
@@ -132,7 +134,7 @@ impl Subscribers {
     fn join(&mut self, id: u64, mut sub: Subscriber) -> Baseline {
         let baseline = if self.listing {
             Baseline::OwnListing
-        } else if self.seen.is_none() {
+        } else if !self.listed_once {
             Baseline::FromWatch
         } else if self.holds_none(&sub.filter) {
             Baseline::Empty
@@ -162,6 +164,13 @@ impl Subscribers {
         }
     }
 
+    /// Drops what the watch saw, after a watch error: until its next complete listing no
+    /// namespace is known to hold none (a sync lists, a subscriber lists itself), so a
+    /// stale or revoked watch never makes a sync skip a type, nor report one as read.
+    fn forget_seen(&mut self) {
+        self.seen = None;
+    }
+
     /// Keeps [`Subscribers::seen`] up to date with one event of the watch.
     fn track(&mut self, ev: &Event) {
         let key = |o: &DynamicObject| {
@@ -178,7 +187,10 @@ impl Subscribers {
                     names.entry(ns).or_default().insert(name);
                 }
             }
-            watcher::Event::InitDone => self.seen = Some(self.relisting.take().unwrap_or_default()),
+            watcher::Event::InitDone => {
+                self.listed_once = true;
+                self.seen = Some(self.relisting.take().unwrap_or_default());
+            }
             watcher::Event::Apply(o) => {
                 let (ns, name) = key(o);
                 if let Some(seen) = self.seen.as_mut() {
@@ -421,7 +433,14 @@ impl Hubs {
                             .default_backoff()
                             .boxed();
                         while let Some(ev) = events.next().await {
-                            let Ok(ev) = ev else { continue };
+                            let Ok(ev) = ev else {
+                                // The watch may have missed events (or lost the right to
+                                // list): what it saw is no longer known to be current.
+                                if let Some(hub) = weak.upgrade() {
+                                    hub.subscribers.lock().expect("not poisoned").forget_seen();
+                                }
+                                continue;
+                            };
                             match weak.upgrade() {
                                 Some(hub) => hub.deliver(ev),
                                 None => return,
@@ -752,6 +771,24 @@ mod tests {
                 .holds_none(&Filter::InNamespace("b".into()))
         );
         let (_rx, baseline, _b3) = subscribe(&hub, 5, "b");
+        assert_eq!(baseline, Baseline::OwnListing);
+        hub.deliver(watcher::Event::InitDone);
+        assert!(
+            hub.subscribers
+                .lock()
+                .unwrap()
+                .holds_none(&Filter::InNamespace("b".into()))
+        );
+        // A watch error: nothing is known until the next complete listing, and a joining
+        // subscriber lists itself (the watch may resume without listing again).
+        hub.subscribers.lock().unwrap().forget_seen();
+        assert!(
+            !hub.subscribers
+                .lock()
+                .unwrap()
+                .holds_none(&Filter::InNamespace("b".into()))
+        );
+        let (_rx, baseline, _b4) = subscribe(&hub, 6, "b");
         assert_eq!(baseline, Baseline::OwnListing);
     }
 

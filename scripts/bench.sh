@@ -12,7 +12,9 @@ order="pvc export gitops controller fleet fleet-replicas"
 benches=${BENCHES-$order}  # BENCHES="" only puts RESULTS.md together again
 mkdir -p benches/results
 commit=$(git rev-parse --short=12 HEAD)
-git diff --quiet HEAD -- src benches tests Cargo.toml Cargo.lock || commit="$commit (with uncommitted changes)"
+# The code the benchmarks build; their own result files change as they run.
+git diff --quiet HEAD -- src benches tests Cargo.toml Cargo.lock \
+  ':!benches/results' ':!benches/RESULTS.md' || commit="$commit (with uncommitted changes)"
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 for b in $benches; do
   bench=$b

@@ -683,6 +683,14 @@ mod tests {
         (rx, baseline, Subscription { home, id })
     }
 
+    /// Whether `hub` knows namespace `ns` holds none of its type.
+    fn knows_empty(hub: &Hub, ns: &str) -> bool {
+        hub.subscribers
+            .lock()
+            .unwrap()
+            .holds_none(&Filter::InNamespace(ns.into()))
+    }
+
     fn names(rx: &mut mpsc::UnboundedReceiver<Box<Event>>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(ev) = rx.try_recv() {
@@ -758,36 +766,19 @@ mod tests {
         hub.deliver(watcher::Event::Delete(cm("b", "b1")));
         let (_rx, baseline, _b2) = subscribe(&hub, 4, "b");
         assert_eq!(baseline, Baseline::Empty);
-        let subs = hub.subscribers.lock().unwrap();
-        assert!(subs.holds_none(&Filter::InNamespace("b".into())));
-        assert!(!subs.holds_none(&Filter::InNamespace("c".into())));
-        drop(subs);
+        assert!(knows_empty(&hub, "b"));
+        assert!(!knows_empty(&hub, "c"));
         // While the watch relists, nothing is known.
         hub.deliver(watcher::Event::Init);
-        assert!(
-            !hub.subscribers
-                .lock()
-                .unwrap()
-                .holds_none(&Filter::InNamespace("b".into()))
-        );
+        assert!(!knows_empty(&hub, "b"));
         let (_rx, baseline, _b3) = subscribe(&hub, 5, "b");
         assert_eq!(baseline, Baseline::OwnListing);
         hub.deliver(watcher::Event::InitDone);
-        assert!(
-            hub.subscribers
-                .lock()
-                .unwrap()
-                .holds_none(&Filter::InNamespace("b".into()))
-        );
+        assert!(knows_empty(&hub, "b"));
         // A watch error: nothing is known until the next complete listing, and a joining
         // subscriber lists itself (the watch may resume without listing again).
         hub.subscribers.lock().unwrap().forget_seen();
-        assert!(
-            !hub.subscribers
-                .lock()
-                .unwrap()
-                .holds_none(&Filter::InNamespace("b".into()))
-        );
+        assert!(!knows_empty(&hub, "b"));
         let (_rx, baseline, _b4) = subscribe(&hub, 6, "b");
         assert_eq!(baseline, Baseline::OwnListing);
     }
